@@ -1,0 +1,62 @@
+"""Every path the project reads. Edit this file to point at your copies of the data and mT5.
+
+Paths are relative to this file's folder, so runs work from any working directory.
+Datasets without a file here yet (CSL_News, How2Sign dev, OpenASL train) must be downloaded
+first: see README.md, "Using real data".
+"""
+import os
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _p(*parts):
+    return os.path.join(ROOT, *parts)
+
+
+# Hugging Face folder of google/mt5-base (save_pretrained layout: config.json, weights, spiece.model).
+mt5_path = _p("pretrained_weight", "mt5-base")
+# The tiny mT5 that `python script/make_demo.py` builds for the demo and the tests.
+demo_mt5_path = _p("pretrained_weight", "mt5-demo")
+
+train_label_paths = {
+    "CSL_News": _p("data", "CSL_News", "CSL_News_Labels.json"),
+    "CSL_Daily": _p("data", "CSL_Daily", "labels.train"),
+    "WLASL": _p("data", "WLASL", "labels-2000.train"),
+    "How2Sign": _p("data", "How2Sign", "labels.train"),
+    "OpenASL": _p("data", "OpenASL", "labels.train"),
+    "Demo": _p("data", "demo", "labels.train"),
+}
+
+dev_label_paths = {
+    "CSL_News": _p("data", "CSL_News", "CSL_News_Labels.json"),  # last 1 % of the list
+    "CSL_Daily": _p("data", "CSL_Daily", "labels.dev"),
+    "WLASL": _p("data", "WLASL", "labels-2000.dev"),
+    "How2Sign": _p("data", "How2Sign", "labels.dev"),
+    "OpenASL": _p("data", "OpenASL", "labels.dev"),
+    "Demo": _p("data", "demo", "labels.dev"),
+}
+
+test_label_paths = {
+    "CSL_News": _p("data", "CSL_News", "CSL_News_Labels.json"),
+    "CSL_Daily": _p("data", "CSL_Daily", "labels.test"),
+    "WLASL": _p("data", "WLASL", "labels-2000.test"),
+    "How2Sign": _p("data", "How2Sign", "labels.test"),
+    "OpenASL": _p("data", "OpenASL", "labels.test"),
+    "Demo": _p("data", "demo", "labels.test"),
+}
+
+# One pose pickle per video: <pose_dir>/<video_path with .mp4 -> .pkl> (WLASL: <pose_dir>/<phase>/...).
+pose_dirs = {
+    "CSL_News": _p("dataset", "CSL_News", "pose_format"),
+    "CSL_Daily": _p("dataset", "CSL_Daily", "pose_format"),
+    "WLASL": _p("dataset", "WLASL", "pose_format"),
+    "How2Sign": _p("dataset", "How2Sign", "pose_format"),
+    "OpenASL": _p("dataset", "OpenASL", "pose_format"),
+    "Demo": _p("data", "demo", "pose_format"),
+}
+
+# RGB frames are not used by the pose-only model; kept so --rgb_support reports a clear error.
+rgb_dirs = {name: _p("dataset", name, "frames") for name in pose_dirs}
+
+# Datasets whose text is Chinese: prompt language and CSL metric formatting depend on it.
+chinese_datasets = ("CSL_News", "CSL_Daily", "Demo")
