@@ -1,0 +1,251 @@
+"""Set-up helpers for fine_tuning.py and pretraining.py: distributed start, DeepSpeed config,
+checkpoints (plain dicts, written atomically), logging, wandb and the training-curve plot."""
+import argparse
+import json
+import os
+import random
+import socket
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+# ---------------------------------------------------------------------------- processes
+
+def init_distributed(backend=None):
+    """Start torch.distributed through DeepSpeed; works under `deepspeed`, `torchrun` and plain `python`.
+
+    A plain process has no launcher environment, so we give it a one-rank world on a free local port.
+    Returns (rank, world_size, local_rank)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    deepspeed.init_distributed(dist_backend=backend or get_accelerator().communication_backend_name(),
+                               verbose=False)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if get_accelerator().device_name() != "cpu":
+        get_accelerator().set_device(local_rank)
+    setup_for_distributed(rank == 0)
+    return rank, world, local_rank
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_for_distributed(is_master):
+    """Silence print() on every rank but 0 (print(..., force=True) still prints)."""
+    import builtins
+    builtin_print = builtins.__dict__.setdefault("_geo_sign_print", builtins.print)
+
+    def print_rank0(*args, force=False, **kwargs):
+        if is_master or force:
+            builtin_print(*args, **kwargs)
+
+    builtins.print = print_rank0
+
+
+def is_main_process():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def device():
+    from deepspeed.accelerator import get_accelerator
+    name = get_accelerator().device_name()
+    return torch.device("cpu") if name == "cpu" else torch.device(name, int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def gather_objects(obj):
+    """all_gather_object on every rank; a one-rank run returns [obj]."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_ranks_true(flag):
+    """True only when `flag` is true on every rank (so that all ranks take the same branch)."""
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device() if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+# ---------------------------------------------------------------------------- DeepSpeed
+
+def resolve_dtype(requested):
+    """bf16 on GPUs, fp32 on CPUs unless asked otherwise."""
+    if requested:
+        return requested
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
+
+def deepspeed_config(args, total_updates, warmup_updates):
+    """The DeepSpeed config for our flags: precision, ZeRO stage, accumulation, clipping and the
+    cosine schedule with linear warmup (DeepSpeed's WarmupCosineLR, stepped once per update)."""
+    return {
+        "train_micro_batch_size_per_gpu": args.batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "gradient_clipping": args.gradient_clipping,
+        "bf16": {"enabled": args.dtype == "bf16"},
+        "fp16": {"enabled": args.dtype == "fp16", "initial_scale_power": 16},
+        "zero_optimization": {"stage": args.zero_stage},
+        "zero_allow_untested_optimizer": True,  # our AdamW is torch's own
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": max(total_updates, 1),
+            "warmup_num_steps": min(warmup_updates, max(total_updates - 1, 0)),
+            "warmup_type": "linear",
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": args.min_lr / args.lr if args.lr > 0 else 0.0,
+        }},
+    }
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file next to `path`, then rename: a crash never leaves half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint_file(path):
+    """Load a checkpoint dict without running code from it (weights_only); the release stores its
+    args as an argparse.Namespace, which we allow explicitly."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path} is not a Geo-Sign/Uni-Sign checkpoint: expected a dict with a 'model' entry")
+    return ckpt
+
+
+def load_model_weights(model, path, drop_curvature):
+    """--finetune: load the 'model' entry non-strictly and report what did not match.
+    When fine-tuning, the curvature entries are dropped so that --init_c takes effect."""
+    state = load_checkpoint_file(path)["model"]
+    if drop_curvature:
+        state = {k: v for k, v in state.items() if not k.endswith("isp_c")}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (drop_curvature and k.endswith("isp_c"))]
+    print(f"Loaded {path}: {len(state)} tensors; missing keys {len(missing)}, unexpected keys {len(result.unexpected_keys)}")
+    for k in missing:
+        print(f"  missing: {k}")
+    for k in result.unexpected_keys:
+        print(f"  unexpected: {k}")
+    return result
+
+
+def model_state_dict(engine):
+    """A plain fp32 CPU state dict of the whole model, whatever the precision or ZeRO stage."""
+    if engine.zero_optimization_stage() == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict()
+    return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in (state or {}).items()}
+
+
+# ---------------------------------------------------------------------------- logging
+
+def append_log(output_dir, record):
+    with open(os.path.join(output_dir, "log.txt"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_predictions(output_dir, split, names, hyps, refs):
+    """The literature's pair of files (`sample: NAME, prediction: TEXT` / `..., ground-truth: TEXT`),
+    which SLRT_metrics.py scores as they are."""
+    with open(os.path.join(output_dir, f"{split}_tmp_pres.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"sample: {n}, prediction: {h}\n" for n, h in zip(names, hyps))
+    with open(os.path.join(output_dir, f"{split}_tmp_refs.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"sample: {n}, ground-truth: {r}\n" for n, r in zip(names, refs))
+
+
+def init_wandb(args):
+    """wandb run on rank 0; offline (and saying where) when there are no credentials."""
+    if not (args.wandb and is_main_process()):
+        return None
+    import wandb
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None:
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
+        mode = "online" if has_key else "offline"
+    run = wandb.init(project=args.wandb_project, name=args.wandb_run_name, config=vars(args),
+                     dir=args.output_dir, mode=mode)
+    if mode == "offline":
+        print(f"wandb: no credentials, logging offline to {run.dir} (upload later with `wandb sync`)")
+    return run
+
+
+def _netrc_has_wandb():
+    path = os.path.expanduser("~/.netrc")
+    return os.path.isfile(path) and "api.wandb.ai" in open(path, encoding="utf-8", errors="replace").read()
+
+
+def plot_curves(output_dir, metric):
+    """training_curves.png from log.txt: train loss and dev/test `metric` per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(os.path.join(output_dir, "log.txt"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    records = [r for r in records if "epoch" in r]
+    if not records:
+        return None
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("train_loss", "train_ce_loss", "train_hyp_loss"):
+        if key in records[0]:
+            ax_loss.plot(epochs, [r.get(key) for r in records], marker="o", label=key[6:])
+    ax_loss.set_xlabel("epoch"), ax_loss.set_title("training loss"), ax_loss.legend()
+    for split in ("dev", "test"):
+        key = f"{split}_{metric}"
+        if key in records[0]:
+            ax_metric.plot(epochs, [r.get(key) for r in records], marker="o", label=split)
+    ax_metric.set_xlabel("epoch"), ax_metric.set_title(metric), ax_metric.legend()
+    fig.tight_layout()
+    path = os.path.join(output_dir, "training_curves.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def fail(message):
+    """Stop with a clear message (no traceback); every rank says it, since any rank may be the one that failed."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(1)
