@@ -1,0 +1,300 @@
+"""Geo-Sign / Uni-Sign fine-tuning and evaluation under DeepSpeed.
+
+    deepspeed --num_gpus 4 fine_tuning.py --dataset CSL_Daily --task SLT --use_hyperbolic ...
+    python fine_tuning.py --dataset Demo --mt5_path pretrained_weight/mt5-demo ...   # one process, CPU
+    python fine_tuning.py --eval --finetune out/best_checkpoint.pth ...
+
+Set-up is in main(); the two loops are train_one_epoch() and evaluate().
+"""
+import argparse
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+
+import torch
+from tqdm import tqdm
+
+import config
+import utils
+
+# The dev metric that picks best_checkpoint.pth, and whether higher is better.
+BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_per_instance", True), "CSLR": ("wer", False)}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("Geo-Sign fine-tuning", add_help=False)
+    p.add_argument("--batch_size", type=int, default=8, help="per process")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--opt", default="adamw", choices=["adamw"])
+    p.add_argument("--opt-betas", dest="opt_betas", type=float, nargs=2, default=(0.9, 0.999))
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--min-lr", dest="min_lr", type=float, default=1e-6)
+    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=5)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.01)
+    p.add_argument("--gradient_clipping", type=float, default=1.0)
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--output_dir", default="out/fine_tuning")
+    p.add_argument("--finetune", default="", help="checkpoint whose 'model' entry initialises the model")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --output_dir")
+    p.add_argument("--eval", action="store_true", help="only evaluate --finetune on dev and test")
+    # data
+    p.add_argument("--dataset", default="CSL_Daily", choices=sorted(config.pose_dirs))
+    p.add_argument("--task", default="SLT", choices=sorted(BEST_METRIC))
+    p.add_argument("--max_length", type=int, default=256, help="frames per video")
+    for phase in ("train", "dev", "test"):
+        p.add_argument(f"--{phase}_label_path", default=None, help=f"overrides config.{phase}_label_paths[dataset]")
+    p.add_argument("--pose_dir", default=None, help="overrides config.pose_dirs[dataset]")
+    p.add_argument("--skip_bad_samples", action="store_true", help="skip and count unreadable pose files")
+    p.add_argument("--rgb_support", action="store_true", help="(the RGB branch is not part of this pose-only model)")
+    p.add_argument("--quick_break", type=int, default=0, help="cap training steps per epoch (0: no cap)")
+    p.add_argument("--save_one_batch", action="store_true", help="save the first training batch to one_batch.pt")
+    # model
+    p.add_argument("--mt5_path", default=None, help="overrides config.mt5_path")
+    p.add_argument("--label_smoothing", type=float, default=0.2)
+    p.add_argument("--num_beams", type=int, default=4)
+    p.add_argument("--max_tgt_len", type=int, default=100, help="new tokens at generation")
+    p.add_argument("--use_hyperbolic", action="store_true")
+    p.add_argument("--hyp_dim", type=int, default=256)
+    p.add_argument("--init_c", type=float, default=1.0)
+    p.add_argument("--hyp_lr", type=float, default=1e-3)
+    p.add_argument("--hyp_text_emb_src", default="token", choices=["token", "decoder"])
+    p.add_argument("--hyp_text_cmp", default="token", choices=["pooled", "attn", "token"])
+    p.add_argument("--alpha", type=float, default=0.7)
+    p.add_argument("--label_smoothing_hyp", type=float, default=0.2)
+    # logging
+    p.add_argument("--wandb", action="store_true")
+    p.add_argument("--wandb_project", default="Geo-Sign")
+    p.add_argument("--wandb_run_name", default=None)
+    p.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
+    return p
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def to_device(batch, device, dtype):
+    """Move a collated batch; pose coordinates take the model's precision."""
+    out = dict(batch)
+    out["pose"] = {k: v.to(device, dtype=dtype, non_blocking=True) for k, v in batch["pose"].items()}
+    for key in ("pose_mask", "prompt_ids", "prompt_mask", "labels", "labels_mask"):
+        out[key] = batch[key].to(device, non_blocking=True)
+    return out
+
+
+def train_one_epoch(engine, loader, hyp_optimizer, epoch, args):
+    model, device, dtype = engine.module, engine.device, _torch_dtype(args.dtype)
+    engine.train()
+    sums, count, skipped = defaultdict(float), 0, 0
+    steps = min(len(loader), args.quick_break) if args.quick_break else len(loader)
+    bar = tqdm(loader, total=steps, desc=f"train {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        if step >= steps:
+            break
+        skipped += batch["num_skipped"]
+        if not batch["name"]:  # --skip_bad_samples dropped the whole batch
+            continue
+        out = engine(to_device(batch, device, dtype))
+        loss = out["loss"]
+        if not utils.all_ranks_true(torch.isfinite(loss).item()):
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step} "
+                                f"(optimizer update {int(model.global_step)})")
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.backward(loss)
+        if boundary and hyp_optimizer is not None:
+            step_hyperbolic(hyp_optimizer, args.gradient_clipping)
+        engine.step()
+        if boundary:
+            model.count_update()
+        for key, value in out.items():
+            sums[key] += float(value)
+        count += 1
+        bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", lr=f"{engine.get_lr()[0]:.2e}")
+    stats = {key: value / max(count, 1) for key, value in sums.items()}
+    stats["lr"] = engine.get_lr()[0]
+    if skipped:
+        print(f"epoch {epoch}: skipped {skipped} bad samples (--skip_bad_samples)")
+    stats["skipped_samples"] = skipped
+    return stats
+
+
+def step_hyperbolic(optimizer, max_norm):
+    """Riemannian Adam steps once per optimizer update, on gradients averaged over ranks (idempotent
+    when DeepSpeed already reduced them) and clipped like the Euclidean ones."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if utils.world_size() > 1:
+        for p in params:
+            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def evaluate(model, loader, args, split):
+    """Beam-search every sample of this rank's shard, gather all ranks' predictions back in dataset
+    order (the sampler's padding duplicates are dropped by name), then score them."""
+    from SLRT_metrics import evaluate as score, format_for_dataset
+
+    model.eval()
+    device, dtype = next(model.parameters()).device, _torch_dtype(args.dtype)
+    mine = {}
+    for batch in tqdm(loader, desc=f"eval {split}", disable=not utils.is_main_process(), dynamic_ncols=True):
+        if not batch["name"]:
+            continue
+        preds = model.generate(to_device(batch, device, dtype), num_beams=args.num_beams, max_new_tokens=args.max_tgt_len)
+        mine.update(zip(batch["name"], zip(preds, batch["text"])))
+    results = {}
+    for part in utils.gather_objects(mine):
+        results.update(part)
+    names = [n for n in loader.dataset.names if n in results]
+    hyps, refs = [results[n][0] for n in names], [results[n][1] for n in names]
+    metrics = score(hyps, refs, args.dataset, args.task)
+    if utils.is_main_process():
+        utils.write_predictions(args.output_dir, split, names,
+                                format_for_dataset(hyps, args.dataset, is_reference=False),
+                                format_for_dataset(refs, args.dataset, is_reference=True))
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _torch_dtype(name):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
+
+
+def build_loader(dataset, collator, args, train):
+    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed, drop_last=False) \
+        if utils.world_size() > 1 or train else None
+    if sampler is None:
+        sampler = torch.utils.data.SequentialSampler(dataset)
+    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, collate_fn=collator,
+                                       num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
+                                       persistent_workers=args.num_workers > 0)
+
+
+def main(args):
+    import deepspeed
+    import geoopt
+    from datasets import PoseCollator, build_dataset
+    from models import Uni_Sign
+
+    rank, world, _ = utils.init_distributed()
+    args.dtype = utils.resolve_dtype(args.dtype)
+    args.mt5_path = args.mt5_path or config.mt5_path
+    args.num_workers = min(args.num_workers, os.cpu_count() or 1)
+    if args.rgb_support:
+        utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
+    if args.eval and not args.finetune:
+        utils.fail("--eval needs --finetune PATH (the checkpoint to evaluate)")
+    os.makedirs(args.output_dir, exist_ok=True)
+    utils.set_seed(args.seed + rank)
+    print(f"{world} process(es), {args.dtype}, ZeRO stage {args.zero_stage}, output in {args.output_dir}")
+
+    model = Uni_Sign(args)
+    if args.finetune:
+        utils.load_model_weights(model, args.finetune, drop_curvature=not args.eval)
+    collator = PoseCollator(model.mt5_tokenizer, args.dataset)
+
+    def loader(phase):
+        dataset = build_dataset(args.dataset, phase, args, label_path=getattr(args, f"{phase}_label_path"),
+                                pose_dir=args.pose_dir)
+        return build_loader(dataset, collator, args, train=phase == "train")
+
+    # CSL-News has one held-out split (its last 1 %): dev and test would score the same samples twice.
+    eval_loaders = {split: loader(split) for split in (("dev",) if args.dataset == "CSL_News" else ("dev", "test"))}
+    metric, higher_is_better = BEST_METRIC[args.task]
+
+    if args.eval:
+        model.to(utils.device(), dtype=_torch_dtype(args.dtype))
+        for split, eval_loader in eval_loaders.items():
+            print(f"{split}: " + format_metrics(evaluate(model, eval_loader, args, split)))
+        return
+
+    train_loader = loader("train")
+    steps = min(len(train_loader), args.quick_break) if args.quick_break else len(train_loader)
+    updates_per_epoch = math.ceil(steps / args.gradient_accumulation_steps)
+    total_updates = args.epochs * updates_per_epoch
+    model.set_total_updates(total_updates)
+    optimizer = torch.optim.AdamW(model.euclidean_param_groups(args.weight_decay), lr=args.lr, betas=tuple(args.opt_betas))
+    hyp_params = model.hyperbolic_parameters() if args.use_hyperbolic else []
+    ds_config = utils.deepspeed_config(args, total_updates, int(args.warmup_epochs * updates_per_epoch))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    for p in hyp_params:  # the geometry stays in float32 whatever DeepSpeed's precision
+        p.data = p.data.float()
+    hyp_optimizer = geoopt.optim.RiemannianAdam(hyp_params, lr=args.hyp_lr, stabilize=100) if hyp_params else None
+
+    start_epoch, best = 0, None
+    ds_dir = os.path.join(args.output_dir, "deepspeed")
+    if args.resume:
+        path, client = engine.load_checkpoint(ds_dir)
+        if path is None:
+            utils.fail(f"--resume: no resumable state in {ds_dir}; start without --resume")
+        start_epoch, best = client["epoch"] + 1, client["best"]
+        if hyp_optimizer is not None:
+            hyp_optimizer.load_state_dict(client["hyp_optimizer"])
+        utils.set_rng_state(client["rng"][rank])
+        print(f"Resumed from {path}: continuing at epoch {start_epoch} (best dev {metric} {best})")
+    if args.save_one_batch and utils.is_main_process():
+        torch.save(next(iter(train_loader)), os.path.join(args.output_dir, "one_batch.pt"))
+
+    run = utils.init_wandb(args)
+    for epoch in range(start_epoch, args.epochs):
+        if isinstance(train_loader.sampler, torch.utils.data.DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        start = time.time()
+        try:
+            train_stats = train_one_epoch(engine, train_loader, hyp_optimizer, epoch, args)
+        except NonFiniteLoss as err:
+            utils.fail(f"{err}; stopping. The last good checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth')}")
+        scores = {split: evaluate(engine.module, eval_loader, args, split) for split, eval_loader in eval_loaders.items()}
+        dev_score = scores["dev"][metric]
+        improved = best is None or (dev_score > best if higher_is_better else dev_score < best)
+        best = dev_score if improved else best
+        save(engine, hyp_optimizer, args, epoch, best, improved, ds_dir)
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
+                  **{f"{split}_{k}": v for split, stats in scores.items() for k, v in stats.items()},
+                  "best_dev_" + metric: best, "epoch_time_s": round(time.time() - start, 1)}
+        if utils.is_main_process():
+            utils.append_log(args.output_dir, record)
+            print(f"epoch {epoch}: " + " | ".join(f"{split} {format_metrics(stats)}" for split, stats in scores.items()))
+        if run is not None:
+            run.log(record, step=epoch)
+    if utils.is_main_process():
+        plot = utils.plot_curves(args.output_dir, metric)
+        print(f"Checkpoints, predictions (*_tmp_pres.txt / *_tmp_refs.txt), log.txt and {plot} are in {args.output_dir}")
+    if run is not None:
+        run.finish()
+
+
+def save(engine, hyp_optimizer, args, epoch, best, improved, ds_dir):
+    """checkpoint.pth (+ best_checkpoint.pth) as plain dicts the release can load, written atomically
+    on rank 0; the resumable DeepSpeed state (optimizer, scheduler, RNG) in output_dir/deepspeed."""
+    state = utils.model_state_dict(engine)
+    if utils.is_main_process():
+        ckpt = {"model": state, "epoch": epoch, "args": vars(args), "max_accuracy": best,
+                "global_step": int(engine.module.global_step)}
+        utils.save_atomic(ckpt, os.path.join(args.output_dir, "checkpoint.pth"))
+        if improved:
+            utils.save_atomic(ckpt, os.path.join(args.output_dir, "best_checkpoint.pth"))
+    client = {"epoch": epoch, "best": best, "rng": utils.gather_objects(utils.rng_state()),
+              "hyp_optimizer": hyp_optimizer.state_dict() if hyp_optimizer is not None else None}
+    engine.save_checkpoint(ds_dir, tag=f"epoch{epoch}", client_state=client)
+    if utils.is_main_process():  # keep only the newest resumable state: it holds the optimizer moments
+        for name in os.listdir(ds_dir):
+            if name.startswith("epoch") and name != f"epoch{epoch}":
+                shutil.rmtree(os.path.join(ds_dir, name), ignore_errors=True)
+
+
+def format_metrics(stats):
+    return " ".join(f"{k} {v:.2f}" for k, v in stats.items())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser("Geo-Sign fine-tuning", parents=[get_args_parser()])
+    main(parser.parse_args())

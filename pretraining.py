@@ -1,0 +1,22 @@
+"""Uni-Sign stage 1: pose-only translation pretraining on CSL-News-format data (JSON labels).
+
+    deepspeed --num_gpus 4 pretraining.py --batch_size 16 --gradient_accumulation_steps 8 ...
+
+The loops are fine_tuning.py's; only the defaults differ (Uni-Sign's stage-1 recipe: CSL-News,
+20 epochs, lr 3e-4, at most 2,048 steps an epoch). The checkpoints it writes are what
+`fine_tuning.py --finetune` loads. Add --use_hyperbolic to pretrain with the Geo-Sign branch.
+"""
+import argparse
+
+import fine_tuning
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("Uni-Sign pose-only pretraining", parents=[fine_tuning.get_args_parser()])
+    parser.set_defaults(dataset="CSL_News", task="SLT", epochs=20, lr=3e-4, batch_size=16,
+                        gradient_accumulation_steps=8, quick_break=2048, output_dir="out/pretraining")
+    return parser
+
+
+if __name__ == "__main__":
+    fine_tuning.main(get_args_parser().parse_args())
