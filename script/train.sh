@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The release's fine-tuning run: Geo-Sign token mode on CSL-Daily, from the stage-1 checkpoint.
+# Paths (mT5, labels, poses) come from config.py.
+output_dir=${OUTPUT_DIR:-out/geo_sign_csl_daily}
+ckpt=${CKPT:-checkpoints/pretraining.pth}
+deepspeed --num_gpus ${NUM_GPUS:-1} fine_tuning.py \
+   --batch_size 8 \
+   --gradient_accumulation_steps 8 \
+   --epochs 40 \
+   --opt adamw \
+   --lr 1e-4 \
+   --output_dir "$output_dir" \
+   --finetune "$ckpt" \
+   --dataset CSL_Daily \
+   --task SLT \
+   --use_hyperbolic \
+   --init_c 1.0 \
+   --hyp_text_emb_src decoder \
+   --hyp_text_cmp token \
+   --alpha 0.7 \
+   --wandb "$@"
