@@ -1,0 +1,42 @@
+"""The set-up files agree with each other and the README's commands exist."""
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(name):
+    with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def requirement_lines(text):
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+
+
+def test_env_yaml_pip_list_is_requirements_plus_torch():
+    env = read("env.yaml")
+    pip_section = env.split("- pip:", 1)[1]
+    env_pins = [m.group(1).strip() for m in re.finditer(r"^\s+- (\S.*)$", pip_section, re.M)]
+    assert env_pins[0] == "torch"
+    assert env_pins[1:] == requirement_lines(read("requirements.txt"))
+
+
+def test_readme_commands_and_ci_agree():
+    readme = read("README.md")
+    assert "bash script/demo.sh" in readme and "bash script/test.sh" in readme
+    assert "script/test.sh" in read(".ci/run")
+    for script in ("demo.sh", "test.sh", "setup.sh", "train.sh", "eval.sh", "train_paper.sh", "pretrain.sh"):
+        assert os.path.isfile(os.path.join(ROOT, "script", script)), script
+
+
+def test_project_never_reads_shared_folder():
+    offenders = []
+    for folder, _, files in os.walk(ROOT):
+        if any(part in folder for part in (".venv", ".git", "__pycache__", "data")):
+            continue
+        for name in files:
+            if name.endswith((".py", ".sh")) and name != "test_setup.py":
+                if "../shared" in read(os.path.relpath(os.path.join(folder, name), ROOT)):
+                    offenders.append(name)
+    assert not offenders

@@ -1,0 +1,185 @@
+"""fine_tuning.py / pretraining.py end to end on the demo data with the tiny mT5, as a user runs them."""
+import gzip
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture(scope="module")
+def small_demo(demo_root, tmp_path_factory):
+    """The demo with dev and test cut to 12 samples each, so that every epoch's beam search is quick."""
+    out = tmp_path_factory.mktemp("small_demo")
+    paths = {"train": demo_root["label_paths"]["train"]}
+    for phase in ("dev", "test"):
+        with gzip.open(demo_root["label_paths"][phase], "rb") as f:
+            labels = pickle.load(f)
+        paths[phase] = str(out / f"labels.{phase}")
+        with gzip.open(paths[phase], "wb") as f:
+            pickle.dump(dict(list(labels.items())[:12]), f)
+    return {"mt5_path": demo_root["mt5_path"], "pose_dir": demo_root["pose_dir"], "label_paths": paths}
+
+
+def base_args(demo, output_dir, epochs=2, steps=4):
+    return ["--dataset", "Demo", "--task", "SLT", "--mt5_path", demo["mt5_path"], "--pose_dir", demo["pose_dir"],
+            "--train_label_path", demo["label_paths"]["train"], "--dev_label_path", demo["label_paths"]["dev"],
+            "--test_label_path", demo["label_paths"]["test"], "--output_dir", str(output_dir),
+            "--epochs", str(epochs), "--quick_break", str(steps), "--batch_size", "4", "--lr", "1e-3",
+            "--warmup-epochs", "0", "--num_workers", "0", "--num_beams", "2", "--max_tgt_len", "20",
+            "--use_hyperbolic", "--hyp_text_cmp", "token", "--hyp_text_emb_src", "decoder"]
+
+
+def clean_env():
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    return env
+
+
+def run(cmd, timeout=600):
+    result = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+def check_ok(result):
+    assert result.returncode == 0, f"exit {result.returncode}\nSTDOUT:\n{result.stdout[-3000:]}\nSTDERR:\n{result.stderr[-5000:]}"
+    return result
+
+
+def read_log(output_dir):
+    with open(os.path.join(output_dir, "log.txt"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_predictions(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    check_ok(run([sys.executable, "fine_tuning.py", *base_args(small_demo, out)]))
+    return out
+
+
+def test_two_epoch_token_mode_run_writes_everything(trained_run):
+    log = read_log(trained_run)
+    assert [r["epoch"] for r in log] == [0, 1]
+    for key in ("train_loss", "train_ce_loss", "train_hyp_loss", "train_alpha", "train_curvature", "dev_bleu4",
+                "dev_rouge", "test_bleu1", "test_bleu4"):
+        assert key in log[0], key
+    for name in ("checkpoint.pth", "best_checkpoint.pth", "training_curves.png"):
+        assert os.path.isfile(trained_run / name), name
+    for split in ("dev", "test"):
+        assert len(read_predictions(trained_run / f"{split}_tmp_pres.txt")) == 12
+    ckpt = torch.load(trained_run / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert ckpt["global_step"] == 8  # 2 epochs x 4 updates: counted per optimizer update
+    assert int(ckpt["model"]["global_step"]) == 8
+    assert "hyp_attn_W" in ckpt["model"] and "mt5_model.shared.weight" in ckpt["model"]
+    assert not [name for name in os.listdir(trained_run) if ".tmp-" in name]  # no half-written files
+
+
+def test_eval_of_best_checkpoint_reproduces_its_dev_scores(trained_run, small_demo, tmp_path):
+    log = read_log(trained_run)
+    best = max(log, key=lambda r: r["dev_bleu4"])  # the first epoch reaching the best score is the one saved
+    best = next(r for r in log if r["dev_bleu4"] == best["dev_bleu4"])
+    args = base_args(small_demo, tmp_path) + ["--eval", "--finetune", str(trained_run / "best_checkpoint.pth")]
+    result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
+    dev_line = next(line for line in result.stdout.splitlines() if line.startswith("dev:"))
+    assert f"bleu4 {best['dev_bleu4']:.2f}" in dev_line and f"rouge {best['dev_rouge']:.2f}" in dev_line
+
+
+def test_resume_after_kill_continues_at_the_next_epoch(small_demo, tmp_path):
+    args = base_args(small_demo, tmp_path, epochs=3)
+    proc = subprocess.Popen([sys.executable, "fine_tuning.py", *args], cwd=ROOT, env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(tmp_path / "log.txt") and read_log(tmp_path)):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [r["epoch"] for r in read_log(tmp_path)][:1] == [0]
+    result = check_ok(run([sys.executable, "fine_tuning.py", *args, "--resume"]))
+    assert "continuing at epoch" in result.stdout
+    epochs = [r["epoch"] for r in read_log(tmp_path)]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 2  # nothing trained twice, nothing lost
+    ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 12
+
+
+PLANT_NAN = """
+import sys, math, models, fine_tuning
+forward = models.Uni_Sign.forward
+calls = []
+def nan_after_first_epoch(self, batch):
+    out = forward(self, batch)
+    if self.training:
+        calls.append(1)
+        if len(calls) > {steps}:
+            out["loss"] = out["loss"] * math.nan
+    return out
+models.Uni_Sign.forward = nan_after_first_epoch
+parser = fine_tuning.get_args_parser()
+fine_tuning.main(parser.parse_args(sys.argv[1:]))
+"""
+
+
+def test_planted_nan_stops_the_run_and_keeps_the_last_checkpoint(small_demo, tmp_path):
+    args = base_args(small_demo, tmp_path, epochs=3)
+    result = run([sys.executable, "-c", PLANT_NAN.format(steps=4), *args])
+    assert result.returncode != 0
+    assert "non-finite loss" in result.stderr and "epoch 1, step 0" in result.stderr
+    ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert [r["epoch"] for r in read_log(tmp_path)] == [0]
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_score_like_one(small_demo, tmp_path):
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+           "fine_tuning.py", *base_args(small_demo, two, epochs=1, steps=3)]
+    check_ok(run(cmd))
+    log = read_log(two)
+    one = tmp_path / "one"
+    args = base_args(small_demo, one) + ["--eval", "--finetune", str(two / "checkpoint.pth")]
+    result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
+    for split in ("dev", "test"):
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"{split}:"))
+        assert f"bleu4 {log[0][f'{split}_bleu4']:.2f}" in line and f"rouge {log[0][f'{split}_rouge']:.2f}" in line
+        gathered = read_predictions(two / f"{split}_tmp_pres.txt")
+        assert gathered == read_predictions(one / f"{split}_tmp_pres.txt")  # same order, none lost or doubled
+
+
+def test_pretraining_checkpoint_loads_into_fine_tuning(demo_root, small_demo, tmp_path):
+    with gzip.open(demo_root["label_paths"]["train"], "rb") as f:
+        labels = pickle.load(f)
+    news = [{"video": v["video_path"], "pose": v["video_path"].replace(".mp4", ".pkl"), "text": v["text"]}
+            for v in list(labels.values())[:200]]
+    news_path = tmp_path / "CSL_News_Labels.json"
+    news_path.write_text(json.dumps(news, ensure_ascii=False), encoding="utf-8")
+    pre = tmp_path / "pre"
+    check_ok(run([sys.executable, "pretraining.py", "--mt5_path", small_demo["mt5_path"], "--pose_dir",
+                  small_demo["pose_dir"], "--train_label_path", str(news_path), "--dev_label_path", str(news_path),
+                  "--output_dir", str(pre), "--epochs", "1", "--quick_break", "2", "--batch_size", "4",
+                  "--gradient_accumulation_steps", "1", "--num_workers", "0", "--num_beams", "1", "--max_tgt_len", "10"]))
+    assert [r["epoch"] for r in read_log(pre)] == [0] and "dev_bleu4" in read_log(pre)[0]
+    assert not any(k.startswith("test_") for k in read_log(pre)[0])  # CSL-News: one held-out split
+    args = base_args(small_demo, tmp_path / "ft", epochs=1, steps=1) + ["--finetune", str(pre / "checkpoint.pth")]
+    result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
+    assert "missing keys" in result.stdout
+    missing = [line for line in result.stdout.splitlines() if line.strip().startswith("missing:")]
+    # only the hyperbolic branch is new; the pose encoder and mT5 come from pretraining
+    assert missing and all(("hyp" in k or "geom_loss" in k or "manifold" in k or "loss_alpha" in k or "global_step" in k)
+                           for k in missing), missing
