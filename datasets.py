@@ -1,6 +1,46 @@
-"""Pose datasets: loading, normalisation, frame selection and batching (SPEC section 1)."""
-import io
+"""Pose datasets: loading, normalisation, frame selection and batching (SPEC section 1).
+
+Public: build_dataset, PoseDataset, PoseCollator, safe_pickle_load, load_pose, normalise_pose, select_frames,
+prompt_for, BadSampleError, UnsafePickleError.
+"""
+import functools
+import gzip
+import json
+import operator
+import os
 import pickle
+
+import numpy as np
+import torch
+
+import config
+
+CONFIDENCE_THRESHOLD = 0.3
+NUM_KEYPOINTS = 133  # COCO-WholeBody
+# part -> COCO-WholeBody indices; the anchor a part is recentred on is given by PART_ANCHORS (None: not recentred).
+PART_INDICES = {
+    "body": [0, 3, 4, 5, 6, 7, 8, 9, 10],
+    "left": list(range(91, 112)),
+    "right": list(range(112, 133)),
+    "face_all": [23, 25, 27, 29, 31, 33, 35, 37, 39] + list(range(83, 91)) + [53],
+}
+PART_ANCHORS = {"body": None, "left": 91, "right": 112, "face_all": 53}
+PROMPTS = {"Chinese": "Translate sign language video to Chinese: ", "English": "Translate sign language video to English: "}
+PHASES = ("train", "dev", "test")
+CSL_NEWS_TRAIN_FRACTION = 0.99
+REAL_DATA_HINT = 'download it and point config.py at it (see README.md, "Using real data")'
+
+# All parts' points gathered once, with the column ranges of each part and of the anchors.
+_ALL_INDICES = np.concatenate([PART_INDICES[p] for p in PART_INDICES])
+_PART_SLICES, _start = {}, 0
+for _part, _indices in PART_INDICES.items():
+    _PART_SLICES[_part] = slice(_start, _start + len(_indices))
+    _start += len(_indices)
+_BODY = _PART_SLICES["body"]
+# Per kept point, the point it is recentred on (its part's anchor; body points get a placeholder that the
+# box corner replaces).
+_ANCHOR_POINT = np.concatenate([np.full(len(PART_INDICES[p]), PART_ANCHORS[p] or 0) for p in PART_INDICES])
+_IS_BODY = (np.arange(len(_ALL_INDICES)) < _BODY.stop).astype(np.float32)
 
 
 class BadSampleError(ValueError):
@@ -12,7 +52,6 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 
 # The only globals a pose or label pickle may reference: numpy array/scalar reconstruction and bytes decoding.
-_NUMPY_CORE = {"_reconstruct", "scalar"}
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
@@ -36,13 +75,315 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def safe_pickle_load(path_or_fileobj):
     """Unpickle with a whitelist (numpy arrays, lists, dicts, plain scalars); anything else raises UnsafePickleError."""
+    return _load_restricted(path_or_fileobj, _RestrictedUnpickler)
+
+
+def _load_restricted(path_or_fileobj, unpickler_class):
     if isinstance(path_or_fileobj, (str, bytes)) or hasattr(path_or_fileobj, "__fspath__"):
         with open(path_or_fileobj, "rb") as f:
-            return _load_restricted(f, str(path_or_fileobj))
-    return _load_restricted(path_or_fileobj, getattr(path_or_fileobj, "name", "<stream>"))
-
-
-def _load_restricted(fileobj, source):
-    unpickler = _RestrictedUnpickler(fileobj)
-    unpickler.source = source
+            return _load_restricted(f, unpickler_class)
+    unpickler = unpickler_class(path_or_fileobj)
+    unpickler.source = getattr(path_or_fileobj, "name", "<stream>")
     return unpickler.load()
+
+
+class _RawArray:
+    """A pickled numpy array not built yet: its pickled state (version, shape, dtype, Fortran order, bytes).
+
+    A pose file holds two arrays per frame; building hundreds of tiny arrays costs more than everything
+    else in loading, so the pose reader keeps their states and joins each sequence's bytes once.
+    """
+    __slots__ = ("state",)
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _raw_array(cls, shape, dtype):
+    """Stands in for numpy's _reconstruct(ndarray, shape, dtype) while reading pose files."""
+    if cls is not np.ndarray:
+        raise UnsafePickleError(f"refused to reconstruct {cls!r}: only numpy arrays are allowed")
+    return _RawArray()
+
+
+class _PoseUnpickler(_RestrictedUnpickler):
+    def find_class(self, module, name):
+        found = super().find_class(module, name)  # the whitelist check
+        return _raw_array if name == "_reconstruct" else found
+
+
+_STATE = operator.attrgetter("state")
+_STATE_HEADER, _STATE_BYTES = operator.itemgetter(0, 1, 2, 3), operator.itemgetter(4)
+
+
+def _build_array(item):
+    """A real array from a _RawArray (or the item itself when it already is one)."""
+    if not isinstance(item, _RawArray):
+        return item
+    state = item.state if len(item.state) == 5 else (1,) + tuple(item.state)  # very old pickles lack the version
+    _, shape, dtype, fortran_order, data = state
+    if dtype.hasobject or not isinstance(data, (bytes, bytearray)):
+        raise ValueError("array of Python objects")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _build_frames(frames):
+    """A sequence of per-frame arrays as one (T, ...) array when all frames share shape and dtype (the usual
+    case: a single bytes join), else as a list of arrays; a single stored array is built as it is."""
+    if not isinstance(frames, (list, tuple)):
+        return _build_array(frames)
+    if frames and set(map(type, frames)) == {_RawArray}:
+        states = list(map(_STATE, frames))
+        headers = set(map(_STATE_HEADER, states))
+        if len(headers) == 1:
+            version, shape, dtype, fortran_order = headers.pop()
+            if version == 1 and not fortran_order and not dtype.hasobject:
+                return np.frombuffer(b"".join(map(_STATE_BYTES, states)), dtype).reshape((len(frames),) + shape)
+    return [_build_array(frame) for frame in frames]
+
+
+# ----------------------------------------------------------------------------- one pose file
+def load_pose(path):
+    """Read a pose pickle; returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32 arrays.
+
+    Frames may be a list of per-frame arrays or one array; only frames [start, end) count when given.
+    Anything unusable raises BadSampleError naming the file and the problem (UnsafePickleError is never softened).
+    """
+    try:
+        data = _load_restricted(path, _PoseUnpickler)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+        raise BadSampleError(f"{path}: pose file is missing") from error
+    except UnsafePickleError as error:
+        if str(path) in str(error):
+            raise
+        raise UnsafePickleError(f"{path}: {error}") from error
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        if os.path.getsize(path) == 0:
+            raise BadSampleError(f"{path}: pose file is empty") from error
+        raise BadSampleError(f"{path}: truncated or corrupt pickle ({type(error).__name__}: {error})") from error
+    if not isinstance(data, dict) or "keypoints" not in data or "scores" not in data:
+        raise BadSampleError(f"{path}: expected a dict with 'keypoints' and 'scores', got {type(data).__name__}"
+                             + (f" with keys {sorted(map(str, data))}" if isinstance(data, dict) else ""))
+    try:
+        keypoints, scores = _build_frames(data["keypoints"]), _build_frames(data["scores"])
+    except (TypeError, ValueError, AttributeError) as error:
+        raise BadSampleError(f"{path}: malformed arrays ({type(error).__name__}: {error})") from error
+    if len(keypoints) != len(scores):
+        raise BadSampleError(f"{path}: {len(keypoints)} keypoint frames but {len(scores)} score frames")
+    start, end = data.get("start", 0), data.get("end", len(keypoints))
+    if start is None:
+        start = 0
+    if end is None:
+        end = len(keypoints)
+    if not (isinstance(start, (int, np.integer)) and isinstance(end, (int, np.integer)) and 0 <= start <= end):
+        raise BadSampleError(f"{path}: invalid start/end ({start!r}, {end!r}) for {len(keypoints)} frames")
+    keypoints, scores = keypoints[start:end], scores[start:end]
+    if len(keypoints) == 0:
+        raise BadSampleError(f"{path}: no frames (start={start}, end={end}, {len(data['keypoints'])} stored)")
+    keypoints = _first_person(path, "keypoints", keypoints, (NUM_KEYPOINTS, 2))
+    scores = _first_person(path, "scores", scores, (NUM_KEYPOINTS,))
+    for key, values in (("keypoints", keypoints), ("scores", scores)):
+        if not np.isfinite(values).all():
+            frames = np.unique(np.nonzero(~np.isfinite(values))[0])
+            raise BadSampleError(f"{path}: NaN or inf {key} in frame(s) {frames[:10].tolist()}")
+    return keypoints, scores
+
+
+def _first_person(path, key, frames, point_shape):
+    """Stack frames of shape (P, *point_shape) (P >= 1, may vary per frame) and keep person 0 -> (T, *point_shape)."""
+    expected = f"(P, {', '.join(map(str, point_shape))})"
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 2 + len(point_shape) or frames.shape[2:] != point_shape or frames.shape[1] < 1:
+            raise BadSampleError(f"{path}: {key} array has shape {frames.shape}, expected (T, {expected[1:]}")
+        return np.asarray(frames[:, 0], dtype=np.float32)
+    try:
+        people = set(map(len, frames))
+        if 0 in people:
+            raise BadSampleError(f"{path}: {key} has frames with no person")
+        # The usual case, one person in every frame: one concatenation (it also checks ranks and inner shapes).
+        stacked = np.concatenate(frames) if people == {1} else np.stack([frame[0] for frame in frames])
+        stacked = stacked.astype(np.float32, copy=False)
+    except (TypeError, ValueError) as error:
+        raise BadSampleError(f"{path}: {key} frames must be arrays of shape {expected} ({error})") from error
+    if stacked.shape != (len(frames),) + point_shape:
+        raise BadSampleError(f"{path}: {key} frames have shape {stacked.shape[1:]} per person, expected {expected}")
+    return stacked
+
+
+def select_frames(num_frames, max_length, random):
+    """Indices of the frames to keep: all when num_frames <= max_length; else max_length distinct sorted ones,
+    drawn at random (training: torch's generator, which DataLoader seeds per worker) or evenly spaced."""
+    if num_frames <= max_length:
+        return np.arange(num_frames)
+    if random:
+        return np.sort(torch.randperm(num_frames)[:max_length].numpy())
+    return _evenly_spaced(num_frames, max_length)
+
+
+@functools.lru_cache(maxsize=1024)
+def _evenly_spaced(num_frames, count):
+    """round(linspace(0, num_frames - 1, count)): distinct when num_frames > count; cached and read-only."""
+    indices = np.linspace(0, num_frames - 1, count).round().astype(np.int64)
+    indices.flags.writeable = False
+    return indices
+
+
+def normalise_pose(keypoints, scores):
+    """Parts (T, V, 3) of (x, y, confidence), float32, per SPEC section 1.
+
+    Body: bbox of the confident (> 0.3) body points over all frames, scale = max(width, height),
+    (xs, ys) = ((xmin + xmax - scale) / 2, (ymin + ymax - scale) / 2), xy <- ((xy - (xs, ys)) / scale - 0.5) * 2.
+    Hands and face: xy <- (xy - anchor_xy) / scale. All clipped to [-1, 1]; points with confidence <= 0.3
+    become (0, 0, 0). Fewer than 4 confident body points (or a zero-size box): the whole sample is zeros.
+    """
+    # Planar x and y planes (T, 69): contiguous rows keep every numpy op's inner loop long, hence cheap.
+    flat = keypoints.reshape(len(keypoints), 2 * NUM_KEYPOINTS)
+    confidence = scores.take(_ALL_INDICES, axis=1)
+    confident = confidence > CONFIDENCE_THRESHOLD
+    planes = [flat.take(2 * _ALL_INDICES + axis, axis=1) for axis in (0, 1)]
+    body_confident = confident[:, _BODY]
+    body_planes = [plane[:, _BODY][body_confident] for plane in planes]
+    if len(body_planes[0]) < 4:
+        return _split_parts(np.zeros(confidence.shape + (3,), dtype=np.float32))
+    low, high = [p.min() for p in body_planes], [p.max() for p in body_planes]
+    scale = float(max(high[0] - low[0], high[1] - low[1]))
+    if scale <= 0:
+        return _split_parts(np.zeros(confidence.shape + (3,), dtype=np.float32))
+    # One affine map per entry: (v - origin) * factor + shift, where the body's origin is the box corner
+    # (factor 2 / scale, shift -1) and a hand's or the face's origin is its anchor (factor 1 / scale, shift 0).
+    factor = np.where(_IS_BODY, 2.0 / scale, 1.0 / scale).astype(np.float32)
+    for axis, plane in enumerate(planes):
+        origin = flat.take(2 * _ANCHOR_POINT + axis, axis=1)
+        origin[:, _BODY] = (low[axis] + high[axis] - scale) / 2
+        plane -= origin
+        plane *= factor
+        plane -= _IS_BODY
+        np.clip(plane, -1.0, 1.0, out=plane)
+        plane *= confident
+    return _split_parts(np.stack(planes + [confidence * confident], axis=-1))
+
+
+def _split_parts(parts_xyc):
+    return {part: parts_xyc[:, columns] for part, columns in _PART_SLICES.items()}
+
+
+# ----------------------------------------------------------------------------- label files and the dataset
+def prompt_for(dataset_name):
+    """The translation prompt in the dataset's language (Chinese for config.chinese_datasets, else English)."""
+    return PROMPTS["Chinese" if dataset_name in config.chinese_datasets else "English"]
+
+
+def _read_labels(dataset_name, phase, label_path, pose_dir, task):
+    """List of samples {name, pose_path, text} for one phase, in file order."""
+    if dataset_name == "CSL_News":
+        with open(label_path, encoding="utf-8") as f:
+            entries = json.load(f)
+        if not isinstance(entries, list):
+            raise ValueError(f"{label_path}: expected a JSON list of {{'video', 'pose', 'text'}}")
+        split = int(len(entries) * CSL_NEWS_TRAIN_FRACTION)
+        entries = entries[:split] if phase == "train" else entries[split:]
+        return [{"name": os.path.splitext(e["pose"])[0], "pose_path": os.path.join(pose_dir, e["pose"]),
+                 "text": e["text"]} for e in entries]
+    with gzip.open(label_path, "rb") as f:
+        try:
+            labels = safe_pickle_load(f)
+        except (OSError, EOFError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{label_path}: not a readable gzip pickle ({error})") from error
+    if not isinstance(labels, dict):
+        raise ValueError(f"{label_path}: expected a dict name -> label, got {type(labels).__name__}")
+    samples = []
+    for key, label in labels.items():
+        try:
+            if task == "CSLR":
+                if not isinstance(label["gloss"], list) or not label["gloss"]:
+                    raise ValueError("task CSLR needs a gloss list (CSL_Daily-style labels)")
+                text = " ".join(label["gloss"])
+            else:
+                text = label["text"]
+            pose_name = os.path.splitext(label["video_path"])[0] + ".pkl"
+            samples.append({"name": label["name"], "pose_path": os.path.join(pose_dir, pose_name), "text": text})
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{label_path}: entry {key!r} is malformed ({type(error).__name__}: {error})") from error
+    return samples
+
+
+class PoseDataset(torch.utils.data.Dataset):
+    """Items dict(name, pose={part: (T, V, 3) float32 tensor}, text); None for a bad sample when skipping."""
+
+    def __init__(self, dataset_name, phase, samples, max_length=256, skip_bad_samples=False):
+        self.dataset_name, self.phase, self.samples = dataset_name, phase, samples
+        self.max_length, self.skip_bad_samples = max_length, skip_bad_samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        sample = self.samples[index]
+        try:
+            keypoints, scores = load_pose(sample["pose_path"])
+        except BadSampleError:
+            if self.skip_bad_samples:
+                return None
+            raise
+        frames = select_frames(len(keypoints), self.max_length, random=self.phase == "train")
+        if len(frames) < len(keypoints):
+            keypoints, scores = keypoints.take(frames, axis=0), scores.take(frames, axis=0)
+        parts = normalise_pose(keypoints, scores)
+        return {"name": sample["name"], "pose": {p: torch.from_numpy(v) for p, v in parts.items()}, "text": sample["text"]}
+
+
+def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
+    """The PoseDataset of one phase; label and pose paths default to config.py's."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    known = config.train_label_paths
+    if dataset_name not in known and (label_path is None or pose_dir is None):
+        raise ValueError(f"unknown dataset {dataset_name!r}; config.py knows {sorted(known)}")
+    label_path = label_path or {"train": config.train_label_paths, "dev": config.dev_label_paths,
+                                "test": config.test_label_paths}[phase][dataset_name]
+    if not os.path.isfile(label_path):
+        hint = "run `python script/make_demo.py`" if dataset_name == "Demo" else REAL_DATA_HINT
+        raise FileNotFoundError(f"{dataset_name} {phase} labels not found at {label_path}: {hint}")
+    pose_dir = pose_dir or config.pose_dirs[dataset_name]
+    if dataset_name == "WLASL":
+        pose_dir = os.path.join(pose_dir, phase)
+    if not os.path.isdir(pose_dir):
+        raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {REAL_DATA_HINT}")
+    task = getattr(args, "task", "SLT")
+    samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
+    return PoseDataset(dataset_name, phase, samples, max_length=getattr(args, "max_length", 256),
+                       skip_bad_samples=getattr(args, "skip_bad_samples", False))
+
+
+# ----------------------------------------------------------------------------- batching
+def pad_with_last_frame(part, length):
+    """(T, V, C) -> (length, V, C) by repeating the last frame."""
+    missing = length - part.shape[0]
+    return part if missing == 0 else torch.cat([part, part[-1:].expand(missing, *part.shape[1:])])
+
+
+class PoseCollator:
+    """Batches dataset items: padded parts, pose/prompt masks, tokenised prompt and targets (pad -> -100)."""
+
+    def __init__(self, tokenizer, dataset_name, max_target_len=50):
+        self.tokenizer, self.prompt, self.max_target_len = tokenizer, prompt_for(dataset_name), max_target_len
+
+    def __call__(self, items):
+        valid = [item for item in items if item is not None]
+        num_skipped = len(items) - len(valid)
+        if not valid:
+            return {"name": [], "text": [], "num_skipped": num_skipped}
+        lengths = torch.tensor([item["pose"]["body"].shape[0] for item in valid])
+        longest = int(lengths.max())
+        pose = {part: torch.stack([pad_with_last_frame(item["pose"][part], longest) for item in valid])
+                for part in PART_INDICES}
+        pose_mask = (torch.arange(longest)[None] < lengths[:, None]).long()
+        texts = [item["text"] for item in valid]
+        prompt = self.tokenizer([self.prompt] * len(valid), padding="longest", return_tensors="pt")
+        target = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_target_len,
+                                return_tensors="pt")
+        labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
+        return {"name": [item["name"] for item in valid], "pose": pose, "pose_mask": pose_mask,
+                "prompt_ids": prompt["input_ids"].long(), "prompt_mask": prompt["attention_mask"].long(),
+                "labels": labels.long(), "labels_mask": target["attention_mask"].long(), "text": texts,
+                "num_skipped": num_skipped}

@@ -76,6 +76,150 @@ def build_tokenizer_and_mt5(texts, out_dir, seed=0):
     return out_dir
 
 
+# ----------------------------------------------------------------------------- synthetic poses
+# Neutral upper body of a signer facing the camera, image coordinates in [0, 1] (COCO-WholeBody indices).
+BODY_TEMPLATE = {0: (0.50, 0.25), 1: (0.52, 0.23), 2: (0.48, 0.23), 3: (0.55, 0.24), 4: (0.45, 0.24),
+                 5: (0.62, 0.38), 6: (0.38, 0.38), 11: (0.58, 0.72), 12: (0.42, 0.72), 13: (0.58, 0.92),
+                 14: (0.42, 0.92), 15: (0.58, 1.0), 16: (0.42, 1.0)}
+OUT_OF_FRAME = list(range(13, 23))     # knees, ankles and feet: below the frame, low confidence
+LEFT_HAND, RIGHT_HAND = 91, 112        # first index of each 21-point hand (the signer's left / right)
+HAND_UNIT, UPPER_ARM = 0.045, 0.17
+# Per finger (thumb..pinky): fan angle from the hand's direction, wrist-to-first-joint distance, 3 segment lengths.
+FINGER_FAN = np.radians([60.0, 20.0, 5.0, -10.0, -25.0])
+FINGER_ROOT = np.array([0.35, 0.9, 0.9, 0.85, 0.8])
+FINGER_SEGMENTS = np.array([[0.35, 0.3, 0.25], [0.4, 0.25, 0.2], [0.45, 0.28, 0.2], [0.4, 0.26, 0.2], [0.32, 0.2, 0.17]])
+# Motion channels of a gloss, evaluated at its phase s in [0, 1].
+CHANNELS = {"right_wrist": slice(0, 2), "left_wrist": slice(2, 4), "right_curl": slice(4, 9), "left_curl": slice(9, 14),
+            "right_angle": slice(14, 15), "left_angle": slice(15, 16), "mouth": slice(16, 17), "brow": slice(17, 18),
+            "head": slice(18, 20)}
+NUM_CHANNELS, NUM_HARMONICS = 20, 2
+
+
+def random_gloss_motion(rng):
+    """A gloss's motion: per channel a base value and the amplitudes of cos/sin(pi k s), k = 1..NUM_HARMONICS."""
+    base, spread = np.zeros(NUM_CHANNELS), np.zeros(NUM_CHANNELS)
+    two_handed = rng.random() < 0.5
+
+    def channel(name, centre, centre_spread, motion_spread):
+        base[CHANNELS[name]] = centre + centre_spread * rng.standard_normal(CHANNELS[name].stop - CHANNELS[name].start)
+        spread[CHANNELS[name]] = motion_spread
+    channel("right_wrist", np.array([0.44, 0.46]), 0.05, 0.045)
+    channel("left_wrist", np.array([0.56, 0.46]) if two_handed else np.array([0.62, 0.70]),
+            0.05 if two_handed else 0.0, 0.045 if two_handed else 0.005)
+    channel("right_curl", 0.0, 2.0, 1.2)
+    channel("left_curl", 0.0, 2.0, 1.2 if two_handed else 0.2)
+    channel("right_angle", -np.pi / 2, 0.6, 0.5)
+    channel("left_angle", -np.pi / 2, 0.6, 0.5 if two_handed else 0.1)
+    channel("mouth", -1.0, 1.5, 1.0)
+    channel("brow", 0.0, 1.0, 0.8)
+    channel("head", 0.0, 0.0, 0.012)
+    harmonics = rng.standard_normal((2, NUM_HARMONICS, NUM_CHANNELS)) * spread / np.arange(1, NUM_HARMONICS + 1)[:, None]
+    return {"base": base, "cos": harmonics[0], "sin": harmonics[1]}
+
+
+def evaluate_motion(motion, phase, amplitude):
+    """Channels (n, NUM_CHANNELS) at phases (n,): base + amplitude * sum_k (a_k cos(pi k s) + b_k sin(pi k s))."""
+    k_s = np.pi * np.outer(phase, np.arange(1, NUM_HARMONICS + 1))
+    return motion["base"] + amplitude * (np.cos(k_s) @ motion["cos"] + np.sin(k_s) @ motion["sin"])
+
+
+def hand_points(wrist, angle, curl_logits, mirror):
+    """21 hand points (T, 21, 2): fingers fanned around `angle`, each segment foreshortened and bent by its curl."""
+    curl = 1.0 / (1.0 + np.exp(-curl_logits))                                       # (T, 5) in (0, 1)
+    points = [wrist]
+    root_angle = angle[:, None] + mirror * FINGER_FAN                              # (T, 5)
+    root = wrist[:, None] + HAND_UNIT * FINGER_ROOT[:, None] * np.stack([np.cos(root_angle), np.sin(root_angle)], -1)
+    direction = angle[:, None] + mirror * 0.5 * FINGER_FAN
+    joints = [root]
+    for j in range(3):
+        direction = direction + mirror * 0.6 * curl
+        length = HAND_UNIT * FINGER_SEGMENTS[:, j] * (1.0 - 0.75 * curl)
+        joints.append(joints[-1] + length[..., None] * np.stack([np.cos(direction), np.sin(direction)], -1))
+    fingers = np.stack(joints, axis=2)                                             # (T, 5, 4, 2)
+    points.extend(fingers.reshape(len(wrist), 20, 2).transpose(1, 0, 2))
+    return np.stack(points, axis=1)
+
+
+def elbow_points(shoulder, wrist, outward):
+    """Elbow (T, 2) for a two-segment arm of equal segments UPPER_ARM, bent outward and down."""
+    middle, half = (shoulder + wrist) / 2, (wrist - shoulder) / 2
+    half_length = np.linalg.norm(half, axis=-1, keepdims=True)
+    bend = np.sqrt(np.maximum(UPPER_ARM ** 2 - half_length ** 2, 1e-4))
+    normal = np.stack([half[:, 1], -half[:, 0]], -1) / np.maximum(half_length, 1e-6)
+    normal *= np.where(normal[:, :1] * outward >= 0, 1.0, -1.0)
+    return middle + bend * normal
+
+
+def face_points(centre, mouth_open, brow_raise, half_width):
+    """68 face landmarks (T, 68, 2) (iBUG order) around `centre`: jaw, brows, nose, eyes, mouth."""
+    t = len(centre)
+    k = np.arange(17) / 16
+    jaw = np.stack([-np.cos(np.pi * k), -0.3 + 1.1 * np.sin(np.pi * k)], -1)[None].repeat(t, 0)
+    brow_x = np.concatenate([np.linspace(-0.8, -0.2, 5), np.linspace(0.2, 0.8, 5)])
+    brows = np.stack(np.broadcast_arrays(brow_x[None], -0.75 - 0.25 * brow_raise[:, None]), -1)
+    nose = np.stack(np.broadcast_arrays(np.r_[np.zeros(4), np.linspace(-0.25, 0.25, 5)][None],
+                                        np.r_[np.linspace(-0.55, -0.05, 4), np.full(5, 0.05)][None].repeat(t, 0)), -1)
+    ring6 = 2 * np.pi * np.arange(6) / 6
+    eye = np.stack([0.18 * np.cos(ring6), 0.07 * np.sin(ring6)], -1)
+    eyes = np.concatenate([eye + (-0.45, -0.5), eye + (0.45, -0.5)])[None].repeat(t, 0)
+    outer, inner = 2 * np.pi * np.arange(12) / 12, 2 * np.pi * np.arange(8) / 8
+    mouth_outer = np.stack(np.broadcast_arrays(0.4 * np.cos(outer)[None], 0.4 + (0.1 + 0.4 * mouth_open[:, None]) * np.sin(outer)), -1)
+    mouth_inner = np.stack(np.broadcast_arrays(0.28 * np.cos(inner)[None], 0.4 + (0.03 + 0.35 * mouth_open[:, None]) * np.sin(inner)), -1)
+    local = np.concatenate([jaw, brows, nose, eyes, mouth_outer, mouth_inner], axis=1)
+    return centre[:, None] + half_width * local
+
+
+def synthesise_video(glosses, motions, rng):
+    """One rendition of a sentence: (keypoints (T, 133, 2), scores (T, 133)) float32, plus frames of extra people."""
+    pieces = []
+    for gloss in glosses:   # each gloss at its own speed, sampled with timing jitter, with its own amplitude
+        n = int(rng.integers(4, 7))
+        phase = np.clip(np.linspace(0, 1, n) + rng.uniform(-0.4, 0.4, n) / n, 0, 1)
+        pieces.append(evaluate_motion(motions[gloss], phase, rng.uniform(0.85, 1.15)))
+    channel = np.concatenate(pieces)
+    t = len(channel)
+    get = lambda name: channel[:, CHANNELS[name]]  # noqa: E731
+    points = np.zeros((t, 133, 2))
+    for index, xy in BODY_TEMPLATE.items():
+        points[:, index] = xy
+    head = get("head")
+    points[:, 0:5] += head[:, None]
+    points[:, 17:23] = points[:, 15:17].mean(1, keepdims=True) + rng.uniform(-0.05, 0.05, (6, 2))
+    points[:, 10], points[:, 9] = get("right_wrist"), get("left_wrist")
+    points[:, 8] = elbow_points(points[:, 6], points[:, 10], outward=-1.0)
+    points[:, 7] = elbow_points(points[:, 5], points[:, 9], outward=+1.0)
+    mouth, brow = (1.0 / (1.0 + np.exp(-get(name)[:, 0])) for name in ("mouth", "brow"))
+    points[:, 23:91] = face_points(points[:, 0] - (0.0, -0.003), mouth, brow, half_width=0.055)
+    points[:, RIGHT_HAND:RIGHT_HAND + 21] = hand_points(points[:, 10], get("right_angle")[:, 0], get("right_curl"), +1.0)
+    points[:, LEFT_HAND:LEFT_HAND + 21] = hand_points(points[:, 9], get("left_angle")[:, 0], get("left_curl"), -1.0)
+    scale, shift = rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05, 2)  # this signer's size and place in the frame
+    points = (points - 0.5) * scale + 0.5 + shift + rng.normal(0, 0.003, points.shape)
+    scores = rng.uniform(0.6, 1.0, (t, 133))
+    scores[:, OUT_OF_FRAME] = rng.uniform(0.02, 0.25, (t, len(OUT_OF_FRAME)))
+    for first in (LEFT_HAND, RIGHT_HAND):  # occasional frames where the detector loses a hand
+        lost = rng.random(t) < 0.08
+        scores[lost, first:first + 21] = rng.uniform(0.02, 0.28, (lost.sum(), 21))
+        points[lost, first:first + 21] += rng.normal(0, 0.03, (lost.sum(), 21, 2))
+    return np.clip(points, 0, 1).astype(np.float32), scores.astype(np.float32)
+
+
+def write_pose(path, video, rng):
+    """Write in the RTMPose format: lists over frames of (P, 133, 2) and (P, 133) arrays, person 0 the signer."""
+    points, scores = video
+    keypoints, confidences = [], []
+    bystander = rng.random() < 0.05  # a few videos have a second person in some frames
+    for t in range(len(points)):
+        frame_points, frame_scores = points[t:t + 1], scores[t:t + 1]
+        if bystander and rng.random() < 0.5:
+            other = np.clip(frame_points + (0.35, 0.05), 0, 1).astype(np.float32)
+            frame_points = np.concatenate([frame_points, other])
+            frame_scores = np.concatenate([frame_scores, frame_scores * np.float32(0.8)])
+        keypoints.append(np.ascontiguousarray(frame_points))
+        confidences.append(np.ascontiguousarray(frame_scores))
+    with open(path, "wb") as f:
+        pickle.dump({"keypoints": keypoints, "scores": confidences}, f, protocol=4)
+
+
 # ----------------------------------------------------------------------------- sentences and labels
 def choose_sentences(source_labels=SOURCE_LABELS):
     """Distinct real CSL-Daily (gloss tuple, text) pairs whose glosses are all among the NUM_GLOSSES most frequent."""
@@ -140,8 +284,32 @@ def build_demo(out_root, seed=0):
             name = f"S{sentences.index((glosses, text)):06d}_P{take:04d}_T00"
             take += 1
             items[name] = {"name": name, "gloss": list(glosses), "text": text, "video_path": name + ".mp4"}
-            write_pose(os.path.join(pose_dir, name + ".pkl"), synthesise_video(glosses, motions, rng))
+            write_pose(os.path.join(pose_dir, name + ".pkl"), synthesise_video(glosses, motions, rng), rng)
         label_paths[phase] = os.path.join(demo_dir, "labels." + phase)
         write_labels(label_paths[phase], items)
     build_tokenizer_and_mt5([text for _, text in sentences], mt5_path, seed=seed)
     return {"demo_dir": demo_dir, "pose_dir": pose_dir, "mt5_path": mt5_path, "label_paths": label_paths}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_root", default=ROOT, help="folder that receives data/demo and pretrained_weight/mt5-demo")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    start = time.time()
+    paths = build_demo(args.out_root, seed=args.seed)
+    sizes = {phase: len(safe_load_labels(path)) for phase, path in paths["label_paths"].items()}
+    total_bytes = sum(os.path.getsize(os.path.join(folder, name)) for key in ("demo_dir", "mt5_path")
+                      for folder, _, names in os.walk(paths[key]) for name in names)
+    print(f"demo built in {time.time() - start:.1f} s: samples {sizes}, {total_bytes / 2 ** 20:.1f} MiB")
+    print(f"  labels + poses: {paths['demo_dir']}\n  tiny mT5:       {paths['mt5_path']}")
+
+
+def safe_load_labels(path):
+    from datasets import safe_pickle_load
+    with gzip.open(path, "rb") as f:
+        return safe_pickle_load(f)
+
+
+if __name__ == "__main__":
+    main()

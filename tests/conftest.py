@@ -15,11 +15,7 @@ def demo_root(tmp_path_factory):
     """Build the whole demo into a temporary folder; returns its paths (mt5_path, label_paths, pose_dir, ...)."""
     import make_demo
     out_root = str(tmp_path_factory.mktemp("demo"))
-    # Interim: tokenizer + tiny mT5 only, until build_demo writes the pose files too.
-    sentences = make_demo.choose_sentences()
-    mt5_path = os.path.join(out_root, "pretrained_weight", "mt5-demo")
-    make_demo.build_tokenizer_and_mt5([text for _, text in sentences], mt5_path, seed=0)
-    paths = {"mt5_path": mt5_path, "label_paths": {}, "pose_dir": None}
+    paths = make_demo.build_demo(out_root, seed=0)
     paths["out_root"] = out_root
     return paths
 
