@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -41,13 +40,6 @@ def test_reference_table_to_4_decimals(dataset, split):
     got = [result[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge")]
     assert [round(v, 4) for v in got] == expected
     assert "tok:13a" in result["signature"] and "smooth:exp" in result["signature"]
-
-
-def test_how2sign_scoring_under_2_seconds():
-    hyps, refs = load_pair("how2sign", "test")
-    start = time.perf_counter()
-    M.translation_metrics(hyps, refs)
-    assert time.perf_counter() - start < 2.0
 
 
 def test_cumulative_bleu_orders_match_sacrebleu():
