@@ -1,0 +1,216 @@
+"""Uni-Sign (pose ST-GCNs feeding mT5) with the optional Geo-Sign hyperbolic branch (SPEC.md sections 2-3).
+
+Attribute names are the released checkpoints' key names (tests/data/official_keys/official_keys_*.txt).
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import config
+import hyperbolic as hyp
+from stgcn_layers import PARTS, build_part_modules, encode_parts
+
+TEXT_SOURCES = ("token", "decoder")
+TEXT_COMPARISONS = ("pooled", "attn", "token")
+HYP_PART_MODULES = {"body": "hyp_proj_body", "left": "hyp_proj_left", "right": "hyp_proj_right",
+                    "face_all": "hyp_proj_face"}
+
+
+def load_mt5(path):
+    """Tokenizer and MT5ForConditionalGeneration from a save_pretrained folder, or a FileNotFoundError
+    that says which path was tried and how to get google/mt5-base."""
+    from transformers import AutoTokenizer, MT5ForConditionalGeneration
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"mT5 not found at {os.path.abspath(path)} (no config.json there). Download google/mt5-base with "
+            f"`huggingface-cli download google/mt5-base --local-dir {path}` or set --mt5_path / config.mt5_path; "
+            "for the demo run `python script/make_demo.py`.")
+    return AutoTokenizer.from_pretrained(path), MT5ForConditionalGeneration.from_pretrained(path)
+
+
+def shift_right(labels, start_id, pad_id):
+    """Teacher-forcing decoder inputs: [start, y_0, ..., y_{S-2}], with ignored (-100) targets as pad."""
+    shifted = labels.new_full(labels.shape, start_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, pad_id)
+
+
+def linear_f32(layer, x):
+    """layer(x) in float32 whatever the dtype of the input or of the layer's parameters."""
+    return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
+
+
+class Uni_Sign(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.use_hyperbolic = bool(getattr(args, "use_hyperbolic", False))
+        self.hyp_dim = int(getattr(args, "hyp_dim", 256))
+        self.text_source = getattr(args, "hyp_text_emb_src", "decoder")
+        self.text_comparison = getattr(args, "hyp_text_cmp", "token")
+        self.alpha0 = float(getattr(args, "alpha", 0.7))
+        self.label_smoothing = float(getattr(args, "label_smoothing", 0.2))
+        if self.text_source not in TEXT_SOURCES or self.text_comparison not in TEXT_COMPARISONS:
+            raise ValueError(f"hyp_text_emb_src must be one of {TEXT_SOURCES} and hyp_text_cmp one of "
+                             f"{TEXT_COMPARISONS}; got {self.text_source!r}, {self.text_comparison!r}")
+        self.total_updates = 0
+
+        # Registration order follows the released state dict: own parameters, buffers, then children.
+        self.part_para = nn.Parameter(torch.zeros(4 * 256))
+        if self.use_hyperbolic:
+            ball = hyp.make_ball(getattr(args, "init_c", 1.0))  # registered below, after pose_proj
+            self.hyp_attn_W, self.hyp_attn_b = hyp.make_attention_parameters(self.hyp_dim, ball)
+            if self.text_comparison != "token":  # kept for the checkpoint layout, unused by this mode
+                self.hyp_attn_W.requires_grad_(False)
+                self.hyp_attn_b.requires_grad_(False)
+            self.loss_alpha_logit = nn.Parameter(torch.zeros(()))
+        # Optimizer updates done (alpha's progress); in the checkpoint only for Geo-Sign models.
+        self.register_buffer("global_step", torch.zeros((), dtype=torch.long), persistent=self.use_hyperbolic)
+
+        self.proj_linear, self.gcn_modules, self.fusion_gcn_modules = build_part_modules()
+        self.mt5_tokenizer, self.mt5_model = load_mt5(getattr(args, "mt5_path", None) or config.mt5_path)
+        d_model = self.mt5_model.config.d_model
+        self.pose_proj = nn.Linear(4 * 256, d_model)
+        if self.use_hyperbolic:
+            smoothing_hyp = float(getattr(args, "label_smoothing_hyp", 0.2))
+            self.manifold = ball
+            for part in ("body", "right", "left", "face_all"):
+                setattr(self, HYP_PART_MODULES[part], hyp.HyperbolicProjection(256, self.hyp_dim, self.manifold))
+            self.hyp_proj_text = hyp.HyperbolicProjection(d_model, self.hyp_dim, self.manifold)
+            self.geom_loss = hyp.HyperbolicContrastiveLoss(self.manifold, smoothing_hyp)
+            if self.text_comparison == "attn":
+                self.text_pool_attn = nn.Linear(d_model, 1)
+        self._init_own_linears()
+
+    def _init_own_linears(self):
+        """trunc-normal(std 0.02) weights, zero biases: this model's own Linear layers only, never mT5's."""
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and not name.startswith("mt5_model."):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ pose -> mT5 inputs
+    def encode_pose(self, batch):
+        """The one pose-encoding path (training loss and generation).
+
+        Returns inputs_embeds (B, Lp + T, d_model) = [prompt embeddings; pose embeddings],
+        attention_mask (B, Lp + T), part_features dict part -> (B, 256) (mean over each sample's real
+        frames) and pose_mask (B, T).
+        """
+        device = self.part_para.device
+        pose = {part: batch["pose"][part].to(device, non_blocking=True).float() for part in PARTS}
+        pose_mask = batch["pose_mask"].to(device, non_blocking=True)
+        features = encode_parts(pose, self.proj_linear, self.gcn_modules, self.fusion_gcn_modules)
+        part_features = {part: hyp.masked_mean(features[part], pose_mask) for part in PARTS}
+        pose_embeds = self.pose_proj(torch.cat([features[part] for part in PARTS], dim=-1) + self.part_para)
+
+        prompt_ids = batch["prompt_ids"].to(device, non_blocking=True)
+        prompt_embeds = self.mt5_model.get_input_embeddings()(prompt_ids)
+        inputs_embeds = torch.cat([prompt_embeds, pose_embeds.to(prompt_embeds.dtype)], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"].to(device), pose_mask], dim=1)
+        return inputs_embeds, attention_mask, part_features, pose_mask
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch):
+        """Training loss. Returns dict(loss, ce_loss[, hyp_loss, alpha, curvature, temperature, margin,
+        pos_dist, w_body, w_left, w_right, w_face]); every entry but `loss` is a detached tensor."""
+        inputs_embeds, attention_mask, part_features, _ = self.encode_pose(batch)
+        labels = batch["labels"].to(inputs_embeds.device)
+        cfg = self.mt5_model.config
+        want_decoder_states = self.use_hyperbolic and self.text_source == "decoder"
+        outputs = self.mt5_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            decoder_input_ids=shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id),
+            output_hidden_states=want_decoder_states, use_cache=False)
+        logits = outputs.logits.float()
+        ce_loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
+                                  label_smoothing=self.label_smoothing)
+        if not self.use_hyperbolic:
+            return {"loss": ce_loss, "ce_loss": ce_loss.detach()}
+
+        text_mask = labels != -100
+        if want_decoder_states:
+            text_features = outputs.decoder_hidden_states[-1]  # same pass as the CE loss: no second mT5 run
+        else:
+            text_features = self.mt5_model.get_encoder().embed_tokens(labels.masked_fill(~text_mask, cfg.pad_token_id))
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            hyp_loss, stats = self.hyperbolic_loss(part_features, text_features.float(), text_mask)
+            alpha = self.alpha()
+            loss = alpha * ce_loss + (1.0 - alpha) * hyp_loss
+        stats.update(ce_loss=ce_loss.detach(), hyp_loss=hyp_loss.detach(), alpha=alpha.detach())
+        return {"loss": loss, **stats}
+
+    def hyperbolic_loss(self, part_features, text_features, text_mask):
+        """Contrastive loss between pose parts and text on the ball (float32). Returns (loss, stats)."""
+        ball = self.manifold
+        parts = torch.stack([getattr(self, HYP_PART_MODULES[p])(part_features[p]) for p in PARTS], dim=1)
+        weights = hyp.part_weights(ball, parts)  # (B, 4)
+        temperature = self.geom_loss.temperature()
+        if self.text_comparison == "token":
+            tokens = self.hyp_proj_text(text_features)  # (B, L, D)
+            keys = hyp.token_keys(ball, tokens, self.hyp_attn_W, self.hyp_attn_b)
+            attention = hyp.token_attention(ball, parts, keys, text_mask, temperature)
+            context = hyp.token_context(ball, tokens, attention)  # (B, 4, D)
+            anchors, targets = parts.flatten(0, 1), context.flatten(0, 1)
+        else:
+            anchors = hyp.frechet_mean(parts, weights, ball.c.float())
+            if self.text_comparison == "pooled":
+                pooled = hyp.masked_mean(text_features, text_mask)
+            else:
+                scores = linear_f32(self.text_pool_attn, text_features).squeeze(-1)
+                pooled = (hyp.masked_softmax(scores, text_mask).unsqueeze(-1) * text_features).sum(dim=1)
+            targets = self.hyp_proj_text(pooled)
+        loss, positive_distances = self.geom_loss(anchors, targets)
+        mean_weights = weights.detach().mean(dim=0)
+        stats = {"curvature": ball.c.detach(), "temperature": temperature.detach(),
+                 "margin": self.geom_loss.margin_base.detach(), "pos_dist": positive_distances.detach().mean()}
+        stats.update({f"w_{name}": mean_weights[i] for i, name in enumerate(("body", "left", "right", "face"))})
+        return loss, stats
+
+    # ------------------------------------------------------------------ alpha schedule
+    def set_total_updates(self, total_updates):
+        """Number of optimizer updates of the whole run: alpha's progress is global_step / total_updates."""
+        self.total_updates = int(total_updates)
+
+    def count_update(self):
+        """Call once per optimizer update (after gradient accumulation), not per micro-batch."""
+        self.global_step += 1
+
+    def alpha(self):
+        """alpha = clamp(alpha0 + 0.1 progress + 0.2 sigmoid(loss_alpha_logit), 0.1, 1), progress in [0, 1]
+        (0 while set_total_updates was not called). A device tensor: no host sync."""
+        if self.total_updates > 0:
+            progress = (self.global_step.float() / self.total_updates).clamp(0.0, 1.0)
+        else:
+            progress = torch.zeros((), device=self.global_step.device)
+        return (self.alpha0 + 0.1 * progress + 0.2 * torch.sigmoid(self.loss_alpha_logit.float())).clamp(0.1, 1.0)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, batch, num_beams=4, max_new_tokens=100):
+        """Beam-search translations of a batch, decoded with special tokens skipped."""
+        inputs_embeds, attention_mask, _, _ = self.encode_pose(batch)
+        output_ids = self.mt5_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                             num_beams=num_beams, max_new_tokens=max_new_tokens)
+        return self.mt5_tokenizer.batch_decode(output_ids, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ optimizer groups
+    def hyperbolic_parameters(self):
+        """Parameters for Riemannian Adam (no weight decay): the attention's ManifoldParameters (token
+        mode) and the curvature `manifold.isp_c`. Empty without the hyperbolic branch."""
+        if not self.use_hyperbolic:
+            return []
+        params = [self.hyp_attn_W, self.hyp_attn_b, self.manifold.isp_c]
+        return [p for p in params if p.requires_grad]
+
+    def euclidean_param_groups(self, weight_decay):
+        """AdamW groups of every other trainable parameter, each once (shared hand modules, the shared
+        ball): decay on matrices and tensors, none on biases, norms and 0-d/1-d scalars."""
+        riemannian = {id(p) for p in self.hyperbolic_parameters()}
+        decay, no_decay = [], []
+        for _, param in self.named_parameters():  # named_parameters already removes duplicates
+            if not param.requires_grad or id(param) in riemannian:
+                continue
+            (no_decay if param.ndim <= 1 else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
