@@ -193,8 +193,10 @@ def _first_person(path, key, frames, point_shape):
     """Stack frames of shape (P, *point_shape) (P >= 1, may vary per frame) and keep person 0 -> (T, *point_shape)."""
     expected = f"(P, {', '.join(map(str, point_shape))})"
     if isinstance(frames, np.ndarray):
-        if frames.ndim != 2 + len(point_shape) or frames.shape[2:] != point_shape or frames.shape[1] < 1:
+        if frames.ndim != 2 + len(point_shape) or frames.shape[2:] != point_shape:
             raise BadSampleError(f"{path}: {key} array has shape {frames.shape}, expected (T, {expected[1:]}")
+        if frames.shape[1] == 0:
+            raise BadSampleError(f"{path}: {key} has frames with no person")
         return np.asarray(frames[:, 0], dtype=np.float32)
     try:
         people = set(map(len, frames))
@@ -287,6 +289,8 @@ def _read_labels(dataset_name, phase, label_path, pose_dir, task):
     with gzip.open(label_path, "rb") as f:
         try:
             labels = safe_pickle_load(f)
+        except UnsafePickleError:
+            raise
         except (OSError, EOFError, pickle.UnpicklingError) as error:
             raise ValueError(f"{label_path}: not a readable gzip pickle ({error})") from error
     if not isinstance(labels, dict):

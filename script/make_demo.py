@@ -11,12 +11,12 @@ motion of hands, arms and face, and a video chains its glosses' motions, so a mo
 """
 import argparse
 import gzip
+import io
 import json
 import os
 import pickle
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 
@@ -49,13 +49,14 @@ def build_tokenizer_and_mt5(texts, out_dir, seed=0):
     os.makedirs(out_dir, exist_ok=True)
     spm.set_random_generator_seed(seed)
     corpus = sorted(set(texts) | set(PROMPT_TEXTS))
-    with tempfile.TemporaryDirectory() as tmp:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(corpus), model_prefix=os.path.join(tmp, "spiece"), model_type="unigram",
-            vocab_size=2000, hard_vocab_limit=False,  # small corpora yield fewer pieces: take what there is
-            character_coverage=1.0, normalization_rule_name="identity", num_threads=1, minloglevel=2,
-            pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>")
-        shutil.copy(os.path.join(tmp, "spiece.model"), os.path.join(out_dir, "spiece.model"))
+    model_proto = io.BytesIO()  # in memory: a model_prefix path would be recorded in the model, breaking determinism
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=model_proto, model_type="unigram",
+        vocab_size=2000, hard_vocab_limit=False,  # small corpora yield fewer pieces: take what there is
+        character_coverage=1.0, normalization_rule_name="identity", num_threads=1, minloglevel=2,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>")
+    with open(os.path.join(out_dir, "spiece.model"), "wb") as f:
+        f.write(model_proto.getvalue())
     config = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>", "unk_token": "<unk>",
               "pad_token": "<pad>", "model_max_length": 512}
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
@@ -71,6 +72,10 @@ def build_tokenizer_and_mt5(texts, out_dir, seed=0):
     cpu_rng_state = torch.get_rng_state()
     torch.manual_seed(seed)
     model = MT5ForConditionalGeneration(mt5_config)
+    # transformers 5 forces MT5Config.tie_word_embeddings to True; mT5 checkpoints have their own lm_head,
+    # so give it one (initialised as MT5 does when untied). from_pretrained keeps the two apart when both are saved.
+    lm_head = torch.randn(len(tokenizer), mt5_config.d_model) * mt5_config.initializer_factor
+    model.lm_head.weight = torch.nn.Parameter(lm_head)
     torch.set_rng_state(cpu_rng_state)  # leave the caller's random stream untouched
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
