@@ -25,7 +25,9 @@ PART_INDICES = {
     "face_all": [23, 25, 27, 29, 31, 33, 35, 37, 39] + list(range(83, 91)) + [53],
 }
 PART_ANCHORS = {"body": None, "left": 91, "right": 112, "face_all": 53}
-PROMPTS = {"Chinese": "Translate sign language video to Chinese: ", "English": "Translate sign language video to English: "}
+PROMPTS = {"Chinese": "Translate sign language video to Chinese: ",
+           "English": "Translate sign language video to English: "}
+TASKS = ("SLT", "ISLR", "CSLR")
 PHASES = ("train", "dev", "test")
 CSL_NEWS_TRAIN_FRACTION = 0.99
 REAL_DATA_HINT = 'download it and point config.py at it (see README.md, "Using real data")'
@@ -144,9 +146,11 @@ def _build_frames(frames):
 
 # ----------------------------------------------------------------------------- one pose file
 def load_pose(path):
-    """Read a pose pickle; returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32 arrays.
+    """Read a pose pickle; returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32 arrays
+    (possibly read-only views of the file's bytes: copy before writing to them).
 
-    Frames may be a list of per-frame arrays or one array; only frames [start, end) count when given.
+    Frames may be a list of per-frame arrays or one array; only frames [start, end) count when given
+    (like a slice: an end past the last frame keeps up to the last frame).
     Anything unusable raises BadSampleError naming the file and the problem (UnsafePickleError is never softened).
     """
     try:
@@ -190,7 +194,7 @@ def load_pose(path):
 
 
 def _first_person(path, key, frames, point_shape):
-    """Stack frames of shape (P, *point_shape) (P >= 1, may vary per frame) and keep person 0 -> (T, *point_shape)."""
+    """Frames of shape (P, *point_shape) (P >= 1, may vary per frame) -> person 0's, stacked: (T, *point_shape)."""
     expected = f"(P, {', '.join(map(str, point_shape))})"
     if isinstance(frames, np.ndarray):
         if frames.ndim != 2 + len(point_shape) or frames.shape[2:] != point_shape:
@@ -277,15 +281,17 @@ def prompt_for(dataset_name):
 
 def _read_labels(dataset_name, phase, label_path, pose_dir, task):
     """List of samples {name, pose_path, text} for one phase, in file order."""
-    if dataset_name == "CSL_News":
-        with open(label_path, encoding="utf-8") as f:
-            entries = json.load(f)
-        if not isinstance(entries, list):
-            raise ValueError(f"{label_path}: expected a JSON list of {{'video', 'pose', 'text'}}")
-        split = int(len(entries) * CSL_NEWS_TRAIN_FRACTION)
-        entries = entries[:split] if phase == "train" else entries[split:]
-        return [{"name": os.path.splitext(e["pose"])[0], "pose_path": os.path.join(pose_dir, e["pose"]),
-                 "text": e["text"]} for e in entries]
+    if dataset_name == "CSL_News":  # JSON list of {'video', 'pose', 'text'}; the last 1 % is dev (and test)
+        try:
+            with open(label_path, encoding="utf-8") as f:
+                entries = json.load(f)
+            split = int(len(entries) * CSL_NEWS_TRAIN_FRACTION)
+            entries = entries[:split] if phase == "train" else entries[split:]
+            return [{"name": os.path.splitext(e["pose"])[0], "pose_path": os.path.join(pose_dir, e["pose"]),
+                     "text": e["text"]} for e in entries]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{label_path}: expected a JSON list of {{'video', 'pose', 'text'}} "
+                             f"({type(error).__name__}: {error})") from error
     with gzip.open(label_path, "rb") as f:
         try:
             labels = safe_pickle_load(f)
@@ -333,7 +339,8 @@ class PoseDataset(torch.utils.data.Dataset):
         if len(frames) < len(keypoints):
             keypoints, scores = keypoints.take(frames, axis=0), scores.take(frames, axis=0)
         parts = normalise_pose(keypoints, scores)
-        return {"name": sample["name"], "pose": {p: torch.from_numpy(v) for p, v in parts.items()}, "text": sample["text"]}
+        pose = {part: torch.from_numpy(values) for part, values in parts.items()}
+        return {"name": sample["name"], "pose": pose, "text": sample["text"]}
 
 
 def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
@@ -354,6 +361,8 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
     if not os.path.isdir(pose_dir):
         raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {REAL_DATA_HINT}")
     task = getattr(args, "task", "SLT")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
     return PoseDataset(dataset_name, phase, samples, max_length=getattr(args, "max_length", 256),
                        skip_bad_samples=getattr(args, "skip_bad_samples", False))

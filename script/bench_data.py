@@ -63,7 +63,8 @@ def main(argv=None):
     ratio = ours / bare
     print(f"bare pickle.load of a {args.frames}-frame pose file: {bare * 1e3:.3f} ms (median of {args.repeats})")
     print(f"load + normalise (PoseDataset.__getitem__, max_length 256): {ours * 1e3:.3f} ms")
-    print(json.dumps({"bare_ms": round(bare * 1e3, 4), "load_normalise_ms": round(ours * 1e3, 4), "ratio": round(ratio, 3)}))
+    print(json.dumps({"bare_ms": round(bare * 1e3, 4), "load_normalise_ms": round(ours * 1e3, 4),
+                      "ratio": round(ratio, 3)}))
 
 
 if __name__ == "__main__":

@@ -88,15 +88,16 @@ BODY_TEMPLATE = {0: (0.50, 0.25), 1: (0.52, 0.23), 2: (0.48, 0.23), 3: (0.55, 0.
                  14: (0.42, 0.92), 15: (0.58, 1.0), 16: (0.42, 1.0)}
 OUT_OF_FRAME = list(range(13, 23))     # knees, ankles and feet: below the frame, low confidence
 LEFT_HAND, RIGHT_HAND = 91, 112        # first index of each 21-point hand (the signer's left / right)
-HAND_UNIT, UPPER_ARM = 0.045, 0.17
+HAND_UNIT, UPPER_ARM, FACE_HALF_WIDTH = 0.045, 0.17, 0.055
 # Per finger (thumb..pinky): fan angle from the hand's direction, wrist-to-first-joint distance, 3 segment lengths.
 FINGER_FAN = np.radians([60.0, 20.0, 5.0, -10.0, -25.0])
 FINGER_ROOT = np.array([0.35, 0.9, 0.9, 0.85, 0.8])
-FINGER_SEGMENTS = np.array([[0.35, 0.3, 0.25], [0.4, 0.25, 0.2], [0.45, 0.28, 0.2], [0.4, 0.26, 0.2], [0.32, 0.2, 0.17]])
+FINGER_SEGMENTS = np.array([[0.35, 0.3, 0.25], [0.4, 0.25, 0.2], [0.45, 0.28, 0.2], [0.4, 0.26, 0.2],
+                            [0.32, 0.2, 0.17]])
 # Motion channels of a gloss, evaluated at its phase s in [0, 1].
-CHANNELS = {"right_wrist": slice(0, 2), "left_wrist": slice(2, 4), "right_curl": slice(4, 9), "left_curl": slice(9, 14),
-            "right_angle": slice(14, 15), "left_angle": slice(15, 16), "mouth": slice(16, 17), "brow": slice(17, 18),
-            "head": slice(18, 20)}
+CHANNELS = {"right_wrist": slice(0, 2), "left_wrist": slice(2, 4), "right_curl": slice(4, 9),
+            "left_curl": slice(9, 14), "right_angle": slice(14, 15), "left_angle": slice(15, 16),
+            "mouth": slice(16, 17), "brow": slice(17, 18), "head": slice(18, 20)}
 NUM_CHANNELS, NUM_HARMONICS = 20, 2
 
 
@@ -106,8 +107,9 @@ def random_gloss_motion(rng):
     two_handed = rng.random() < 0.5
 
     def channel(name, centre, centre_spread, motion_spread):
-        base[CHANNELS[name]] = centre + centre_spread * rng.standard_normal(CHANNELS[name].stop - CHANNELS[name].start)
-        spread[CHANNELS[name]] = motion_spread
+        part = CHANNELS[name]
+        base[part] = centre + centre_spread * rng.standard_normal(part.stop - part.start)
+        spread[part] = motion_spread
     channel("right_wrist", np.array([0.44, 0.46]), 0.05, 0.045)
     channel("left_wrist", np.array([0.56, 0.46]) if two_handed else np.array([0.62, 0.70]),
             0.05 if two_handed else 0.0, 0.045 if two_handed else 0.005)
@@ -118,7 +120,8 @@ def random_gloss_motion(rng):
     channel("mouth", -1.0, 1.5, 1.0)
     channel("brow", 0.0, 1.0, 0.8)
     channel("head", 0.0, 0.0, 0.012)
-    harmonics = rng.standard_normal((2, NUM_HARMONICS, NUM_CHANNELS)) * spread / np.arange(1, NUM_HARMONICS + 1)[:, None]
+    decay = np.arange(1, NUM_HARMONICS + 1)[:, None]  # higher harmonics move less: smooth trajectories
+    harmonics = rng.standard_normal((2, NUM_HARMONICS, NUM_CHANNELS)) * spread / decay
     return {"base": base, "cos": harmonics[0], "sin": harmonics[1]}
 
 
@@ -158,19 +161,20 @@ def elbow_points(shoulder, wrist, outward):
 def face_points(centre, mouth_open, brow_raise, half_width):
     """68 face landmarks (T, 68, 2) (iBUG order) around `centre`: jaw, brows, nose, eyes, mouth."""
     t = len(centre)
-    k = np.arange(17) / 16
-    jaw = np.stack([-np.cos(np.pi * k), -0.3 + 1.1 * np.sin(np.pi * k)], -1)[None].repeat(t, 0)
-    brow_x = np.concatenate([np.linspace(-0.8, -0.2, 5), np.linspace(0.2, 0.8, 5)])
+
+    def ring(n, radius_x, radius_y, centre_x=0.0, centre_y=0.0):  # n points on an ellipse, (T, n, 2)
+        angle = 2 * np.pi * np.arange(n) / n
+        x = np.broadcast_to(centre_x + radius_x * np.cos(angle), (t, n))
+        return np.stack([x, centre_y + np.asarray(radius_y).reshape(-1, 1) * np.sin(angle) + np.zeros((t, 1))], -1)
+    k = np.pi * np.arange(17) / 16
+    jaw = np.broadcast_to(np.stack([-np.cos(k), -0.3 + 1.1 * np.sin(k)], -1), (t, 17, 2))
+    brow_x = np.r_[np.linspace(-0.8, -0.2, 5), np.linspace(0.2, 0.8, 5)]
     brows = np.stack(np.broadcast_arrays(brow_x[None], -0.75 - 0.25 * brow_raise[:, None]), -1)
-    nose = np.stack(np.broadcast_arrays(np.r_[np.zeros(4), np.linspace(-0.25, 0.25, 5)][None],
-                                        np.r_[np.linspace(-0.55, -0.05, 4), np.full(5, 0.05)][None].repeat(t, 0)), -1)
-    ring6 = 2 * np.pi * np.arange(6) / 6
-    eye = np.stack([0.18 * np.cos(ring6), 0.07 * np.sin(ring6)], -1)
-    eyes = np.concatenate([eye + (-0.45, -0.5), eye + (0.45, -0.5)])[None].repeat(t, 0)
-    outer, inner = 2 * np.pi * np.arange(12) / 12, 2 * np.pi * np.arange(8) / 8
-    mouth_outer = np.stack(np.broadcast_arrays(0.4 * np.cos(outer)[None], 0.4 + (0.1 + 0.4 * mouth_open[:, None]) * np.sin(outer)), -1)
-    mouth_inner = np.stack(np.broadcast_arrays(0.28 * np.cos(inner)[None], 0.4 + (0.03 + 0.35 * mouth_open[:, None]) * np.sin(inner)), -1)
-    local = np.concatenate([jaw, brows, nose, eyes, mouth_outer, mouth_inner], axis=1)
+    nose = np.broadcast_to(np.stack([np.r_[np.zeros(4), np.linspace(-0.25, 0.25, 5)],
+                                     np.r_[np.linspace(-0.55, -0.05, 4), np.full(5, 0.05)]], -1), (t, 9, 2))
+    eyes = [ring(6, 0.18, 0.07, -0.45, -0.5), ring(6, 0.18, 0.07, 0.45, -0.5)]
+    mouth = [ring(12, 0.4, 0.1 + 0.4 * mouth_open, 0.0, 0.4), ring(8, 0.28, 0.03 + 0.35 * mouth_open, 0.0, 0.4)]
+    local = np.concatenate([jaw, brows, nose] + eyes + mouth, axis=1)
     return centre[:, None] + half_width * local
 
 
@@ -194,8 +198,9 @@ def synthesise_video(glosses, motions, rng):
     points[:, 8] = elbow_points(points[:, 6], points[:, 10], outward=-1.0)
     points[:, 7] = elbow_points(points[:, 5], points[:, 9], outward=+1.0)
     mouth, brow = (1.0 / (1.0 + np.exp(-get(name)[:, 0])) for name in ("mouth", "brow"))
-    points[:, 23:91] = face_points(points[:, 0] - (0.0, -0.003), mouth, brow, half_width=0.055)
-    points[:, RIGHT_HAND:RIGHT_HAND + 21] = hand_points(points[:, 10], get("right_angle")[:, 0], get("right_curl"), +1.0)
+    # centred just below the nose so that landmark 30 (the nose tip, local y -0.05) lands on body point 0
+    points[:, 23:91] = face_points(points[:, 0] + (0.0, 0.05 * FACE_HALF_WIDTH), mouth, brow, FACE_HALF_WIDTH)
+    points[:, RIGHT_HAND:RIGHT_HAND + 21] = hand_points(points[:, 10], get("right_angle")[:, 0], get("right_curl"), 1.0)
     points[:, LEFT_HAND:LEFT_HAND + 21] = hand_points(points[:, 9], get("left_angle")[:, 0], get("left_curl"), -1.0)
     scale, shift = rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05, 2)  # this signer's size and place in the frame
     points = (points - 0.5) * scale + 0.5 + shift + rng.normal(0, 0.003, points.shape)
@@ -298,7 +303,8 @@ def build_demo(out_root, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out_root", default=ROOT, help="folder that receives data/demo and pretrained_weight/mt5-demo")
+    parser.add_argument("--out_root", default=ROOT,
+                        help="folder that receives data/demo and pretrained_weight/mt5-demo")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.time()
