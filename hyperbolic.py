@@ -59,7 +59,12 @@ def frechet_mean(points, weights, c, max_iter=50, tol=1e-5):
     A sample stops updating (torch.where mask) once its step moved it less than `tol` (Euclidean norm in
     ball coordinates). The loop always runs `max_iter` iterations on the device, with no host sync:
     converged samples cost the arithmetic of a frozen update, which is cheaper than asking the host
-    whether to stop. Gradients flow through the unrolled iterations.
+    whether to stop. Gradients flow through the unrolled iterations (frozen samples pass them through).
+    Cost on the 2-core CPU, B = 8, P = 4, D = 256: about 50-75 ms forward + backward for the 50 iterations.
+    Convergence: points at moderate spread (norms up to ~0.5) meet the tolerance within ~10 iterations
+    (tests/test_hyperbolic.py); for widely spread points (several units apart, e.g. near the boundary)
+    this unit-step iteration, as specified and as released, may oscillate instead of converging, and the
+    50th iterate is returned.
     """
     weights = weights.unsqueeze(-1)
     mu = points[:, 0]

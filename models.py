@@ -43,6 +43,12 @@ def linear_f32(layer, x):
 
 
 class Uni_Sign(nn.Module):
+    """Four-part ST-GCN pose encoder -> pose_proj -> mT5, plus the hyperbolic branch when use_hyperbolic.
+
+    The trainer calls forward(batch) for the loss, count_update() after each optimizer update, and
+    set_total_updates(n) once; generate(batch) for evaluation.
+    """
+
     def __init__(self, args):
         super().__init__()
         self.use_hyperbolic = bool(getattr(args, "use_hyperbolic", False))
@@ -84,7 +90,8 @@ class Uni_Sign(nn.Module):
         self._init_own_linears()
 
     def _init_own_linears(self):
-        """trunc-normal(std 0.02) weights, zero biases: this model's own Linear layers only, never mT5's."""
+        """trunc-normal(std 0.02) weights, zero biases: this model's own Linear layers only, never mT5's.
+        (torch's default truncation bounds are +-2 in absolute value, as in the reference's timm helper.)"""
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear) and not name.startswith("mt5_model."):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -99,7 +106,8 @@ class Uni_Sign(nn.Module):
         frames) and pose_mask (B, T).
         """
         device = self.part_para.device
-        pose = {part: batch["pose"][part].to(device, non_blocking=True).float() for part in PARTS}
+        dtype = self.part_para.dtype  # float32, or bf16 when the engine casts the model (DeepSpeed)
+        pose = {part: batch["pose"][part].to(device, dtype, non_blocking=True) for part in PARTS}
         pose_mask = batch["pose_mask"].to(device, non_blocking=True)
         features = encode_parts(pose, self.proj_linear, self.gcn_modules, self.fusion_gcn_modules)
         part_features = {part: hyp.masked_mean(features[part], pose_mask) for part in PARTS}

@@ -1,6 +1,6 @@
 """Training-step cost of the hyperbolic branch (token mode, decoder text source) against the pose-only model.
 
-    python script/benchmark.py hyperbolic [--repeats 5] [--batch_size 8] [--frames 64] [--text_len 20]
+    python script/benchmark.py hyperbolic [--repeats 7] [--batch_size 8] [--frames 64] [--text_len 20]
 
 One model, one batch: each timed step is forward + backward, once with the branch on and once with it
 switched off (`model.use_hyperbolic = False`, the pose-only Uni-Sign path), interleaved after a warm-up.
@@ -66,7 +66,7 @@ def timed_step(model, batch, hyperbolic_on):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--frames", type=int, default=64)
