@@ -270,19 +270,36 @@ def write_labels(path, items):
 
 
 def build_demo(out_root, seed=0):
-    """Build the whole demo under `out_root`; returns dict of paths (mt5_path, label_paths, pose_dir, demo_dir)."""
+    """Build the whole demo under `out_root`; returns dict of paths (mt5_path, label_paths, pose_dir, demo_dir).
+
+    Both folders are built beside their final place and then swapped in, so a run reading an older demo
+    never sees a half-written one.
+    """
     rng = np.random.default_rng(seed)
     demo_dir = os.path.join(out_root, "data", "demo")
-    pose_dir = os.path.join(demo_dir, "pose_format")
     mt5_path = os.path.join(out_root, "pretrained_weight", "mt5-demo")
-    for folder in (pose_dir, mt5_path):
+    staging = {final: f"{final}.building-{os.getpid()}" for final in (demo_dir, mt5_path)}
+    for folder in staging.values():
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
+    sentences = write_demo_data(staging[demo_dir], rng)
+    build_tokenizer_and_mt5([text for _, text in sentences], staging[mt5_path], seed=seed)
+    for final, staged in staging.items():
+        replace_folder(final, staged)
+    label_paths = {phase: os.path.join(demo_dir, "labels." + phase) for phase in SAMPLES_PER_PHASE}
+    return {"demo_dir": demo_dir, "pose_dir": os.path.join(demo_dir, "pose_format"), "mt5_path": mt5_path,
+            "label_paths": label_paths}
+
+
+def write_demo_data(demo_dir, rng):
+    """Label files and one pose pickle per sample under demo_dir; returns the chosen (glosses, text) sentences."""
+    pose_dir = os.path.join(demo_dir, "pose_format")
+    os.makedirs(pose_dir)
     sentences = choose_sentences()
     train_sentences, held_out = split_sentences(sentences, rng)
     vocabulary = sorted({g for glosses, _ in sentences for g in glosses})
     motions = {g: random_gloss_motion(rng) for g in vocabulary}
-    label_paths, take = {}, 0
+    take = 0
     for phase, n in SAMPLES_PER_PHASE.items():
         if phase == "train":
             pool = [train_sentences[i % len(train_sentences)] for i in range(n)]
@@ -295,10 +312,17 @@ def build_demo(out_root, seed=0):
             take += 1
             items[name] = {"name": name, "gloss": list(glosses), "text": text, "video_path": name + ".mp4"}
             write_pose(os.path.join(pose_dir, name + ".pkl"), synthesise_video(glosses, motions, rng), rng)
-        label_paths[phase] = os.path.join(demo_dir, "labels." + phase)
-        write_labels(label_paths[phase], items)
-    build_tokenizer_and_mt5([text for _, text in sentences], mt5_path, seed=seed)
-    return {"demo_dir": demo_dir, "pose_dir": pose_dir, "mt5_path": mt5_path, "label_paths": label_paths}
+        write_labels(os.path.join(demo_dir, "labels." + phase), items)
+    return sentences
+
+
+def replace_folder(final, staged):
+    """Put `staged` in place of `final` (two renames; the old folder is deleted afterwards)."""
+    old = f"{final}.old-{os.getpid()}"
+    if os.path.exists(final):
+        os.rename(final, old)
+    os.rename(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv=None):
