@@ -113,7 +113,7 @@ def train_one_epoch(engine, loader, hyp_optimizer, epoch, args):
         if boundary:
             model.count_update()
         for key, value in out.items():
-            sums[key] += float(value)
+            sums[key] += float(value.detach())
         count += 1
         bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", lr=f"{engine.get_lr()[0]:.2e}")
     stats = {key: value / max(count, 1) for key, value in sums.items()}
@@ -154,7 +154,7 @@ def evaluate(model, loader, args, split):
     results = {}
     for part in utils.gather_objects(mine):
         results.update(part)
-    names = [n for n in loader.dataset.names if n in results]
+    names = [s["name"] for s in loader.dataset.samples if s["name"] in results]
     hyps, refs = [results[n][0] for n in names], [results[n][1] for n in names]
     metrics = score(hyps, refs, args.dataset, args.task)
     if utils.is_main_process():
@@ -179,7 +179,6 @@ def build_loader(dataset, collator, args, train):
 
 
 def main(args):
-    import deepspeed
     import geoopt
     from datasets import PoseCollator, build_dataset
     from models import Uni_Sign
@@ -193,10 +192,11 @@ def main(args):
     if args.eval and not args.finetune:
         utils.fail("--eval needs --finetune PATH (the checkpoint to evaluate)")
     os.makedirs(args.output_dir, exist_ok=True)
-    utils.set_seed(args.seed + rank)
     print(f"{world} process(es), {args.dtype}, ZeRO stage {args.zero_stage}, output in {args.output_dir}")
 
+    utils.set_seed(args.seed)  # the same initial model on every rank
     model = Uni_Sign(args)
+    utils.set_seed(args.seed + rank)  # different random frames per rank
     if args.finetune:
         utils.load_model_weights(model, args.finetune, drop_curvature=not args.eval)
     collator = PoseCollator(model.mt5_tokenizer, args.dataset)
@@ -224,7 +224,7 @@ def main(args):
     optimizer = torch.optim.AdamW(model.euclidean_param_groups(args.weight_decay), lr=args.lr, betas=tuple(args.opt_betas))
     hyp_params = model.hyperbolic_parameters() if args.use_hyperbolic else []
     ds_config = utils.deepspeed_config(args, total_updates, int(args.warmup_epochs * updates_per_epoch))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine, _ = utils.deepspeed_initialize(model, optimizer, ds_config)
     for p in hyp_params:  # the geometry stays in float32 whatever DeepSpeed's precision
         p.data = p.data.float()
     hyp_optimizer = geoopt.optim.RiemannianAdam(hyp_params, lr=args.hyp_lr, stabilize=100) if hyp_params else None

@@ -125,12 +125,30 @@ def deepspeed_config(args, total_updates, warmup_updates):
         "wall_clock_breakdown": False,
         "scheduler": {"type": "WarmupCosineLR", "params": {
             "total_num_steps": max(total_updates, 1),
-            "warmup_num_steps": min(warmup_updates, max(total_updates - 1, 0)),
+            "warmup_num_steps": max(1, min(warmup_updates, total_updates - 1)),  # DeepSpeed wants >= 1
             "warmup_type": "linear",
             "warmup_min_ratio": 0.0,
             "cos_min_ratio": args.min_lr / args.lr if args.lr > 0 else 0.0,
         }},
     }
+
+
+def deepspeed_initialize(model, optimizer, ds_config):
+    """deepspeed.initialize, working around DeepSpeed's start-up broadcast, which views every parameter as
+    bytes and so fails on 0-d parameters (our scalars: temperature, margin, log scales, curvature).
+    We broadcast those ourselves and hide them from DeepSpeed's broadcast for its duration."""
+    import deepspeed
+    scalars = [p for p in model.parameters() if p.dim() == 0]
+    for p in scalars:
+        if world_size() > 1:
+            dist.broadcast(p.data.reshape(1), src=0)
+        p.ds_optim_param = True  # DeepSpeed's broadcast skips parameters marked so
+    try:
+        engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    finally:
+        for p in scalars:
+            del p.ds_optim_param
+    return engine, scheduler
 
 
 # ---------------------------------------------------------------------------- checkpoints
