@@ -78,6 +78,29 @@ def frechet_mean(points, weights, c, max_iter=50, tol=1e-5):
     return mu
 
 
+def pairwise_dist(x, y, c):
+    """d_c(x_i, y_j) for x (..., N, D) and y (..., M, D) -> (..., N, M), without building (..., N, M, D):
+
+        ||-x (+)_c y||^2 = ||x - y||^2 / ((1 - c<x,y>)^2 + c^2 (||x||^2 ||y||^2 - <x,y>^2)),
+        d_c(x, y) = 2 / sqrt(c) artanh(sqrt(c) ||-x (+)_c y||).
+
+    The same value as geoopt's dist broadcast over the pairs (tested), at the cost of a distance matrix
+    instead of a full Möbius addition per pair (geoopt has no pairwise form: broadcasting its dist builds
+    and differentiates (..., N, M, D) tensors, the bulk of this branch's work). The denominator is the
+    usual 1 - 2c<x,y> + c^2 ||x||^2 ||y||^2 regrouped so that its first square keeps its precision near
+    the boundary. Sync-free.
+    """
+    sqrt_c = c.sqrt()
+    inner = x @ y.transpose(-1, -2)
+    x_sq = x.pow(2).sum(dim=-1, keepdim=True)
+    y_sq = y.pow(2).sum(dim=-1).unsqueeze(-2)
+    # ||x - y|| computed directly (no ||x||^2 + ||y||^2 - 2<x,y> cancellation between close points)
+    diff_sq = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    denominator = (1.0 - c * inner).pow(2) + c.pow(2) * (x_sq * y_sq - inner.pow(2)).clamp_min(0.0)
+    ratio = (diff_sq / denominator.clamp_min(1e-15)).clamp_min(1e-30)  # > 0 keeps sqrt's gradient finite
+    return 2.0 / sqrt_c * stereo_math.artanh(sqrt_c * ratio.sqrt())
+
+
 def part_weights(ball, points):
     """w_p = softmax_p d_c(0, x_p): parts farther from the origin (more specific) weigh more. (B, P)."""
     return torch.softmax(ball.dist0(points, dim=-1), dim=-1)
@@ -138,7 +161,7 @@ def token_attention(ball, parts, keys, token_mask, temperature):
 
     parts (B, P, D), keys (B, L, D), token_mask (B, L). Returns (B, P, L).
     """
-    distances = ball.dist(parts.unsqueeze(2), keys.unsqueeze(1), dim=-1)
+    distances = pairwise_dist(parts, keys, ball.c)
     return masked_softmax(-distances / temperature, token_mask.unsqueeze(1))
 
 
@@ -170,7 +193,7 @@ class HyperbolicContrastiveLoss(nn.Module):
 
     def forward(self, anchors, targets):
         """anchors, targets (N, D) on the ball. Returns (loss, d_c(p_i, t_i) for each i)."""
-        distances = self.manifold.dist(anchors.unsqueeze(1), targets.unsqueeze(0), dim=-1)  # (N, N)
+        distances = pairwise_dist(anchors, targets, self.manifold.c)  # (N, N)
         negatives = 1.0 - torch.eye(distances.shape[0], device=distances.device, dtype=distances.dtype)
         logits = -distances / self.temperature() + self.margin_base.float() * negatives
         labels = torch.arange(distances.shape[0], device=distances.device)
