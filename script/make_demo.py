@@ -30,7 +30,8 @@ PROMPT_TEXTS = ("Translate sign language video to Chinese: ", "Translate sign la
 SOURCE_LABELS = os.path.join(ROOT, "data", "CSL_Daily", "labels.train")
 NUM_GLOSSES = 60           # the most frequent CSL-Daily glosses the demo sentences may use
 GLOSSES_PER_SENTENCE = (2, 6)
-SAMPLES_PER_PHASE = {"train": 400, "dev": 60, "test": 60}
+FRAMES_PER_GLOSS = (3, 4)  # inclusive; short videos keep a demo epoch of the 256-channel ST-GCNs cheap on CPU
+SAMPLES_PER_PHASE = {"train": 300, "dev": 50, "test": 50}
 HELD_OUT_FRACTION = 0.12   # sentences never seen in training, shared out to dev and test
 
 
@@ -182,7 +183,7 @@ def synthesise_video(glosses, motions, rng):
     """One rendition of a sentence: (keypoints (T, 133, 2), scores (T, 133)) float32, plus frames of extra people."""
     pieces = []
     for gloss in glosses:   # each gloss at its own speed, sampled with timing jitter, with its own amplitude
-        n = int(rng.integers(4, 7))
+        n = int(rng.integers(FRAMES_PER_GLOSS[0], FRAMES_PER_GLOSS[1] + 1))
         phase = np.clip(np.linspace(0, 1, n) + rng.uniform(-0.4, 0.4, n) / n, 0, 1)
         pieces.append(evaluate_motion(motions[gloss], phase, rng.uniform(0.85, 1.15)))
     channel = np.concatenate(pieces)
