@@ -88,14 +88,14 @@ def test_frechet_mean_reaches_the_tolerance_and_is_stationary(scale):
     within the 50 iterations (more iterations change nothing), the weighted sum of log maps (the
     Riemannian gradient) nearly vanishes, and the result matches a long float64 run."""
     ball = geoopt.PoincareBall(c=1.0)
-    points = random_points(ball, 256, 4, 256, scale=scale / 16, dtype=torch.float32, seed=3)
-    weights = torch.softmax(torch.randn(256, 4, generator=torch.Generator().manual_seed(4)), dim=-1)
+    points = random_points(ball, 64, 4, 64, scale=scale / 8, dtype=torch.float32, seed=3)
+    weights = torch.softmax(torch.randn(64, 4, generator=torch.Generator().manual_seed(4)), dim=-1)
     c = ball.c.detach()
     mean = hyp.frechet_mean(points, weights, c)
     assert torch.equal(mean, hyp.frechet_mean(points, weights, c, max_iter=200))
     gradient = (weights.unsqueeze(-1) * hyp.logmap(mean.unsqueeze(1), points, c)).sum(dim=1)
     assert gradient.norm(dim=-1).max() < 1e-4
-    reference = hyp.frechet_mean(points.double(), weights.double(), c.double(), max_iter=500, tol=0.0)
+    reference = hyp.frechet_mean(points.double(), weights.double(), c.double(), max_iter=300, tol=0.0)
     assert (mean.double() - reference).norm(dim=-1).max() < 1e-4
 
 
