@@ -74,8 +74,9 @@ def build_tokenizer_and_mt5(texts, out_dir, seed=0):
     torch.manual_seed(seed)
     model = MT5ForConditionalGeneration(mt5_config)
     # transformers 5 forces MT5Config.tie_word_embeddings to True; mT5 checkpoints have their own lm_head,
-    # so give it one (initialised as MT5 does when untied). from_pretrained keeps the two apart when both are saved.
-    lm_head = torch.randn(len(tokenizer), mt5_config.d_model) * mt5_config.initializer_factor
+    # so give it one (from_pretrained keeps the two apart when both are saved). Its std is d_model^-0.5, not
+    # MT5's 1.0: MT5 does not rescale the decoder output, and std 1.0 would start from logits of std ~sqrt(d_model).
+    lm_head = torch.randn(len(tokenizer), mt5_config.d_model) * mt5_config.d_model ** -0.5
     model.lm_head.weight = torch.nn.Parameter(lm_head)
     torch.set_rng_state(cpu_rng_state)  # leave the caller's random stream untouched
     model.save_pretrained(out_dir, safe_serialization=True)
