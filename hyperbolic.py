@@ -4,10 +4,12 @@ Notation: the ball of curvature -c (c > 0) is {x : c ||x||^2 < 1}; lambda_x = 2 
 conformal factor and (+)_c Möbius addition. Every function works in float32: callers run it with autocast
 disabled and float32 inputs (bf16 loses the ball's boundary: 1 - c ||x||^2 underflows).
 
-geoopt's tan_k / artan_k decide between the spherical and hyperbolic formulas with `if torch.all(...)`
-on the curvature, a device-to-host sync on a GPU. That is harmless for the handful of calls per step
-made here through the `geoopt.PoincareBall` methods, but not inside an iterative loop, so the Fréchet
-iterations use the Poincaré closed forms `expmap` / `logmap` below (tested against geoopt).
+Most operations are the `geoopt.PoincareBall` methods. Two are written here, each tested against geoopt:
+- `expmap` / `logmap` for the Fréchet iterations: geoopt's tan_k / artan_k choose between the spherical
+  and hyperbolic formulas with `if torch.all(...)` on the curvature, a device-to-host sync on a GPU;
+  harmless for the ~20 calls per step made through geoopt, not for 50 loop iterations.
+- `pairwise_dist`: geoopt has no pairwise form, and broadcasting its dist over all (part, token) and
+  (anchor, target) pairs builds (..., N, M, D) Möbius sums that dominated the branch's cost.
 """
 import geoopt
 import torch

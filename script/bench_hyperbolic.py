@@ -93,13 +93,16 @@ def main(argv=None):
             times[hyperbolic_on].append(timed_step(model, batch, hyperbolic_on))
     model.use_hyperbolic = True
     off_ms, on_ms = (1000 * statistics.median(times[flag]) for flag in (False, True))
+    # Neighbouring steps share the machine's load: their ratios tell whether other jobs skewed the medians.
+    paired = statistics.median(on / off for on, off in zip(times[True], times[False]))
     print(f"threads {torch.get_num_threads()}, batch {args.batch_size}, frames {args.frames}, "
           f"text {args.text_len} tokens, mode {args.mode}/{args.text_source}, {args.repeats} repeats")
     print(f"branch off: {off_ms:.1f} ms (median forward + backward)")
     print(f"branch on:  {on_ms:.1f} ms")
-    print(f"ratio: {on_ms / off_ms:.3f}")
+    print(f"ratio: {on_ms / off_ms:.3f} (median of the ratios of neighbouring steps: {paired:.3f}; "
+          f"step times ranged {1000 * min(times[False]):.0f}-{1000 * max(times[False]):.0f} ms with the branch off)")
     print(json.dumps({"ratio": round(on_ms / off_ms, 4), "time_off_ms": round(off_ms, 2),
-                      "time_on_ms": round(on_ms, 2)}))
+                      "time_on_ms": round(on_ms, 2), "paired_ratio": round(paired, 4)}))
 
 
 if __name__ == "__main__":
