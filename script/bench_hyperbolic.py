@@ -24,7 +24,8 @@ for folder in (ROOT, os.path.join(ROOT, "script")):
         sys.path.insert(0, folder)
 
 PART_NODES = {"body": 9, "left": 21, "right": 21, "face_all": 18}
-SENTENCES = ["他现在在哪儿呢？", "你最喜欢哪个季节？", "今天天气很好，我们一起去公园散步吧。", "他什么时候能回来？"]
+SENTENCES = ["他现在在哪儿呢？", "你最喜欢哪个季节？", "今天天气很好，我们一起去公园散步吧。",
+             "他什么时候能回来？"]
 
 
 def build_tiny_mt5(out_dir):

@@ -47,7 +47,8 @@ def test_state_dict_matches_the_release_both_ways(mode, tiny_mt5_path):
 
     # Loading: a state dict laid out like the release (+ mt5_model.*) loads with nothing missing or unexpected.
     generator = torch.Generator().manual_seed(1)
-    released = {k: torch.randn(shape, generator=generator) if shape else torch.tensor(0.5) for k, shape in expected.items()}
+    released = {k: torch.randn(shape, generator=generator) if shape else torch.tensor(0.5)
+                for k, shape in expected.items()}
     for name in released:
         if name.endswith("num_batches_tracked") or name == "global_step":
             released[name] = torch.tensor(3)

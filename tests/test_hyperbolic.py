@@ -51,7 +51,8 @@ def test_closed_forms_match_geoopt(ball64):
 def test_pairwise_distance_matches_geoopt(dtype, tolerance, scale):
     """Against geoopt's dist in float64 (float32 near the boundary loses about 1e-2 either way)."""
     ball = geoopt.PoincareBall(c=1.3).to(dtype)
-    x, y = random_points(ball, 3, 4, 64, scale=scale, dtype=dtype), random_points(ball, 3, 7, 64, scale=scale, dtype=dtype, seed=1)
+    x = random_points(ball, 3, 4, 64, scale=scale, dtype=dtype)
+    y = random_points(ball, 3, 7, 64, scale=scale, dtype=dtype, seed=1)
     y[:, 0] = x[:, 0]  # coincident points: distance 0, finite gradient
     y[:, 1] = ball.expmap(x[:, 1], torch.randn(3, 64, dtype=dtype) * 1e-3)
     x.requires_grad_()
@@ -113,7 +114,8 @@ def test_frechet_iterations_never_sync_with_the_host():
 
 def test_token_attention_is_a_distribution_over_real_tokens_only():
     ball = geoopt.PoincareBall(c=1.0)
-    parts, keys = random_points(ball, 3, 4, 8, dtype=torch.float32), random_points(ball, 3, 6, 8, seed=5, dtype=torch.float32)
+    parts = random_points(ball, 3, 4, 8, dtype=torch.float32)
+    keys = random_points(ball, 3, 6, 8, seed=5, dtype=torch.float32)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
     attention = hyp.token_attention(ball, parts, keys, mask, torch.tensor(0.7))
     assert attention.shape == (3, 4, 6)
@@ -127,7 +129,8 @@ def test_token_attention_is_a_distribution_over_real_tokens_only():
 def test_token_context_is_the_weighted_gyromidpoint_over_tokens(ball64):
     tokens = random_points(ball64, 2, 5, 16, scale=0.3)
     one_hot = F.one_hot(torch.tensor([[0, 3, 4, 1], [2, 2, 0, 4]]), 5).double()  # (B, P=4, L=5)
-    torch.testing.assert_close(hyp.token_context(ball64, tokens, one_hot), tokens[torch.arange(2)[:, None], one_hot.argmax(-1)])
+    chosen = tokens[torch.arange(2)[:, None], one_hot.argmax(-1)]
+    torch.testing.assert_close(hyp.token_context(ball64, tokens, one_hot), chosen)
     halves = torch.zeros(2, 4, 5, dtype=torch.float64)
     halves[..., 1] = halves[..., 3] = 0.5
     midpoint = ball64.expmap(tokens[:, 1], 0.5 * ball64.logmap(tokens[:, 1], tokens[:, 3]))
@@ -149,7 +152,8 @@ def test_contrastive_loss_equals_a_direct_computation():
     with torch.no_grad():
         loss_module.temp.fill_(-0.4)
         loss_module.margin_base.fill_(0.25)
-    anchors, targets = random_points(ball, 5, 8, dtype=torch.float32), random_points(ball, 5, 8, seed=7, dtype=torch.float32)
+    anchors = random_points(ball, 5, 8, dtype=torch.float32)
+    targets = random_points(ball, 5, 8, seed=7, dtype=torch.float32)
     loss, positives = loss_module(anchors, targets)
     tau = 0.01 + 1.99 / (1 + torch.exp(torch.tensor(0.4)))
     total = 0.0

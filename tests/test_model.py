@@ -78,7 +78,8 @@ def test_encode_pose_builds_prompt_then_pose_inputs(model):
     inputs_embeds, attention_mask, _, pose_mask = model.encode_pose(batch)
     prompt_len = batch["prompt_ids"].shape[1]
     assert inputs_embeds.shape == (3, prompt_len + 12, model.mt5_model.config.d_model)
-    torch.testing.assert_close(inputs_embeds[:, :prompt_len], model.mt5_model.get_input_embeddings()(batch["prompt_ids"]))
+    prompt_embeds = model.mt5_model.get_input_embeddings()(batch["prompt_ids"])
+    torch.testing.assert_close(inputs_embeds[:, :prompt_len], prompt_embeds)
     assert torch.equal(attention_mask, torch.cat([batch["prompt_mask"], batch["pose_mask"]], dim=1))
     assert torch.equal(pose_mask, batch["pose_mask"])
 
