@@ -267,7 +267,7 @@ def main(args):
             run.log(record, step=epoch)
     if utils.is_main_process():
         plot = utils.plot_curves(args.output_dir, metric)
-        print(f"Checkpoints, predictions (*_tmp_pres.txt / *_tmp_refs.txt), log.txt and {plot} are in {args.output_dir}")
+        summarise(args.output_dir, metric, plot)
     if run is not None:
         run.finish()
 
@@ -289,6 +289,21 @@ def save(engine, hyp_optimizer, args, epoch, best, improved, ds_dir):
         for name in os.listdir(ds_dir):
             if name.startswith("epoch") and name != f"epoch{epoch}":
                 shutil.rmtree(os.path.join(ds_dir, name), ignore_errors=True)
+
+
+def summarise(output_dir, metric, plot):
+    """The run's closing lines: the best epoch's scores and where everything was written."""
+    records = utils.read_log(output_dir)
+    best = records[-1]["best_dev_" + metric]
+    record = next(r for r in records if r.get(f"dev_{metric}") == best)
+    for split in ("dev", "test"):
+        scores = {k[len(split) + 1:]: v for k, v in record.items() if k.startswith(split + "_")}
+        if scores:
+            print(f"best epoch {record['epoch']} ({split}): {format_metrics(scores)}")
+    print(f"checkpoints: {os.path.join(output_dir, 'best_checkpoint.pth')} (best dev {metric}), "
+          f"{os.path.join(output_dir, 'checkpoint.pth')} (last epoch)")
+    print(f"predictions of the last epoch: {os.path.join(output_dir, '{dev,test}_tmp_pres.txt')} (references: *_tmp_refs.txt)")
+    print(f"log: {os.path.join(output_dir, 'log.txt')}; training curves: {plot}")
 
 
 def format_metrics(stats):

@@ -204,6 +204,12 @@ def append_log(output_dir, record):
         f.write(json.dumps(record) + "\n")
 
 
+def read_log(output_dir):
+    """The per-epoch records of log.txt."""
+    with open(os.path.join(output_dir, "log.txt"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_predictions(output_dir, split, names, hyps, refs):
     """The literature's pair of files (`sample: NAME, prediction: TEXT` / `..., ground-truth: TEXT`),
     which SLRT_metrics.py scores as they are."""
@@ -240,9 +246,7 @@ def plot_curves(output_dir, metric):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(output_dir, "log.txt"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    records = [r for r in records if "epoch" in r]
+    records = [r for r in read_log(output_dir) if "epoch" in r]
     if not records:
         return None
     epochs = [r["epoch"] for r in records]
