@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 
 import torch
+import transformers
 from tqdm import tqdm
 
 import config
@@ -88,7 +89,7 @@ def to_device(batch, device, dtype):
     return out
 
 
-def train_one_epoch(engine, loader, hyp_optimizer, epoch, args):
+def train_one_epoch(engine, loader, hyp_optimizer, epoch, args, run=None):
     model, device, dtype = engine.module, engine.device, _torch_dtype(args.dtype)
     engine.train()
     sums, count, skipped = defaultdict(float), 0, 0
@@ -112,9 +113,15 @@ def train_one_epoch(engine, loader, hyp_optimizer, epoch, args):
         engine.step()
         if boundary:
             model.count_update()
-        for key, value in out.items():
-            sums[key] += float(value.detach())
+        values = {key: float(value.detach()) for key, value in out.items()}
+        for key, value in values.items():
+            sums[key] += value
         count += 1
+        if run is not None:  # every step: the losses, alpha, curvature, temperature, margin, part weights, lrs
+            lrs = {"lr": engine.get_lr()[0]}
+            if hyp_optimizer is not None:
+                lrs["hyp_lr"] = hyp_optimizer.param_groups[0]["lr"]
+            run.log({**{f"train/{k}": v for k, v in values.items()}, **lrs, "epoch": epoch})
         bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", lr=f"{engine.get_lr()[0]:.2e}")
     stats = {key: value / max(count, 1) for key, value in sums.items()}
     stats["lr"] = engine.get_lr()[0]
@@ -139,8 +146,8 @@ def step_hyperbolic(optimizer, max_norm):
 
 @torch.no_grad()
 def evaluate(model, loader, args, split):
-    """Beam-search every sample of this rank's shard, gather all ranks' predictions back in dataset
-    order (the sampler's padding duplicates are dropped by name), then score them."""
+    """Beam-search this rank's batches, gather all ranks' predictions back in dataset order, then score
+    them; the prediction files are written with the literature's CSL formatting."""
     from SLRT_metrics import evaluate as score, format_for_dataset
 
     model.eval()
@@ -169,13 +176,20 @@ def _torch_dtype(name):
 
 
 def build_loader(dataset, collator, args, train):
-    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed, drop_last=False) \
-        if utils.world_size() > 1 or train else None
-    if sampler is None:
-        sampler = torch.utils.data.SequentialSampler(dataset)
-    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, collate_fn=collator,
-                                       num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
-                                       persistent_workers=args.num_workers > 0)
+    """Training: a DistributedSampler shard per rank, reshuffled every epoch. Evaluation: the batches a
+    single process would make, dealt out to the ranks in turn. Predictions depend on the batch (poses are
+    padded to the batch's longest video and the temporal convolutions see that padding), so dealing out
+    whole batches makes a multi-process evaluation score exactly like a single-process one, and no sample
+    is duplicated to even out the shards."""
+    common = dict(collate_fn=collator, num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=args.num_workers > 0)
+    if train:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=utils.world_size(),
+                                                      rank=utils.rank(), shuffle=True, seed=args.seed)
+        return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, **common)
+    batches = [list(range(i, min(i + args.batch_size, len(dataset)))) for i in range(0, len(dataset), args.batch_size)]
+    mine = batches[utils.rank()::utils.world_size()]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=mine, **common)
 
 
 def main(args):
@@ -184,13 +198,15 @@ def main(args):
     from models import Uni_Sign
 
     rank, world, _ = utils.init_distributed()
+    if rank != 0:
+        transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
     args.mt5_path = args.mt5_path or config.mt5_path
     args.num_workers = min(args.num_workers, os.cpu_count() or 1)
     if args.rgb_support:
         utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
     if args.eval and not args.finetune:
-        utils.fail("--eval needs --finetune PATH (the checkpoint to evaluate)")
+        print("--eval without --finetune: scoring the untrained model (a baseline)")
     os.makedirs(args.output_dir, exist_ok=True)
     print(f"{world} process(es), {args.dtype}, ZeRO stage {args.zero_stage}, output in {args.output_dir}")
 
@@ -245,13 +261,13 @@ def main(args):
 
     run = utils.init_wandb(args)
     for epoch in range(start_epoch, args.epochs):
-        if isinstance(train_loader.sampler, torch.utils.data.DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
         start = time.time()
         try:
-            train_stats = train_one_epoch(engine, train_loader, hyp_optimizer, epoch, args)
+            train_stats = train_one_epoch(engine, train_loader, hyp_optimizer, epoch, args, run)
         except NonFiniteLoss as err:
             utils.fail(f"{err}; stopping. The last good checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth')}")
+        utils.broadcast_buffers(engine.module)
         scores = {split: evaluate(engine.module, eval_loader, args, split) for split, eval_loader in eval_loaders.items()}
         dev_score = scores["dev"][metric]
         improved = best is None or (dev_score > best if higher_is_better else dev_score < best)
@@ -264,7 +280,7 @@ def main(args):
             utils.append_log(args.output_dir, record)
             print(f"epoch {epoch}: " + " | ".join(f"{split} {format_metrics(stats)}" for split, stats in scores.items()))
         if run is not None:
-            run.log(record, step=epoch)
+            run.log({k.replace("_", "/", 1): v for k, v in record.items() if k != "epoch"})
     if utils.is_main_process():
         plot = utils.plot_curves(args.output_dir, metric)
         summarise(args.output_dir, metric, plot)

@@ -57,6 +57,10 @@ def is_main_process():
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def world_size():
     return dist.get_world_size() if dist.is_initialized() else 1
 
@@ -90,6 +94,15 @@ def gather_objects(obj):
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_buffers(module):
+    """Give every rank rank 0's buffers (BatchNorm running statistics drift apart per rank's data, and
+    DeepSpeed, unlike DDP, does not broadcast them), so that all ranks evaluate the saved model."""
+    if world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def all_ranks_true(flag):
