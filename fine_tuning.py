@@ -203,6 +203,9 @@ def main(args):
     args.dtype = utils.resolve_dtype(args.dtype)
     args.mt5_path = args.mt5_path or config.mt5_path
     args.num_workers = min(args.num_workers, os.cpu_count() or 1)
+    if args.zero_stage == 3 and args.use_hyperbolic and not args.eval:
+        utils.fail("--zero_stage 3 partitions every parameter, but Riemannian Adam needs the hyperbolic branch's "
+                   "ManifoldParameters whole: use --zero_stage 2 (or 0/1) with --use_hyperbolic")
     if args.rgb_support:
         utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
     if args.eval and not args.finetune:

@@ -161,6 +161,12 @@ def deepspeed_initialize(model, optimizer, ds_config):
     finally:
         for p in scalars:
             del p.ds_optim_param
+    # DeepSpeed casts the parameters to bf16/fp16 but not the buffers; BatchNorm wants its running
+    # statistics in its weights' dtype, so cast them as Module.to(dtype) would have.
+    dtype = next(engine.module.parameters()).dtype
+    for buffer in engine.module.buffers():
+        if buffer.is_floating_point():
+            buffer.data = buffer.data.to(dtype)
     return engine, scheduler
 
 

@@ -1,6 +1,7 @@
 """fine_tuning.py / pretraining.py end to end on the demo data with the tiny mT5, as a user runs them."""
 import gzip
 import json
+import math
 import os
 import pickle
 import signal
@@ -215,3 +216,22 @@ def test_training_clearly_learns(small_demo, tmp_path):
     trained_bleu4 = read_log(tmp_path)[-1]["best_dev_bleu4"]
     assert untrained_bleu4 < 5.0
     assert trained_bleu4 > untrained_bleu4 + 15.0, (untrained_bleu4, trained_bleu4)
+
+
+@pytest.mark.parametrize("dtype, zero_stage, hyperbolic", [("bf16", 2, True), ("bf16", 0, True), ("fp32", 3, False)])
+def test_deepspeed_precisions_and_zero_stages_train(small_demo, tmp_path, dtype, zero_stage, hyperbolic):
+    args = base_args(small_demo, tmp_path, epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage),
+                                                                 "--gradient_accumulation_steps", "2"]
+    if not hyperbolic:
+        args.remove("--use_hyperbolic")
+    check_ok(run([sys.executable, "fine_tuning.py", *args]))
+    record = read_log(tmp_path)[0]
+    assert math.isfinite(record["train_loss"]) and record["dev_bleu4"] >= 0
+    ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # saved in float32 for any precision
+    assert ckpt["global_step"] == 1  # 2 micro-batches with accumulation 2: one optimizer update
+
+
+def test_zero3_with_the_hyperbolic_branch_is_refused_clearly(small_demo, tmp_path):
+    result = run([sys.executable, "fine_tuning.py", *base_args(small_demo, tmp_path), "--zero_stage", "3"])
+    assert result.returncode != 0 and "--zero_stage 2" in result.stderr
