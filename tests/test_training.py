@@ -1,4 +1,5 @@
 """fine_tuning.py / pretraining.py end to end on the demo data with the tiny mT5, as a user runs them."""
+import argparse
 import gzip
 import json
 import math
@@ -235,3 +236,26 @@ def test_deepspeed_precisions_and_zero_stages_train(small_demo, tmp_path, dtype,
 def test_zero3_with_the_hyperbolic_branch_is_refused_clearly(small_demo, tmp_path):
     result = run([sys.executable, "fine_tuning.py", *base_args(small_demo, tmp_path), "--zero_stage", "3"])
     assert result.returncode != 0 and "--zero_stage 2" in result.stderr
+
+
+@pytest.mark.parametrize("task, metric", [("CSLR", "wer"), ("ISLR", "top1_per_instance")])
+def test_recognition_tasks_train_and_report_their_metric(small_demo, tmp_path, task, metric):
+    args = base_args(small_demo, tmp_path, epochs=1, steps=1) + ["--task", task]
+    check_ok(run([sys.executable, "fine_tuning.py", *args]))
+    record = read_log(tmp_path)[0]
+    assert f"dev_{metric}" in record and f"best_dev_{metric}" in record and "dev_bleu4" not in record
+
+
+def test_finetune_loads_a_release_style_checkpoint(small_demo, trained_run, tmp_path):
+    """The release stores args as an argparse.Namespace; weights_only loading must still accept it, and
+    fine-tuning drops the curvature so that --init_c takes effect."""
+    ckpt = torch.load(trained_run / "checkpoint.pth", map_location="cpu", weights_only=True)
+    release = {"model": ckpt["model"], "epoch": 39, "args": argparse.Namespace(**ckpt["args"]), "max_accuracy": 27.4}
+    torch.save(release, tmp_path / "best.pth")
+    args = base_args(small_demo, tmp_path / "out", epochs=1, steps=1) + ["--finetune", str(tmp_path / "best.pth"),
+                                                                         "--init_c", "1.5"]
+    result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
+    assert "missing keys 0, unexpected keys 0" in result.stdout
+    saved = torch.load(tmp_path / "out" / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    curvature = torch.nn.functional.softplus(saved["manifold.isp_c"])
+    assert abs(float(curvature) - 1.5) < 0.05  # from --init_c, not the loaded run's curvature
