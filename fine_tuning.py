@@ -329,6 +329,17 @@ def format_metrics(stats):
     return " ".join(f"{k} {v:.2f}" for k, v in stats.items())
 
 
+def run(args):
+    """main() with the errors a user can fix reported as one clear line instead of a traceback."""
+    from datasets import BadSampleError
+    try:
+        main(args)
+    except BadSampleError as err:
+        utils.fail(f"{err}\n(pass --skip_bad_samples to skip and count such samples instead)")
+    except FileNotFoundError as err:
+        utils.fail(str(err))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser("Geo-Sign fine-tuning", parents=[get_args_parser()])
-    main(parser.parse_args())
+    run(parser.parse_args())

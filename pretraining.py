@@ -19,4 +19,4 @@ def get_args_parser():
 
 
 if __name__ == "__main__":
-    fine_tuning.main(get_args_parser().parse_args())
+    fine_tuning.run(get_args_parser().parse_args())

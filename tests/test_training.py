@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,3 +260,23 @@ def test_finetune_loads_a_release_style_checkpoint(small_demo, trained_run, tmp_
     saved = torch.load(tmp_path / "out" / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
     curvature = torch.nn.functional.softplus(saved["manifold.isp_c"])
     assert abs(float(curvature) - 1.5) < 0.05  # from --init_c, not the loaded run's curvature
+
+
+def test_broken_pose_file_stops_with_its_name_or_is_skipped_and_counted(small_demo, tmp_path):
+    with gzip.open(small_demo["label_paths"]["train"], "rb") as f:
+        labels = dict(list(pickle.load(f).items())[:8])
+    train_path = tmp_path / "labels.train"
+    with gzip.open(train_path, "wb") as f:
+        pickle.dump(labels, f)
+    pose_dir = tmp_path / "poses"
+    shutil.copytree(small_demo["pose_dir"], pose_dir)
+    victim = pose_dir / next(iter(labels.values()))["video_path"].replace(".mp4", ".pkl")
+    victim.write_bytes(victim.read_bytes()[:200])  # a truncated download
+    demo = dict(small_demo, pose_dir=str(pose_dir), label_paths=dict(small_demo["label_paths"], train=str(train_path)))
+    args = base_args(demo, tmp_path / "out", epochs=1, steps=0)
+    stopped = run([sys.executable, "fine_tuning.py", *args])
+    assert stopped.returncode != 0 and str(victim) in stopped.stderr and "--skip_bad_samples" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    skipped = check_ok(run([sys.executable, "fine_tuning.py", *args, "--skip_bad_samples"]))
+    assert "skipped 1 bad samples" in skipped.stdout
+    assert read_log(tmp_path / "out")[0]["train_skipped_samples"] == 1
