@@ -80,17 +80,8 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def to_device(batch, device, dtype):
-    """Move a collated batch; pose coordinates take the model's precision."""
-    out = dict(batch)
-    out["pose"] = {k: v.to(device, dtype=dtype, non_blocking=True) for k, v in batch["pose"].items()}
-    for key in ("pose_mask", "prompt_ids", "prompt_mask", "labels", "labels_mask"):
-        out[key] = batch[key].to(device, non_blocking=True)
-    return out
-
-
 def train_one_epoch(engine, loader, hyp_optimizer, epoch, args, run=None):
-    model, device, dtype = engine.module, engine.device, _torch_dtype(args.dtype)
+    model = engine.module
     engine.train()
     sums, count, skipped = defaultdict(float), 0, 0
     steps = min(len(loader), args.quick_break) if args.quick_break else len(loader)
@@ -101,7 +92,7 @@ def train_one_epoch(engine, loader, hyp_optimizer, epoch, args, run=None):
         skipped += batch["num_skipped"]
         if not batch["name"]:  # --skip_bad_samples dropped the whole batch
             continue
-        out = engine(to_device(batch, device, dtype))
+        out = engine(batch)  # the model moves the batch to its device and precision
         loss = out["loss"]
         if not utils.all_ranks_true(torch.isfinite(loss).item()):
             raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step} "
@@ -151,12 +142,11 @@ def evaluate(model, loader, args, split):
     from SLRT_metrics import evaluate as score, format_for_dataset
 
     model.eval()
-    device, dtype = next(model.parameters()).device, _torch_dtype(args.dtype)
     mine = {}
     for batch in tqdm(loader, desc=f"eval {split}", disable=not utils.is_main_process(), dynamic_ncols=True):
         if not batch["name"]:
             continue
-        preds = model.generate(to_device(batch, device, dtype), num_beams=args.num_beams, max_new_tokens=args.max_tgt_len)
+        preds = model.generate(batch, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len)
         mine.update(zip(batch["name"], zip(preds, batch["text"])))
     results = {}
     for part in utils.gather_objects(mine):

@@ -1,20 +1,4 @@
 #!/usr/bin/env bash
-# Score a checkpoint (default: the released best.pth) on CSL-Daily dev and test.
-output_dir=${OUTPUT_DIR:-out/eval_csl_daily}
-ckpt=${CKPT:-checkpoints/best.pth}
-deepspeed --num_gpus ${NUM_GPUS:-1} fine_tuning.py \
-   --batch_size 8 \
-   --gradient_accumulation_steps 8 \
-   --epochs 40 \
-   --opt adamw \
-   --lr 1e-4 \
-   --output_dir "$output_dir" \
-   --finetune "$ckpt" \
-   --dataset CSL_Daily \
-   --task SLT \
-   --use_hyperbolic \
-   --init_c 1.0 \
-   --hyp_text_emb_src decoder \
-   --hyp_text_cmp token \
-   --alpha 0.7 \
-   --eval "$@"
+# Score a checkpoint (default: the released best.pth) on CSL-Daily dev and test: train.sh's flags plus --eval.
+OUTPUT_DIR=${OUTPUT_DIR:-out/eval_csl_daily} CKPT=${CKPT:-checkpoints/best.pth} \
+    exec bash "$(dirname "$0")/train.sh" --eval "$@"
