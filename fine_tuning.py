@@ -83,7 +83,7 @@ class NonFiniteLoss(RuntimeError):
 def train_one_epoch(engine, loader, hyp_optimizer, epoch, args, run=None):
     model = engine.module
     engine.train()
-    sums, count, skipped = defaultdict(float), 0, 0
+    sums, count, skipped, samples, flops, start = defaultdict(float), 0, 0, 0, 0.0, time.time()
     steps = min(len(loader), args.quick_break) if args.quick_break else len(loader)
     bar = tqdm(loader, total=steps, desc=f"train {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True)
     for step, batch in enumerate(bar):
@@ -104,6 +104,8 @@ def train_one_epoch(engine, loader, hyp_optimizer, epoch, args, run=None):
         engine.step()
         if boundary:
             model.count_update()
+        samples += len(batch["name"])
+        flops += model.training_flops(batch)
         values = {key: float(value.detach()) for key, value in out.items()}
         for key, value in values.items():
             sums[key] += value
@@ -119,6 +121,19 @@ def train_one_epoch(engine, loader, hyp_optimizer, epoch, args, run=None):
     if skipped:
         print(f"epoch {epoch}: skipped {skipped} bad samples (--skip_bad_samples)")
     stats["skipped_samples"] = skipped
+    stats.update(throughput(samples, flops, time.time() - start, args.dtype))
+    print(f"epoch {epoch}: {stats['samples_per_s']:.1f} samples/s, {stats['tflops']:.2f} TFLOP/s"
+          + (f", model FLOPs utilisation {100 * stats['mfu']:.1f} %" if "mfu" in stats else ""))
+    return stats
+
+
+def throughput(samples, flops, seconds, dtype):
+    """This rank's samples and FLOPs over the epoch's wall time: samples/s of the whole run (ranks take equal
+    shares), achieved TFLOP/s per accelerator and, where its peak is known, model FLOPs utilisation."""
+    stats = {"samples_per_s": samples * utils.world_size() / seconds, "tflops": flops / seconds / 1e12}
+    peak = utils.peak_flops(dtype)
+    if peak:
+        stats["mfu"] = stats["tflops"] * 1e12 / peak
     return stats
 
 

@@ -203,6 +203,30 @@ class Uni_Sign(nn.Module):
                                              num_beams=num_beams, max_new_tokens=max_new_tokens)
         return self.mt5_tokenizer.batch_decode(output_ids, skip_special_tokens=True)
 
+    # ------------------------------------------------------------------ cost
+    def training_flops(self, batch):
+        """FLOPs of one training step on `batch`, counted as nanoGPT does: 6 per weight per position it is
+        applied to (a multiply-add is 2, forward + backward is 3x forward). ST-GCN weights act at every
+        (frame, node), mT5's encoder at every prompt + pose position, its decoder and lm_head at every target
+        position; the graph mixing, attention scores and the hyperbolic branch (a rounding error) are left out."""
+        def matrix_weights(module):
+            return sum(p.numel() for name, p in module.named_parameters() if p.dim() > 1 and not name.endswith(".A"))
+
+        batch_size, frames = batch["pose_mask"].shape
+        per_sample = self.pose_proj.weight.numel() * frames
+        for part in PARTS:
+            nodes = batch["pose"][part].shape[2]
+            part_weights = sum(matrix_weights(m[part]) for m in (self.proj_linear, self.gcn_modules,
+                                                                self.fusion_gcn_modules))
+            per_sample += part_weights * frames * nodes
+        mt5 = self.mt5_model
+        embedding = mt5.get_input_embeddings().weight.numel()  # a lookup, not a matrix product
+        encoder = matrix_weights(mt5.get_encoder()) - embedding
+        decoder = matrix_weights(mt5.get_decoder()) - embedding
+        per_sample += encoder * (batch["prompt_ids"].shape[1] + frames)
+        per_sample += (decoder + mt5.get_output_embeddings().weight.numel()) * batch["labels"].shape[1]
+        return 6 * per_sample * batch_size
+
     # ------------------------------------------------------------------ optimizer groups
     def hyperbolic_parameters(self):
         """Parameters for Riemannian Adam (no weight decay): the attention's ManifoldParameters (token

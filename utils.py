@@ -170,6 +170,19 @@ def deepspeed_initialize(model, optimizer, ds_config):
     return engine, scheduler
 
 
+# Dense bf16/fp16 peak FLOP/s of the GPUs the paper's recipe runs on, for model FLOPs utilisation.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "A6000": 155e12,
+              "V100": 125e12, "4090": 165e12}
+
+
+def peak_flops(dtype):
+    """The accelerator's peak FLOP/s for this precision, or None where unknown (CPUs, other GPUs, fp32)."""
+    if not torch.cuda.is_available() or dtype not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 def save_atomic(obj, path):

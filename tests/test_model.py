@@ -202,3 +202,19 @@ def test_demo_batches_from_the_collator_train_and_translate(demo_root, model):
     model.eval()
     texts = model.generate(batch, num_beams=2, max_new_tokens=8)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_training_flops_count_every_weight_at_every_position(model):
+    batch = batch_for(model, batch_size=2, frames=10)
+    # One ST-GCN part, per (frame, node), by hand: proj 3x64; spatial 64x128, 64x256 + residual 64x128,
+    # 128x512 + residual 128x256; temporal 3 x (256x512 graph conv + 256x256x5 temporal conv).
+    stgcn = 3 * 64 + 64 * 128 + (64 * 256 + 64 * 128) + (128 * 512 + 128 * 256) + 3 * (256 * 512 + 256 * 256 * 5)
+    assert stgcn == 1_507_520
+    d_model, vocab = model.mt5_model.config.d_model, model.mt5_model.config.vocab_size
+    mt5 = model.mt5_model
+    encoder = sum(p.numel() for p in mt5.get_encoder().parameters() if p.dim() > 1) - vocab * d_model
+    decoder = sum(p.numel() for p in mt5.get_decoder().parameters() if p.dim() > 1) - vocab * d_model
+    prompt, target = batch["prompt_ids"].shape[1], batch["labels"].shape[1]
+    per_sample = (stgcn * 10 * (9 + 21 + 21 + 18) + 1024 * d_model * 10 + encoder * (prompt + 10)
+                  + (decoder + vocab * d_model) * target)
+    assert model.training_flops(batch) == 6 * 2 * per_sample
