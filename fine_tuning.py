@@ -202,7 +202,7 @@ def main(args):
     from datasets import PoseCollator, build_dataset
     from models import Uni_Sign
 
-    rank, world, _ = utils.init_distributed()
+    rank, world = utils.init_distributed()
     if rank != 0:
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
@@ -303,9 +303,10 @@ def save(engine, hyp_optimizer, args, epoch, best, improved, ds_dir):
     if utils.is_main_process():
         ckpt = {"model": state, "epoch": epoch, "args": vars(args), "max_accuracy": best,
                 "global_step": int(engine.module.global_step)}
-        utils.save_atomic(ckpt, os.path.join(args.output_dir, "checkpoint.pth"))
+        last = os.path.join(args.output_dir, "checkpoint.pth")
+        utils.save_atomic(ckpt, last)
         if improved:
-            utils.save_atomic(ckpt, os.path.join(args.output_dir, "best_checkpoint.pth"))
+            utils.link_atomic(last, os.path.join(args.output_dir, "best_checkpoint.pth"))
     client = {"epoch": epoch, "best": best, "rng": utils.gather_objects(utils.rng_state()),
               "hyp_optimizer": hyp_optimizer.state_dict() if hyp_optimizer is not None else None}
     engine.save_checkpoint(ds_dir, tag=f"epoch{epoch}", client_state=client)

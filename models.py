@@ -2,6 +2,7 @@
 
 Attribute names are the released checkpoints' key names (tests/data/official_keys/official_keys_*.txt).
 """
+import functools
 import os
 
 import torch
@@ -209,23 +210,28 @@ class Uni_Sign(nn.Module):
         applied to (a multiply-add is 2, forward + backward is 3x forward). ST-GCN weights act at every
         (frame, node), mT5's encoder at every prompt + pose position, its decoder and lm_head at every target
         position; the graph mixing, attention scores and the hyperbolic branch (a rounding error) are left out."""
+        counts = self._flop_weight_counts
+        batch_size, frames = batch["pose_mask"].shape
+        per_sample = counts["pose_proj"] * frames
+        per_sample += sum(counts[part] * frames * batch["pose"][part].shape[2] for part in PARTS)
+        per_sample += counts["encoder"] * (batch["prompt_ids"].shape[1] + frames)
+        per_sample += counts["decoder"] * batch["labels"].shape[1]
+        return 6 * per_sample * batch_size
+
+    @functools.cached_property
+    def _flop_weight_counts(self):
+        """Weights used once per position, by where they act (the architecture's, so counted once)."""
         def matrix_weights(module):
             return sum(p.numel() for name, p in module.named_parameters() if p.dim() > 1 and not name.endswith(".A"))
 
-        batch_size, frames = batch["pose_mask"].shape
-        per_sample = self.pose_proj.weight.numel() * frames
-        for part in PARTS:
-            nodes = batch["pose"][part].shape[2]
-            part_weights = sum(matrix_weights(m[part]) for m in (self.proj_linear, self.gcn_modules,
-                                                                self.fusion_gcn_modules))
-            per_sample += part_weights * frames * nodes
         mt5 = self.mt5_model
         embedding = mt5.get_input_embeddings().weight.numel()  # a lookup, not a matrix product
-        encoder = matrix_weights(mt5.get_encoder()) - embedding
-        decoder = matrix_weights(mt5.get_decoder()) - embedding
-        per_sample += encoder * (batch["prompt_ids"].shape[1] + frames)
-        per_sample += (decoder + mt5.get_output_embeddings().weight.numel()) * batch["labels"].shape[1]
-        return 6 * per_sample * batch_size
+        counts = {part: sum(matrix_weights(m[part]) for m in (self.proj_linear, self.gcn_modules,
+                                                             self.fusion_gcn_modules)) for part in PARTS}
+        counts.update(pose_proj=self.pose_proj.weight.numel(),
+                      encoder=matrix_weights(mt5.get_encoder()) - embedding,
+                      decoder=matrix_weights(mt5.get_decoder()) - embedding + mt5.get_output_embeddings().weight.numel())
+        return counts
 
     # ------------------------------------------------------------------ optimizer groups
     def hyperbolic_parameters(self):

@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
 import sys
 
@@ -14,25 +15,24 @@ import torch.distributed as dist
 
 # ---------------------------------------------------------------------------- processes
 
-def init_distributed(backend=None):
+def init_distributed():
     """Start torch.distributed through DeepSpeed; works under `deepspeed`, `torchrun` and plain `python`.
 
     A plain process has no launcher environment, so we give it a one-rank world on a free local port.
-    Returns (rank, world_size, local_rank)."""
+    Returns (rank, world_size)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
-    deepspeed.init_distributed(dist_backend=backend or get_accelerator().communication_backend_name(),
-                               verbose=False)
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(), verbose=False)
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(local_rank)
     setup_for_distributed(rank == 0)
-    return rank, world, local_rank
+    return rank, world
 
 
 def _free_port():
@@ -42,12 +42,12 @@ def _free_port():
 
 
 def setup_for_distributed(is_master):
-    """Silence print() on every rank but 0 (print(..., force=True) still prints)."""
+    """Silence print() on every rank but 0 (errors go to stderr through fail(), from any rank)."""
     import builtins
     builtin_print = builtins.__dict__.setdefault("_geo_sign_print", builtins.print)
 
-    def print_rank0(*args, force=False, **kwargs):
-        if is_master or force:
+    def print_rank0(*args, **kwargs):
+        if is_master:
             builtin_print(*args, **kwargs)
 
     builtins.print = print_rank0
@@ -186,10 +186,26 @@ def peak_flops(dtype):
 # ---------------------------------------------------------------------------- checkpoints
 
 def save_atomic(obj, path):
-    """torch.save to a temporary file next to `path`, then rename: a crash never leaves half a file."""
+    """torch.save to a temporary file next to `path`, then rename: a crash never leaves half a file
+    under `path`, and a failed save removes its temporary file."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def link_atomic(src, dst):
+    """Make `dst` the same file as `src` (a hard link: no second write of a multi-GB checkpoint), atomically.
+    `src` is later replaced by os.replace, which gives it a new inode and leaves `dst` as it is."""
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    try:
+        os.link(src, tmp)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def load_checkpoint_file(path):
@@ -221,12 +237,15 @@ def load_model_weights(model, path, drop_curvature):
 
 
 def model_state_dict(engine):
-    """A plain fp32 CPU state dict of the whole model, whatever the precision or ZeRO stage."""
+    """A plain fp32 CPU state dict of the whole model on rank 0 (None elsewhere), whatever the precision
+    or ZeRO stage. Every rank must call it: under ZeRO-3 gathering the partitions is collective."""
     if engine.zero_optimization_stage() == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
-        state = engine.module.state_dict()
-    return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in (state or {}).items()}
+        state = engine.module.state_dict() if is_main_process() else None
+    if not is_main_process():
+        return None
+    return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------------- logging
@@ -269,7 +288,10 @@ def init_wandb(args):
 
 def _netrc_has_wandb():
     path = os.path.expanduser("~/.netrc")
-    return os.path.isfile(path) and "api.wandb.ai" in open(path, encoding="utf-8", errors="replace").read()
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "api.wandb.ai" in f.read()
 
 
 def plot_curves(output_dir, metric):

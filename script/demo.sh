@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The newcomer's first run: set up, build the built-in demo data, train Geo-Sign (token mode) on it
-# and evaluate dev and test after every epoch. No download, no GPU needed (about 7 minutes on 2 CPU cores).
+# and evaluate dev and test after every epoch. No download, no GPU needed (about 6 minutes on 2 CPU cores).
 #   bash script/demo.sh [extra fine_tuning.py flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
