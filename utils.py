@@ -236,6 +236,27 @@ def load_model_weights(model, path, drop_curvature):
     return result
 
 
+def load_trained_model(path, mt5_path=None):
+    """A trained Uni_Sign ready for inference, from a checkpoint (ours or the release's): built with the
+    architecture flags saved in its `args`, weights loaded, eval mode, on the CPU. mT5's config and tokenizer
+    come from `mt5_path`, else the checkpoint's args.mt5_path, else config.mt5_path.
+    Returns (model, args as a Namespace). The one place that turns a trained model file into a model."""
+    import config
+    from models import Uni_Sign
+    ckpt = load_checkpoint_file(path)
+    saved = ckpt.get("args") or {}
+    args = argparse.Namespace(**(vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)))
+    if not hasattr(args, "use_hyperbolic"):  # a checkpoint without its flags: the weights tell
+        args.use_hyperbolic = any(key.startswith("hyp_proj") for key in ckpt["model"])
+    args.mt5_path = mt5_path or getattr(args, "mt5_path", None) or config.mt5_path
+    model = Uni_Sign(args)
+    result = model.load_state_dict(ckpt["model"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        sys.stderr.write(f"{path}: {len(result.missing_keys)} of the model's tensors missing (first: "
+                         f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected\n")
+    return model.eval(), args
+
+
 def model_state_dict(engine):
     """A plain fp32 CPU state dict of the whole model on rank 0 (None elsewhere), whatever the precision
     or ZeRO stage. Every rank must call it: under ZeRO-3 gathering the partitions is collective."""

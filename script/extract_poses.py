@@ -1,0 +1,117 @@
+"""Extract COCO-WholeBody poses from videos into Uni-Sign pose pickles (one per video).
+
+    python script/extract_poses.py --src VIDEO_OR_FOLDER --out POSE_DIR [--mode lightweight|balanced|performance]
+        [--det_model X.onnx --pose_model Y.onnx] [--device cpu|cuda] [--workers N] [--overwrite]
+
+Each video's pickle goes to <POSE_DIR>/<its path relative to --src, extension -> .pkl>, so that
+`fine_tuning.py --pose_dir POSE_DIR` reads it for the label whose video_path is that video. A folder run
+resumes: pickles that exist are kept unless --overwrite. A video that cannot be read, or shows nobody, is
+named, skipped and listed at the end; the exit code is 1 when any video failed.
+"""
+import argparse
+import multiprocessing
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pose_extraction  # noqa: E402
+import utils  # noqa: E402
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", required=True, help="a video, or a folder searched recursively for videos")
+    p.add_argument("--out", required=True, help="pose folder (the dataset's --pose_dir)")
+    add_model_args(p)
+    p.add_argument("--workers", type=int, default=1, help="videos extracted at once (processes)")
+    p.add_argument("--overwrite", action="store_true", help="extract again videos whose pickle exists")
+    return p
+
+
+def add_model_args(p):
+    """The pose-model flags, shared with translate_video.py."""
+    p.add_argument("--mode", default="lightweight", choices=pose_extraction.MODES,
+                   help="rtmlib's model pair (downloaded once; lightweight is what Uni-Sign's demo used)")
+    p.add_argument("--det_model", default=None, help="local YOLOX ONNX file instead of --mode's")
+    p.add_argument("--pose_model", default=None, help="local RTMPose/RTMW ONNX file instead of --mode's")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="onnxruntime's device")
+
+
+def estimator_settings(args, threads=None):
+    return {"mode": args.mode, "det_model": args.det_model, "pose_model": args.pose_model,
+            "device": args.device, "threads": threads}
+
+
+_estimator = None  # one per worker process
+
+
+def _init_worker(settings):
+    global _estimator
+    _estimator = pose_extraction.PoseEstimator(**settings)
+
+
+def _extract_one(job):
+    """(video, output path) -> (video, None, frames, fallback frames) or (video, error message, 0, 0)."""
+    video, out_path = job
+    try:
+        pose = pose_extraction.extract_video(video, _estimator)
+        pose_extraction.write_pose(pose, out_path)
+    except (pose_extraction.ExtractionError, OSError) as error:
+        return video, str(error), 0, 0
+    return video, None, len(pose["keypoints"]), pose["num_fallback_frames"]
+
+
+def main(args):
+    from tqdm import tqdm
+    if not os.path.exists(args.src):
+        utils.fail(f"--src {args.src}: no such file or folder")
+    if args.workers < 1:
+        utils.fail(f"--workers {args.workers}: must be at least 1")
+    videos = pose_extraction.find_videos(args.src)
+    if not videos:
+        utils.fail(f"--src {args.src}: no videos ({', '.join(pose_extraction.VIDEO_EXTENSIONS)}) found there")
+    jobs = [(video, pose_extraction.pose_path_for(video, args.src, args.out)) for video in videos]
+    todo = [job for job in jobs if args.overwrite or not os.path.isfile(job[1])]
+    existing = len(jobs) - len(todo)
+    if existing:
+        print(f"{existing} of {len(jobs)} videos already have a pose file in {args.out}: kept (--overwrite redoes them)")
+    failures, done, fallback_total = [], 0, 0
+    workers = min(args.workers, max(len(todo), 1))
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    settings = estimator_settings(args, threads)
+    try:
+        # Built here first even for workers: a bad flag or model fails once, clearly, and a download happens
+        # once, before the workers read rtmlib's cache.
+        _init_worker(settings)
+        if workers == 1:
+            results = map(_extract_one, todo)
+            pool = None
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(settings,))
+            results = pool.imap_unordered(_extract_one, todo)
+        with tqdm(total=len(todo), desc="videos", unit="video", dynamic_ncols=True) as bar:
+            for video, error, frames, fallback in results:
+                if error:
+                    failures.append(error)
+                    bar.write(f"skipped: {error}")
+                else:
+                    done += 1
+                    fallback_total += fallback
+                    if fallback:
+                        bar.write(f"{video}: {fallback} of {frames} frames without a detected person "
+                                  "(whole-frame fallback)")
+                bar.update()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    except pose_extraction.ModelError as error:
+        utils.fail(str(error))
+    print(f"extracted {done} videos into {args.out} ({fallback_total} frames used the whole-frame fallback); "
+          f"{existing} already there; {len(failures)} failed")
+    for error in failures:
+        print(f"  failed: {error}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
