@@ -3,8 +3,10 @@
     python script/benchmark.py data         # pose loading + normalisation vs a bare pickle.load
     python script/benchmark.py hyperbolic   # training step with the token-mode branch vs without
     python script/benchmark.py metrics      # scoring the 2,349 How2Sign pairs (target: under 2 s)
+    python script/benchmark.py extract      # pose extraction: the pipeline's own cost per frame vs the models'
 
-Each prints both times and the ratio; its last line is a JSON object with the ratio under "ratio".
+Each prints both times and the ratio; its last line is a JSON object (extract: pipeline_ms_per_frame and
+model_ms_per_frame).
 """
 import argparse
 import os
@@ -16,12 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["data", "hyperbolic", "metrics"])
+    parser.add_argument("which", choices=["data", "hyperbolic", "metrics", "extract"])
     args, rest = parser.parse_known_args()
     if args.which == "metrics":
         return bench_metrics()
     if args.which == "data":
         import bench_data as bench
+    elif args.which == "extract":
+        import bench_extract as bench
     else:
         import bench_hyperbolic as bench
     bench.main(rest)

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_CPU_VERSION=${TORCH_CPU_VERSION:-2.13.0}
+RTMLIB=rtmlib==0.0.16  # without its dependencies: see requirements.txt
 export PIP_RETRIES=${PIP_RETRIES:-1} PIP_TIMEOUT=${PIP_TIMEOUT:-20}
 
 if [ ! -x .venv/bin/python ]; then
@@ -14,7 +15,7 @@ fi
 . .venv/bin/activate
 
 stamp=.venv/.geo-sign-installed
-want="$(cat requirements.txt; command -v nvidia-smi >/dev/null && echo gpu || echo cpu)"
+want="$(cat requirements.txt; echo "$RTMLIB"; command -v nvidia-smi >/dev/null && echo gpu || echo cpu)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
@@ -29,5 +30,6 @@ if ! python -c "import torch" 2>/dev/null; then
     fi
 fi
 pip install -r requirements.txt
+pip install --no-deps "$RTMLIB"
 echo "$want" > "$stamp"
 echo "setup: done (.venv)"

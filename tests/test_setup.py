@@ -41,3 +41,11 @@ def test_project_never_reads_shared_folder():
                 if SHARED in read(os.path.relpath(os.path.join(folder, name), ROOT)):
                     offenders.append(name)
     assert not offenders
+
+
+def test_rtmlib_is_installed_without_its_opencv_dependencies_everywhere():
+    pin = re.search(r"^RTMLIB=(\S+)", read("script/setup.sh"), re.M).group(1)
+    assert 'pip install --no-deps "$RTMLIB"' in read("script/setup.sh")
+    assert f"pip install --no-deps {pin}" in read("env.yaml")
+    assert pin in read("requirements.txt") and "rtmlib" not in " ".join(requirement_lines(read("requirements.txt")))
+    assert "opencv-python-headless" in requirement_lines(read("requirements.txt"))
