@@ -149,6 +149,8 @@ class PoseEstimator:
                 options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
                 tool.session = onnxruntime.InferenceSession(tool.onnx_model, sess_options=options,
                                                             providers=tool.session.get_providers())
+            if tool.mean is not None:  # rtmlib's (crop - mean) / std then runs in float32, the model's input
+                tool.mean, tool.std = np.float32(tool.mean), np.float32(tool.std)  # type, not float64 (3x faster)
             shape = _input_shape(tool.session)
             if path is not None and shape is not None:  # YOLOX takes (H, W), RTMPose (w, h)
                 tool.model_input_size = shape if tool is self.detector else shape[::-1]
