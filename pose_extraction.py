@@ -113,6 +113,13 @@ def _model_file(path, url, flag):
     return url
 
 
+def _onnxruntime_errors():
+    """The exception classes onnxruntime raises for a file it cannot load (they derive from Exception only)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph", "RuntimeException")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
+
+
 class PoseEstimator:
     """rtmlib's YOLOX + RTMPose whole-body pair; call it on a BGR frame.
 
@@ -143,6 +150,8 @@ class PoseEstimator:
         except OSError as error:  # urllib's errors are OSErrors
             raise ModelError(f"could not download the {mode} pose models ({error}); on a machine without internet "
                              "pass local files with --det_model X.onnx --pose_model Y.onnx") from error
+        except _onnxruntime_errors() as error:
+            raise ModelError(f"onnxruntime cannot load the pose models {det_file}, {pose_file}: {error}") from error
         for tool, path in ((self.detector, det_model), (self.pose_model, pose_model)):
             if threads:
                 options = onnxruntime.SessionOptions()

@@ -3,6 +3,7 @@ checkpoints (plain dicts, written atomically), logging, wandb and the training-c
 import argparse
 import json
 import os
+import pickle
 import random
 import shutil
 import socket
@@ -243,7 +244,10 @@ def load_trained_model(path, mt5_path=None):
     Returns (model, args as a Namespace). The one place that turns a trained model file into a model."""
     import config
     from models import Uni_Sign
-    ckpt = load_checkpoint_file(path)
+    try:
+        ckpt = load_checkpoint_file(path)
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError) as error:  # what torch.load raises on junk
+        raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
     saved = ckpt.get("args") or {}
     args = argparse.Namespace(**(vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)))
     if not hasattr(args, "use_hyperbolic"):  # a checkpoint without its flags: the weights tell

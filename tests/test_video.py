@@ -160,3 +160,14 @@ def test_translate_video_prints_what_evaluation_would(demo_root, models, tmp_pat
     assert lines[0]["translation"] == expected[0] and expected[0]
     with open(lines[0]["pose_file"], "rb") as f:
         assert pickle.load(f)["w_h"] == SIZE
+
+
+def test_pose_paths_mirror_the_video_tree(tmp_path):
+    (tmp_path / "v" / "s1").mkdir(parents=True)
+    for name in ("v/s1/a.mp4", "v/b.MOV", "v/notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    videos = pose_extraction.find_videos(str(tmp_path / "v"))
+    assert videos == [str(tmp_path / "v" / "b.MOV"), str(tmp_path / "v" / "s1" / "a.mp4")]
+    assert pose_extraction.pose_path_for(videos[1], str(tmp_path / "v"), "out") == os.path.join("out", "s1", "a.pkl")
+    single = str(tmp_path / "v" / "s1" / "a.mp4")
+    assert pose_extraction.pose_path_for(single, single, "out") == os.path.join("out", "a.pkl")
