@@ -61,8 +61,25 @@ def _extract_one(job):
     return video, None, len(pose["keypoints"]), pose["num_fallback_frames"]
 
 
-def main(args):
+def collect(results, total):
+    """Run the jobs behind `results` under a progress bar; returns (videos done, fallback frames, failures)."""
     from tqdm import tqdm
+    done, fallback_total, failures = 0, 0, []
+    with tqdm(total=total, desc="videos", unit="video", dynamic_ncols=True) as bar:
+        for video, error, frames, fallback in results:
+            if error:
+                failures.append(error)
+                bar.write(f"skipped: {error}")
+            else:
+                done += 1
+                fallback_total += fallback
+                if fallback:
+                    bar.write(f"{video}: {fallback} of {frames} frames without a detected person (whole-frame fallback)")
+            bar.update()
+    return done, fallback_total, failures
+
+
+def main(args):
     if not os.path.exists(args.src):
         utils.fail(f"--src {args.src}: no such file or folder")
     if args.workers < 1:
@@ -75,37 +92,21 @@ def main(args):
     existing = len(jobs) - len(todo)
     if existing:
         print(f"{existing} of {len(jobs)} videos already have a pose file in {args.out}: kept (--overwrite redoes them)")
-    failures, done, fallback_total = [], 0, 0
-    workers = min(args.workers, max(len(todo), 1))
+    if not todo:
+        print(f"nothing to extract: every video under {args.src} has its pose file")
+        return 0
+    workers = min(args.workers, len(todo))
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     settings = estimator_settings(args, threads)
-    try:
-        # Built here first even for workers: a bad flag or model fails once, clearly, and a download happens
-        # once, before the workers read rtmlib's cache.
-        _init_worker(settings)
-        if workers == 1:
-            results = map(_extract_one, todo)
-            pool = None
-        else:
-            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(settings,))
-            results = pool.imap_unordered(_extract_one, todo)
-        with tqdm(total=len(todo), desc="videos", unit="video", dynamic_ncols=True) as bar:
-            for video, error, frames, fallback in results:
-                if error:
-                    failures.append(error)
-                    bar.write(f"skipped: {error}")
-                else:
-                    done += 1
-                    fallback_total += fallback
-                    if fallback:
-                        bar.write(f"{video}: {fallback} of {frames} frames without a detected person "
-                                  "(whole-frame fallback)")
-                bar.update()
-        if pool is not None:
-            pool.close()
-            pool.join()
+    try:  # built here even when workers do the work: a bad flag or model fails once, clearly, and a download
+        _init_worker(settings)  # happens once, before the workers read rtmlib's cache
     except pose_extraction.ModelError as error:
         utils.fail(str(error))
+    if workers == 1:
+        done, fallback_total, failures = collect(map(_extract_one, todo), len(todo))
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
+            done, fallback_total, failures = collect(pool.imap_unordered(_extract_one, todo), len(todo))
     print(f"extracted {done} videos into {args.out} ({fallback_total} frames used the whole-frame fallback); "
           f"{existing} already there; {len(failures)} failed")
     for error in failures:

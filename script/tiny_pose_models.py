@@ -12,6 +12,8 @@ have exactly the real models' input/output signatures and whose outputs are know
   keypoint k at (xmin + U_k (xmax - xmin), ymin + V_k (ymax - ymin)): a fixed template skeleton (U, V)
   stretched over the blob, as SimCC peaks exp(-(bin - 2x)^2 / 8) (all zero when the crop has no blob).
 
+    python script/tiny_pose_models.py OUT_DIR   # both models and a 3-second clip, to try the commands offline
+
 A "person" in a synthetic video is a white rectangle on black. Its pixels x0..x1-1 span [x0 - 0.5, x1 - 0.5]
 in pixel-centre coordinates, so the picture puts keypoint k at x0 - 0.5 + U_k (x1 - x0) (expected_keypoints).
 """
@@ -185,3 +187,14 @@ def write_video(path, boxes_per_frame, size, fps=25.0, fourcc="mp4v"):
         writer.write(frame)
     writer.release()
     return path
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) != 2:
+        sys.exit("usage: python script/tiny_pose_models.py OUT_DIR")
+    det, pose = make_models(sys.argv[1])
+    clip = write_video(os.path.join(sys.argv[1], "clip.mp4"),
+                       [[moving_box(t, (320, 240), (50, 100))] for t in range(75)], (320, 240))
+    print(f"wrote {det}, {pose} and {clip}; e.g.\n  python script/translate_video.py {clip} --finetune CHECKPOINT "
+          f"--det_model {det} --pose_model {pose}")

@@ -104,10 +104,11 @@ def test_folder_run_mirrors_paths_skips_failures_and_resumes(models, tmp_path):
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["b.pkl", "signer1/a.pkl"]
     before = (out / "b.pkl").stat().st_mtime_ns
     (src / "broken.mp4").unlink()
+    tiny.write_video(str(src / "c.mp4"), moving_person(6), SIZE)  # a video added since
     second = run("script/extract_poses.py", "--src", str(src), "--out", str(out), *flags)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "2 of 2 videos already have a pose file" in second.stdout and "extracted 0 videos" in second.stdout
-    assert (out / "b.pkl").stat().st_mtime_ns == before
+    assert "2 of 3 videos already have a pose file" in second.stdout and "extracted 1 videos" in second.stdout
+    assert (out / "b.pkl").stat().st_mtime_ns == before and (out / "c.pkl").is_file()
     keypoints, scores = datasets.load_pose(str(out / "signer1" / "a.pkl"))
     assert keypoints.shape == (12, 133, 2) and scores.shape == (12, 133)
 
