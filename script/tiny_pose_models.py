@@ -127,7 +127,7 @@ def make_pose_model(path, input_size=POSE_INPUT_SIZE):
         helper.make_node("ReduceMax", ["mask"], ["rows"], axes=[2], keepdims=0),  # (1, h)
         helper.make_node("ReduceMax", ["columns"], ["present"], axes=[1], keepdims=1),  # (1, 1): any blob
         _const(helper, numpy_helper, "split", np.float32(SIMCC_SPLIT)),
-        _const(helper, numpy_helper, "width_scale", np.float32(-1.0 / 8.0)),
+        _const(helper, numpy_helper, "peak_sharpness", np.float32(-1.0 / 8.0)),
         _const(helper, numpy_helper, "axis2", np.array([2], dtype=np.int64)),
         helper.make_node("Unsqueeze", ["present", "axis2"], ["present_3d"]),  # (1, 1, 1)
     ]
@@ -143,7 +143,7 @@ def make_pose_model(path, input_size=POSE_INPUT_SIZE):
             helper.make_node("Mul", [f"{axis}_point", "split"], [f"{axis}_peak"]),
             helper.make_node("Sub", [f"{axis}_bins", f"{axis}_peak"], [f"{axis}_distance"]),
             helper.make_node("Mul", [f"{axis}_distance", f"{axis}_distance"], [f"{axis}_square"]),
-            helper.make_node("Mul", [f"{axis}_square", "width_scale"], [f"{axis}_exponent"]),
+            helper.make_node("Mul", [f"{axis}_square", "peak_sharpness"], [f"{axis}_exponent"]),
             helper.make_node("Exp", [f"{axis}_exponent"], [f"{axis}_response"]),
             helper.make_node("Mul", [f"{axis}_response", "present_3d"], [f"simcc_{axis}"]),
         ]
