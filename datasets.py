@@ -1,8 +1,9 @@
 """Pose datasets: loading, normalisation, frame selection and batching (SPEC section 1).
 
-Public: build_dataset, PoseDataset, PoseCollator, safe_pickle_load, load_pose, normalise_pose, select_frames,
+Public: build_dataset, DataConfig, PoseDataset, PoseCollator, safe_pickle_load, load_pose, normalise_pose, select_frames,
 prompt_for, BadSampleError, UnsafePickleError.
 """
+import dataclasses
 import functools
 import gzip
 import json
@@ -343,8 +344,25 @@ class PoseDataset(torch.utils.data.Dataset):
         return {"name": sample["name"], "pose": pose, "text": sample["text"]}
 
 
+@dataclasses.dataclass
+class DataConfig:
+    """The settings build_dataset reads, with their one default (fine_tuning.py's flags take theirs from here)."""
+    task: str = "SLT"
+    max_length: int = 256  # frames per video
+    skip_bad_samples: bool = False
+
+    @classmethod
+    def from_args(cls, args):
+        """The settings found in `args` (a namespace or dict, or a DataConfig); absent ones take the defaults."""
+        if isinstance(args, cls):
+            return args
+        values = args if isinstance(args, dict) else vars(args)
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
 def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
-    """The PoseDataset of one phase; label and pose paths default to config.py's."""
+    """The PoseDataset of one phase; label and pose paths default to config.py's. `args`: a DataConfig or
+    anything DataConfig.from_args reads."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     known = config.train_label_paths
@@ -360,12 +378,13 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
         pose_dir = os.path.join(pose_dir, phase)
     if not os.path.isdir(pose_dir):
         raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {REAL_DATA_HINT}")
-    task = getattr(args, "task", "SLT")
+    settings = DataConfig.from_args(args)
+    task = settings.task
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
-    return PoseDataset(dataset_name, phase, samples, max_length=getattr(args, "max_length", 256),
-                       skip_bad_samples=getattr(args, "skip_bad_samples", False))
+    return PoseDataset(dataset_name, phase, samples, max_length=settings.max_length,
+                       skip_bad_samples=settings.skip_bad_samples)
 
 
 # ----------------------------------------------------------------------------- batching

@@ -18,7 +18,12 @@ import transformers
 from tqdm import tqdm
 
 import config
+import model_io
 import utils
+from datasets import DataConfig
+from models import ModelConfig
+
+MODEL, DATA = ModelConfig(), DataConfig()  # the flags' defaults: one place for each setting
 
 # The dev metric that picks best_checkpoint.pth, and whether higher is better.
 BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_per_instance", True), "CSLR": ("wer", False)}
@@ -41,13 +46,13 @@ def get_args_parser():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--num_workers", type=int, default=4)
     p.add_argument("--output_dir", default="out/fine_tuning")
-    p.add_argument("--finetune", default="", help="checkpoint whose 'model' entry initialises the model")
+    p.add_argument("--finetune", default="", help="checkpoint (.pth) or model folder that initialises the model")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output_dir")
     p.add_argument("--eval", action="store_true", help="only evaluate --finetune on dev and test")
     # data
     p.add_argument("--dataset", default="CSL_Daily", choices=sorted(config.pose_dirs))
-    p.add_argument("--task", default="SLT", choices=sorted(BEST_METRIC))
-    p.add_argument("--max_length", type=int, default=256, help="frames per video")
+    p.add_argument("--task", default=DATA.task, choices=sorted(BEST_METRIC))
+    p.add_argument("--max_length", type=int, default=DATA.max_length, help="frames per video")
     for phase in ("train", "dev", "test"):
         p.add_argument(f"--{phase}_label_path", default=None, help=f"overrides config.{phase}_label_paths[dataset]")
     p.add_argument("--pose_dir", default=None, help="overrides config.pose_dirs[dataset]")
@@ -56,18 +61,18 @@ def get_args_parser():
     p.add_argument("--quick_break", type=int, default=0, help="cap training steps per epoch (0: no cap)")
     p.add_argument("--save_one_batch", action="store_true", help="save the first training batch to one_batch.pt")
     # model
-    p.add_argument("--mt5_path", default=None, help="overrides config.mt5_path")
-    p.add_argument("--label_smoothing", type=float, default=0.2)
+    p.add_argument("--mt5_path", default=MODEL.mt5_path, help="overrides config.mt5_path (default: the --finetune folder's mT5, else config.mt5_path)")
+    p.add_argument("--label_smoothing", type=float, default=MODEL.label_smoothing)
     p.add_argument("--num_beams", type=int, default=4)
     p.add_argument("--max_tgt_len", type=int, default=100, help="new tokens at generation")
     p.add_argument("--use_hyperbolic", action="store_true")
-    p.add_argument("--hyp_dim", type=int, default=256)
-    p.add_argument("--init_c", type=float, default=1.0)
+    p.add_argument("--hyp_dim", type=int, default=MODEL.hyp_dim)
+    p.add_argument("--init_c", type=float, default=MODEL.init_c)
     p.add_argument("--hyp_lr", type=float, default=1e-3)
-    p.add_argument("--hyp_text_emb_src", default="token", choices=["token", "decoder"])
-    p.add_argument("--hyp_text_cmp", default="token", choices=["pooled", "attn", "token"])
-    p.add_argument("--alpha", type=float, default=0.7)
-    p.add_argument("--label_smoothing_hyp", type=float, default=0.2)
+    p.add_argument("--hyp_text_emb_src", default=MODEL.hyp_text_emb_src, choices=["token", "decoder"])
+    p.add_argument("--hyp_text_cmp", default=MODEL.hyp_text_cmp, choices=["pooled", "attn", "token"])
+    p.add_argument("--alpha", type=float, default=MODEL.alpha)
+    p.add_argument("--label_smoothing_hyp", type=float, default=MODEL.label_smoothing_hyp)
     # logging
     p.add_argument("--wandb", action="store_true")
     p.add_argument("--wandb_project", default="Geo-Sign")
@@ -206,7 +211,7 @@ def main(args):
     if rank != 0:
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
-    args.mt5_path = args.mt5_path or config.mt5_path
+    args.mt5_path = args.mt5_path or model_io.folder_mt5_path(args.finetune) or config.mt5_path
     args.num_workers = min(args.num_workers, os.cpu_count() or 1)
     if args.zero_stage == 3 and args.use_hyperbolic and not args.eval:
         utils.fail("--zero_stage 3 partitions every parameter, but Riemannian Adam needs the hyperbolic branch's "
@@ -222,7 +227,7 @@ def main(args):
     model = Uni_Sign(args)
     utils.set_seed(args.seed + rank)  # different random frames per rank
     if args.finetune:
-        utils.load_model_weights(model, args.finetune, drop_curvature=not args.eval)
+        model_io.load_weights(model, args.finetune, drop_curvature=not args.eval)
     collator = PoseCollator(model.mt5_tokenizer, args.dataset)
 
     def loader(phase):
@@ -342,7 +347,7 @@ def run(args):
         main(args)
     except BadSampleError as err:
         utils.fail(f"{err}\n(pass --skip_bad_samples to skip and count such samples instead)")
-    except FileNotFoundError as err:
+    except (FileNotFoundError, model_io.ModelFileError) as err:
         utils.fail(str(err))
 
 

@@ -2,6 +2,7 @@
 
 Attribute names are the released checkpoints' key names (tests/data/official_keys/official_keys_*.txt).
 """
+import dataclasses
 import functools
 import os
 
@@ -19,16 +20,51 @@ HYP_PART_MODULES = {"body": "hyp_proj_body", "left": "hyp_proj_left", "right": "
                     "face_all": "hyp_proj_face"}
 
 
-def load_mt5(path):
+@dataclasses.dataclass
+class ModelConfig:
+    """Every setting that shapes the model, with its one default (fine_tuning.py's flags take theirs from
+    here). A model folder's config.json stores these; checkpoints store them inside their `args`."""
+    mt5_path: str = None  # None: config.mt5_path
+    use_hyperbolic: bool = False
+    hyp_dim: int = 256
+    init_c: float = 1.0
+    hyp_text_emb_src: str = "token"
+    hyp_text_cmp: str = "token"
+    alpha: float = 0.7
+    label_smoothing: float = 0.2
+    label_smoothing_hyp: float = 0.2
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None and field.type in (bool, int, float):
+                setattr(self, field.name, field.type(value))
+        if self.hyp_text_emb_src not in TEXT_SOURCES or self.hyp_text_cmp not in TEXT_COMPARISONS:
+            raise ValueError(f"hyp_text_emb_src must be one of {TEXT_SOURCES} and hyp_text_cmp one of "
+                             f"{TEXT_COMPARISONS}; got {self.hyp_text_emb_src!r}, {self.hyp_text_cmp!r}")
+
+    @classmethod
+    def from_args(cls, args):
+        """The settings found in `args` (argparse/SimpleNamespace, a checkpoint's args dict, or a ModelConfig);
+        anything absent takes the default above, anything else in `args` is ignored."""
+        if isinstance(args, cls):
+            return args
+        values = args if isinstance(args, dict) else vars(args)
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def load_mt5(path, safetensors_only=False):
     """Tokenizer and MT5ForConditionalGeneration from a save_pretrained folder, or a FileNotFoundError
-    that says which path was tried and how to get google/mt5-base."""
+    that says which path was tried and how to get google/mt5-base. safetensors_only: never read a
+    pickled weight file (model folders)."""
     from transformers import AutoTokenizer, MT5ForConditionalGeneration
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(
             f"mT5 not found at {os.path.abspath(path)} (no config.json there). Download google/mt5-base with "
             f"`huggingface-cli download google/mt5-base --local-dir {path}` or set --mt5_path / config.mt5_path; "
             "for the demo run `python script/make_demo.py`.")
-    return AutoTokenizer.from_pretrained(path), MT5ForConditionalGeneration.from_pretrained(path)
+    extra = {"use_safetensors": True} if safetensors_only else {}
+    return AutoTokenizer.from_pretrained(path), MT5ForConditionalGeneration.from_pretrained(path, **extra)
 
 
 def shift_right(labels, start_id, pad_id):
@@ -46,27 +82,27 @@ def linear_f32(layer, x):
 class Uni_Sign(nn.Module):
     """Four-part ST-GCN pose encoder -> pose_proj -> mT5, plus the hyperbolic branch when use_hyperbolic.
 
-    The trainer calls forward(batch) for the loss, count_update() after each optimizer update, and
-    set_total_updates(n) once; generate(batch) for evaluation.
+    Built from a ModelConfig, or from anything ModelConfig.from_args reads (an argparse namespace, a
+    checkpoint's args). The trainer calls forward(batch) for the loss, count_update() after each optimizer
+    update, and set_total_updates(n) once; generate(batch) for evaluation.
     """
 
-    def __init__(self, args):
+    def __init__(self, model_config, safetensors_only=False):
         super().__init__()
-        self.use_hyperbolic = bool(getattr(args, "use_hyperbolic", False))
-        self.hyp_dim = int(getattr(args, "hyp_dim", 256))
-        self.text_source = getattr(args, "hyp_text_emb_src", "decoder")
-        self.text_comparison = getattr(args, "hyp_text_cmp", "token")
-        self.alpha0 = float(getattr(args, "alpha", 0.7))
-        self.label_smoothing = float(getattr(args, "label_smoothing", 0.2))
-        if self.text_source not in TEXT_SOURCES or self.text_comparison not in TEXT_COMPARISONS:
-            raise ValueError(f"hyp_text_emb_src must be one of {TEXT_SOURCES} and hyp_text_cmp one of "
-                             f"{TEXT_COMPARISONS}; got {self.text_source!r}, {self.text_comparison!r}")
+        settings = ModelConfig.from_args(model_config)
+        self.config = settings
+        self.use_hyperbolic = settings.use_hyperbolic
+        self.hyp_dim = settings.hyp_dim
+        self.text_source = settings.hyp_text_emb_src
+        self.text_comparison = settings.hyp_text_cmp
+        self.alpha0 = settings.alpha
+        self.label_smoothing = settings.label_smoothing
         self.total_updates = 0
 
         # Registration order follows the released state dict: own parameters, buffers, then children.
         self.part_para = nn.Parameter(torch.zeros(4 * 256))
         if self.use_hyperbolic:
-            ball = hyp.make_ball(getattr(args, "init_c", 1.0))  # registered below, after pose_proj
+            ball = hyp.make_ball(settings.init_c)  # registered below, after pose_proj
             self.hyp_attn_W, self.hyp_attn_b = hyp.make_attention_parameters(self.hyp_dim, ball)
             if self.text_comparison != "token":  # kept for the checkpoint layout, unused by this mode
                 self.hyp_attn_W.requires_grad_(False)
@@ -76,11 +112,11 @@ class Uni_Sign(nn.Module):
         self.register_buffer("global_step", torch.zeros((), dtype=torch.long), persistent=self.use_hyperbolic)
 
         self.proj_linear, self.gcn_modules, self.fusion_gcn_modules = build_part_modules()
-        self.mt5_tokenizer, self.mt5_model = load_mt5(getattr(args, "mt5_path", None) or config.mt5_path)
+        self.mt5_tokenizer, self.mt5_model = load_mt5(settings.mt5_path or config.mt5_path, safetensors_only)
         d_model = self.mt5_model.config.d_model
         self.pose_proj = nn.Linear(4 * 256, d_model)
         if self.use_hyperbolic:
-            smoothing_hyp = float(getattr(args, "label_smoothing_hyp", 0.2))
+            smoothing_hyp = settings.label_smoothing_hyp
             self.manifold = ball
             for part in ("body", "right", "left", "face_all"):
                 setattr(self, HYP_PART_MODULES[part], hyp.HyperbolicProjection(256, self.hyp_dim, self.manifold))
@@ -126,23 +162,14 @@ class Uni_Sign(nn.Module):
         pos_dist, w_body, w_left, w_right, w_face]); every entry but `loss` is a detached tensor."""
         inputs_embeds, attention_mask, part_features, _ = self.encode_pose(batch)
         labels = batch["labels"].to(inputs_embeds.device)
-        cfg = self.mt5_model.config
-        want_decoder_states = self.use_hyperbolic and self.text_source == "decoder"
-        outputs = self.mt5_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-            decoder_input_ids=shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id),
-            output_hidden_states=want_decoder_states, use_cache=False)
+        outputs = self.teacher_forced(inputs_embeds, attention_mask, labels)
         logits = outputs.logits.float()
         ce_loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
                                   label_smoothing=self.label_smoothing)
         if not self.use_hyperbolic:
             return {"loss": ce_loss, "ce_loss": ce_loss.detach()}
 
-        text_mask = labels != -100
-        if want_decoder_states:
-            text_features = outputs.decoder_hidden_states[-1]  # same pass as the CE loss: no second mT5 run
-        else:
-            text_features = self.mt5_model.get_encoder().embed_tokens(labels.masked_fill(~text_mask, cfg.pad_token_id))
+        text_features, text_mask = self.text_features(outputs, labels)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             hyp_loss, stats = self.hyperbolic_loss(part_features, text_features.float(), text_mask)
             alpha = self.alpha()
@@ -153,7 +180,7 @@ class Uni_Sign(nn.Module):
     def hyperbolic_loss(self, part_features, text_features, text_mask):
         """Contrastive loss between pose parts and text on the ball (float32). Returns (loss, stats)."""
         ball = self.manifold
-        parts = torch.stack([getattr(self, HYP_PART_MODULES[p])(part_features[p]) for p in PARTS], dim=1)
+        parts = self.part_points(part_features)
         weights = hyp.part_weights(ball, parts)  # (B, 4)
         temperature = self.geom_loss.temperature()
         if self.text_comparison == "token":
@@ -164,18 +191,66 @@ class Uni_Sign(nn.Module):
             anchors, targets = parts.flatten(0, 1), context.flatten(0, 1)
         else:
             anchors = hyp.frechet_mean(parts, weights, ball.c.float())
-            if self.text_comparison == "pooled":
-                pooled = hyp.masked_mean(text_features, text_mask)
-            else:
-                scores = linear_f32(self.text_pool_attn, text_features).squeeze(-1)
-                pooled = (hyp.masked_softmax(scores, text_mask).unsqueeze(-1) * text_features).sum(dim=1)
-            targets = self.hyp_proj_text(pooled)
+            targets = self.pooled_text_point(text_features, text_mask)
         loss, positive_distances = self.geom_loss(anchors, targets)
         mean_weights = weights.detach().mean(dim=0)
         stats = {"curvature": ball.c.detach(), "temperature": temperature.detach(),
                  "margin": self.geom_loss.margin_base.detach(), "pos_dist": positive_distances.detach().mean()}
         stats.update({f"w_{name}": mean_weights[i] for i, name in enumerate(("body", "left", "right", "face"))})
         return loss, stats
+
+    def teacher_forced(self, inputs_embeds, attention_mask, labels):
+        """mT5's teacher-forced pass on the targets; with the decoder's hidden states when they are the text
+        features of the hyperbolic branch (one pass serves the CE loss and the branch)."""
+        cfg = self.mt5_model.config
+        return self.mt5_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            decoder_input_ids=shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id),
+            output_hidden_states=self.use_hyperbolic and self.text_source == "decoder", use_cache=False)
+
+    def text_features(self, outputs, labels):
+        """(text features (B, L, d_model), text mask (B, L)): the last decoder hidden state of the teacher-forced
+        pass (`decoder`) or the targets' token embeddings (`token`); padding is masked out."""
+        text_mask = labels != -100
+        if self.text_source == "decoder":
+            return outputs.decoder_hidden_states[-1], text_mask
+        pad_id = self.mt5_model.config.pad_token_id
+        return self.mt5_model.get_encoder().embed_tokens(labels.masked_fill(~text_mask, pad_id)), text_mask
+
+    def part_points(self, part_features):
+        """The four parts' points on the ball, (B, 4, hyp_dim) in PARTS order (float32)."""
+        return torch.stack([getattr(self, HYP_PART_MODULES[p])(part_features[p]) for p in PARTS], dim=1)
+
+    def pooled_text_point(self, text_features, text_mask):
+        """pooled/attn modes: the text's one point, hyp_proj_text of its masked mean or attention-pooled features."""
+        if self.text_comparison == "pooled":
+            pooled = hyp.masked_mean(text_features, text_mask)
+        else:
+            scores = linear_f32(self.text_pool_attn, text_features).squeeze(-1)
+            pooled = (hyp.masked_softmax(scores, text_mask).unsqueeze(-1) * text_features).sum(dim=1)
+        return self.hyp_proj_text(pooled)
+
+    @torch.no_grad()
+    def hyperbolic_points(self, batch):
+        """The points the hyperbolic branch compares, for inspection (script/plot_embeddings.py), from the same
+        encode and teacher-forced passes as training: dict(parts (B, 4, D) in PARTS order, text (B, D),
+        weights (B, 4) the part weights). The text point is what pooled/attn modes compare the parts' Fréchet
+        mean with; in token mode, which compares each part with its own attention context, it is the
+        uniform-weight gyromidpoint of the sample's token points."""
+        if not self.use_hyperbolic:
+            raise ValueError("this model has no hyperbolic branch (trained without --use_hyperbolic)")
+        inputs_embeds, attention_mask, part_features, _ = self.encode_pose(batch)
+        labels = batch["labels"].to(inputs_embeds.device)
+        text_features, text_mask = self.text_features(self.teacher_forced(inputs_embeds, attention_mask, labels), labels)
+        text_features = text_features.float()
+        with torch.autocast(device_type=inputs_embeds.device.type, enabled=False):
+            parts = self.part_points(part_features)
+            if self.text_comparison == "token":
+                uniform = text_mask.float() / text_mask.sum(dim=1, keepdim=True).clamp_min(1)
+                text = hyp.token_context(self.manifold, self.hyp_proj_text(text_features), uniform.unsqueeze(1))[:, 0]
+            else:
+                text = self.pooled_text_point(text_features, text_mask)
+            return {"parts": parts, "text": text, "weights": hyp.part_weights(self.manifold, parts)}
 
     # ------------------------------------------------------------------ alpha schedule
     def set_total_updates(self, total_updates):

@@ -1,9 +1,7 @@
 """Set-up helpers for fine_tuning.py and pretraining.py: distributed start, DeepSpeed config,
 checkpoints (plain dicts, written atomically), logging, wandb and the training-curve plot."""
-import argparse
 import json
 import os
-import pickle
 import random
 import shutil
 import socket
@@ -207,58 +205,6 @@ def link_atomic(src, dst):
     except OSError:  # a file system without hard links
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-
-
-def load_checkpoint_file(path):
-    """Load a checkpoint dict without running code from it (weights_only); the release stores its
-    args as an argparse.Namespace, which we allow explicitly."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    torch.serialization.add_safe_globals([argparse.Namespace])
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{path} is not a Geo-Sign/Uni-Sign checkpoint: expected a dict with a 'model' entry")
-    return ckpt
-
-
-def load_model_weights(model, path, drop_curvature):
-    """--finetune: load the 'model' entry non-strictly and report what did not match.
-    When fine-tuning, the curvature entries are dropped so that --init_c takes effect."""
-    state = load_checkpoint_file(path)["model"]
-    if drop_curvature:
-        state = {k: v for k, v in state.items() if not k.endswith("isp_c")}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not (drop_curvature and k.endswith("isp_c"))]
-    print(f"Loaded {path}: {len(state)} tensors; missing keys {len(missing)}, unexpected keys {len(result.unexpected_keys)}")
-    for k in missing:
-        print(f"  missing: {k}")
-    for k in result.unexpected_keys:
-        print(f"  unexpected: {k}")
-    return result
-
-
-def load_trained_model(path, mt5_path=None):
-    """A trained Uni_Sign ready for inference, from a checkpoint (ours or the release's): built with the
-    architecture flags saved in its `args`, weights loaded, eval mode, on the CPU. mT5's config and tokenizer
-    come from `mt5_path`, else the checkpoint's args.mt5_path, else config.mt5_path.
-    Returns (model, args as a Namespace). The one place that turns a trained model file into a model."""
-    import config
-    from models import Uni_Sign
-    try:
-        ckpt = load_checkpoint_file(path)
-    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError) as error:  # what torch.load raises on junk
-        raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
-    saved = ckpt.get("args") or {}
-    args = argparse.Namespace(**(vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)))
-    if not hasattr(args, "use_hyperbolic"):  # a checkpoint without its flags: the weights tell
-        args.use_hyperbolic = any(key.startswith("hyp_proj") for key in ckpt["model"])
-    args.mt5_path = mt5_path or getattr(args, "mt5_path", None) or config.mt5_path
-    model = Uni_Sign(args)
-    result = model.load_state_dict(ckpt["model"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        sys.stderr.write(f"{path}: {len(result.missing_keys)} of the model's tensors missing (first: "
-                         f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected\n")
-    return model.eval(), args
 
 
 def model_state_dict(engine):
