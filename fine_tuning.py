@@ -211,6 +211,8 @@ def main(args):
     if rank != 0:
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
+    # read (and, for a model folder, verified) before anything is built from it
+    finetuned = model_io.read_model(args.finetune) if args.finetune else None
     args.mt5_path = args.mt5_path or model_io.folder_mt5_path(args.finetune) or config.mt5_path
     args.num_workers = min(args.num_workers, os.cpu_count() or 1)
     if args.zero_stage == 3 and args.use_hyperbolic and not args.eval:
@@ -224,10 +226,10 @@ def main(args):
     print(f"{world} process(es), {args.dtype}, ZeRO stage {args.zero_stage}, output in {args.output_dir}")
 
     utils.set_seed(args.seed)  # the same initial model on every rank
-    model = Uni_Sign(args)
+    model = Uni_Sign(args, safetensors_only=args.mt5_path == model_io.folder_mt5_path(args.finetune))
     utils.set_seed(args.seed + rank)  # different random frames per rank
     if args.finetune:
-        model_io.load_weights(model, args.finetune, drop_curvature=not args.eval)
+        model_io.load_weights(model, args.finetune, drop_curvature=not args.eval, read=finetuned)
     collator = PoseCollator(model.mt5_tokenizer, args.dataset)
 
     def loader(phase):

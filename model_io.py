@@ -16,11 +16,14 @@ read_model(source) is the one way every command reads a checkpoint or a folder; 
 it read into a model and refuses a checkpoint of another shape, or one that has almost nothing of it.
 """
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
 
 import torch
+
+from models import ModelConfig, Uni_Sign
 
 FORMAT = "geo-sign-model"
 FORMAT_VERSION = 1
@@ -171,14 +174,14 @@ def read_model(source):
 
 # ---------------------------------------------------------------------------- into a model
 
-def load_weights(model, source, drop_curvature=False, read=None):
+def load_weights(model, source, drop_curvature=False, read=None, complete=False):
     """--finetune / --eval --finetune: put the weights of `source` (checkpoint or folder) into `model`.
 
     Refuses (ModelFileError) a source whose tensors have other shapes than the model's (naming the keys,
     shapes and the flags that differ from the source's saved settings) and one that holds less than
     MIN_MATCHED_FRACTION of the model's weights (an unrelated checkpoint). Otherwise loads non-strictly and
     prints what was missing or unexpected. drop_curvature: leave the ball's curvature as built (fine-tuning
-    starts from --init_c). Returns the read_model dict."""
+    starts from --init_c). complete: refuse anything missing or unexpected. Returns the read_model dict."""
     read = read or read_model(source)
     state = read["state"]
     if drop_curvature:
@@ -203,6 +206,9 @@ def load_weights(model, source, drop_curvature=False, read=None):
         raise ModelFileError(f"--finetune {source}: only {matched} of this model's {len(own)} tensors are in it "
                              f"({len(unexpected)} of its {len(state)} names are not this model's, e.g. "
                              f"{', '.join(unexpected[:3]) or '-'}): it is not a checkpoint of this model")
+    if complete and (missing or unexpected):
+        raise ModelFileError(f"{source} does not fit the model of its own saved settings: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
     model.load_state_dict(state, strict=False)
     print(f"Loaded {source}: {len(state)} tensors; missing keys {len(missing)}, unexpected keys {len(unexpected)}")
     for k in missing:
@@ -214,8 +220,6 @@ def load_weights(model, source, drop_curvature=False, read=None):
 
 def likely_flags(model, saved_args, mismatched):
     """The flags whose saved values differ from the model's settings, as a hint for a shape mismatch."""
-    import dataclasses
-    from models import ModelConfig
     saved = ModelConfig.from_args(saved_args) if saved_args else None
     differing = [f"--{f.name} {getattr(saved, f.name)} (this run: {getattr(model.config, f.name)})"
                  for f in dataclasses.fields(ModelConfig) if saved is not None and f.name != "mt5_path"
@@ -227,15 +231,14 @@ def likely_flags(model, saved_args, mismatched):
     return "pass the model flags it was trained with (e.g. --hyp_dim)"
 
 
-def load_model(source, mt5_path=None, device="cpu"):
+def load_model(source, mt5_path=None, device="cpu", read=None, complete=False):
     """A Uni_Sign built with the settings saved in `source` (checkpoint or folder) and its weights, in eval
     mode. mT5 comes from `mt5_path`, else the folder's own, else the checkpoint's saved --mt5_path, else
-    config.mt5_path. Returns (model, read_model dict)."""
-    from models import ModelConfig, Uni_Sign
-    read = read_model(source)
+    config.mt5_path. read: what read_model(source) gave, if already read. Returns (model, read_model dict)."""
+    read = read or read_model(source)
     settings = ModelConfig.from_args({**read["args"], **({"mt5_path": mt5_path} if mt5_path else {})})
     if not mt5_path and not read["folder"] and settings.mt5_path and not os.path.isdir(settings.mt5_path):
         settings.mt5_path = None  # the training machine's path: fall back to config.mt5_path
     model = Uni_Sign(settings, safetensors_only=read["folder"] and not mt5_path)
-    load_weights(model, source, read=read)
+    load_weights(model, source, read=read, complete=complete)
     return model.to(device).eval(), read

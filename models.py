@@ -134,6 +134,17 @@ class Uni_Sign(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu"):
+        """The model of a model folder (script/export_model.py; see model_io.py), in eval mode: its settings
+        from config.json, mT5 and tokenizer from its mt5/, weights from safetensors; nothing is unpickled and
+        every file is checked against its SHA-256."""
+        import model_io
+        if not model_io.is_model_folder(folder):
+            raise model_io.ModelFileError(f"{folder} is not a model folder (no config.json); for a .pth checkpoint "
+                                          "use model_io.load_model")
+        return model_io.load_model(folder, device=device)[0]
+
     # ------------------------------------------------------------------ pose -> mT5 inputs
     def encode_pose(self, batch):
         """The one pose-encoding path (training loss and generation).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The newcomer's first run: set up, build the built-in demo data, train Geo-Sign (token mode) on it
-# and evaluate dev and test after every epoch. No download, no GPU needed (about 6 minutes on 2 CPU cores).
+# and evaluate dev and test after every epoch; then export the best model as a folder and draw its
+# embedding space. No download, no GPU needed (about 6 minutes on 2 CPU cores).
 #   bash script/demo.sh [extra fine_tuning.py flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +19,8 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 else
     python fine_tuning.py "${args[@]}" "$@"
 fi
+# Share the best model as a pickle-free folder (weights, mT5, tokenizer, model card), then draw the
+# Poincaré-ball embeddings it learnt for the test videos (from the folder: no --mt5_path needed).
+rm -rf out/demo/model
+python script/export_model.py out/demo/best_checkpoint.pth out/demo/model
+python script/plot_embeddings.py --finetune out/demo/model --dataset Demo --split test --output_dir out/demo/embeddings

@@ -1,0 +1,270 @@
+"""Model settings (one default each), model folders (export, load, refuse broken ones), --finetune checks
+and the Poincaré-disk plot."""
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import model_io
+from datasets import DataConfig
+from models import ModelConfig, Uni_Sign
+from test_training import base_args, check_ok, read_log, read_predictions, run, small_demo  # noqa: F401 (fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------- one default per setting
+
+def test_flags_take_their_defaults_from_the_settings_dataclasses():
+    import fine_tuning
+    cli = fine_tuning.get_args_parser().parse_args([])
+    assert ModelConfig.from_args(cli) == ModelConfig()
+    assert DataConfig.from_args(cli) == DataConfig()
+    for settings in (ModelConfig(), DataConfig()):
+        for field in dataclasses.fields(settings):
+            assert getattr(cli, field.name) == getattr(settings, field.name), field.name
+
+
+def test_a_model_built_from_a_namespace_has_the_command_lines_settings(tiny_mt5_path):
+    import fine_tuning
+    cli = fine_tuning.get_args_parser().parse_args(["--mt5_path", tiny_mt5_path, "--use_hyperbolic"])
+    from_namespace = Uni_Sign(SimpleNamespace(mt5_path=tiny_mt5_path, use_hyperbolic=True))
+    assert from_namespace.config == ModelConfig.from_args(cli) == Uni_Sign(cli).config
+    assert from_namespace.text_source == cli.hyp_text_emb_src == "token"  # the model once said "decoder"
+    release = argparse.Namespace(**{**vars(cli), "hyp_dim": 64, "unknown_release_flag": 1})
+    assert Uni_Sign(release).hyp_proj_body.proj.out_features == 64
+    with pytest.raises(ValueError, match="hyp_text_cmp"):
+        ModelConfig(hyp_text_cmp="mean")
+
+
+# ---------------------------------------------------------------------------- tensors with aliases
+
+def test_shared_tensors_are_stored_once_and_every_name_comes_back(tmp_path):
+    shared = torch.randn(3, 4)
+    curvature = torch.tensor(0.5)
+    state = {"left.w": shared, "right.w": shared, "ball.c": curvature, "proj.ball.c": curvature,
+             "other": torch.randn(2), "count": torch.tensor(3)}
+    path = tmp_path / "w.safetensors"
+    model_io.save_tensors(state, str(path))
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        assert sorted(f.keys()) == ["ball.c", "count", "left.w", "other"]
+    loaded = model_io.load_tensors(str(path))
+    assert sorted(loaded) == sorted(state)
+    for name in state:
+        assert torch.equal(loaded[name], state[name]) and loaded[name].dtype == state[name].dtype
+    assert loaded["left.w"] is loaded["right.w"] and loaded["ball.c"] is loaded["proj.ball.c"]
+
+
+# ---------------------------------------------------------------------------- export and load
+
+@pytest.fixture(scope="module")
+def trained(small_demo, tmp_path_factory):
+    """Two quick epochs of token-mode Geo-Sign (ZeRO-2): checkpoint.pth, log.txt and deepspeed/ state."""
+    out = tmp_path_factory.mktemp("io_run")
+    check_ok(run([sys.executable, "fine_tuning.py", *base_args(small_demo, out, epochs=1, steps=3)]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("io_export") / "model"
+    result = check_ok(run([sys.executable, "script/export_model.py", str(trained / "checkpoint.pth"), str(folder)]))
+    assert "exported" in result.stdout
+    return folder
+
+
+def no_pickles(folder):
+    """Every file of the folder, asserting none is a pickle or a torch zip archive."""
+    files = [os.path.join(p, n) for p, _, names in os.walk(folder) for n in names]
+    for path in files:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        assert not path.endswith((".bin", ".pth", ".pt", ".pkl", ".ckpt")), path
+        assert head[:1] != b"\x80" and head != b"PK", path  # pickle protocol 2+, torch.save's zip
+    return files
+
+
+def test_export_round_trip_gives_the_same_model_and_translations(trained, exported, small_demo):
+    files = no_pickles(exported)
+    assert {"config.json", "model.safetensors", "README.md"} <= {os.path.basename(f) for f in files}
+    assert os.path.isfile(exported / "mt5" / "model.safetensors")
+    saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)
+    model = Uni_Sign.from_pretrained(str(exported))
+    state = model.state_dict()
+    assert sorted(state) == sorted(saved["model"])
+    for name, tensor in state.items():
+        assert torch.equal(tensor, saved["model"][name]), name
+    # the aliases are the same tensors again, as in a freshly built model
+    for names in (["proj_linear.left.weight", "proj_linear.right.weight"], ["manifold.isp_c", "hyp_proj_text.manifold.isp_c"],
+                  ["mt5_model.shared.weight", "mt5_model.encoder.embed_tokens.weight"]):
+        assert len({state[n].data_ptr() for n in names}) == 1, names
+    assert model.config.hyp_text_emb_src == "decoder" and model.config.use_hyperbolic
+
+    config = json.loads((exported / "config.json").read_text(encoding="utf-8"))
+    assert config["data"]["dataset"] == "Demo" and config["model"]["hyp_text_cmp"] == "token"
+    card = (exported / "README.md").read_text(encoding="utf-8")
+    front = card.split("---\n")[1]
+    assert "license:" in front and '- "zh"' in front and "sign-language-translation" in front
+    dev_bleu4 = read_log(trained)[-1]["dev_bleu4"]
+    assert f"value: {round(dev_bleu4, 2)}" in front and "from_pretrained" in card and "@inproceedings" in card
+
+    from_pth, _ = model_io.load_model(str(trained / "checkpoint.pth"), mt5_path=small_demo["mt5_path"])
+    from datasets import PoseCollator, build_dataset
+    dataset = build_dataset("Demo", "dev", DataConfig(), label_path=small_demo["label_paths"]["dev"],
+                            pose_dir=small_demo["pose_dir"])
+    batch = PoseCollator(model.mt5_tokenizer, "Demo")([dataset[i] for i in range(4)])
+    assert model.generate(batch, num_beams=2, max_new_tokens=12) == from_pth.generate(batch, num_beams=2, max_new_tokens=12)
+
+
+def test_eval_of_a_folder_scores_exactly_like_the_checkpoint(trained, exported, small_demo, tmp_path):
+    outputs = {}
+    for name, source in (("pth", trained / "checkpoint.pth"), ("folder", exported)):
+        args = base_args(small_demo, tmp_path / name) + ["--eval", "--finetune", str(source)]
+        if name == "folder":  # the folder brings its own mT5
+            index = args.index("--mt5_path")
+            del args[index:index + 2]
+        result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
+        outputs[name] = [line for line in result.stdout.splitlines() if line.startswith(("dev:", "test:"))]
+        assert len(outputs[name]) == 2
+    assert outputs["pth"] == outputs["folder"]
+    for split in ("dev", "test"):
+        assert read_predictions(tmp_path / "pth" / f"{split}_tmp_pres.txt") == \
+            read_predictions(tmp_path / "folder" / f"{split}_tmp_pres.txt")
+
+
+def test_release_format_checkpoint_exports_and_loads(trained, small_demo, tmp_path):
+    saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)
+    release = {"model": saved["model"], "epoch": 39, "max_accuracy": 27.4,
+               "args": argparse.Namespace(**{**saved["args"], "mt5_path": "/the/release/machine/mt5-base"})}
+    torch.save(release, tmp_path / "best.pth")
+    folder = tmp_path / "release_model"
+    check_ok(run([sys.executable, "script/export_model.py", str(tmp_path / "best.pth"), str(folder),
+                  "--mt5_path", small_demo["mt5_path"]]))
+    no_pickles(folder)
+    model = Uni_Sign.from_pretrained(str(folder))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved["model"][name]), name
+    assert json.loads((folder / "config.json").read_text())["training"]["epoch"] == 39
+    again = run([sys.executable, "script/export_model.py", str(tmp_path / "best.pth"), str(folder)])
+    assert again.returncode == 1 and "exists" in again.stderr  # nothing is overwritten
+
+
+def test_deepspeed_state_exports_its_fp32_master_weights(trained, tmp_path):
+    folder = tmp_path / "from_zero"
+    check_ok(run([sys.executable, "script/export_model.py", str(trained / "deepspeed"), str(folder)]))
+    saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    state = Uni_Sign.from_pretrained(str(folder)).state_dict()
+    for name, tensor in state.items():  # fp32 training: the master weights are the module's weights
+        assert torch.equal(tensor, saved[name]), name
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper", "plant"])
+def test_a_damaged_folder_is_refused_naming_the_file(exported, tmp_path, damage):
+    folder = tmp_path / "copy"
+    shutil.copytree(exported, folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncate":
+        weights.write_bytes(bytes(data[: len(data) // 2]))
+        victim = weights
+    elif damage == "tamper":
+        data[-100] ^= 0x01  # one bit of one weight
+        weights.write_bytes(bytes(data))
+        victim = weights
+    else:
+        victim = folder / "mt5" / "pytorch_model.bin"
+        victim.write_bytes(b"\x80\x04planted")
+    with pytest.raises(model_io.ModelFileError, match=str(victim)):
+        Uni_Sign.from_pretrained(str(folder))
+    with pytest.raises(model_io.ModelFileError, match="truncated or modified" if damage != "plant" else "not listed"):
+        model_io.read_model(str(folder))
+
+
+def test_safetensors_errors_are_named(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(model_io.ModelFileError, match=str(path)):
+        model_io.load_tensors(str(path))
+
+
+# ---------------------------------------------------------------------------- --finetune checks (issue 12)
+
+def test_finetune_with_another_shape_is_one_error_line_naming_the_flag(trained, small_demo, tmp_path):
+    args = base_args(small_demo, tmp_path, epochs=1, steps=1) + ["--finetune", str(trained / "checkpoint.pth"),
+                                                                 "--hyp_dim", "32"]
+    result = run([sys.executable, "fine_tuning.py", *args])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --finetune") and str(trained / "checkpoint.pth") in lines[-1]
+    assert "hyp_attn_W (256, 256) vs (32, 32)" in lines[-1] and "--hyp_dim 256 (this run: 32)" in lines[-1]
+
+
+def test_finetune_with_an_unrelated_checkpoint_is_refused(small_demo, tmp_path):
+    torch.save({"model": {f"encoder.layer{i}.weight": torch.zeros(2, 2) for i in range(5)}, "args": {}},
+               tmp_path / "other.pth")
+    args = base_args(small_demo, tmp_path / "out", epochs=1, steps=1) + ["--eval", "--finetune", str(tmp_path / "other.pth")]
+    result = run([sys.executable, "fine_tuning.py", *args])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not a checkpoint of this model" in result.stderr and str(tmp_path / "other.pth") in result.stderr
+    assert not os.path.exists(tmp_path / "out" / "dev_tmp_pres.txt")  # nothing was scored
+
+
+# ---------------------------------------------------------------------------- the Poincaré-disk plot
+
+@pytest.mark.parametrize("c", [0.3, 1.0, 2.5])
+def test_projection_keeps_the_origin_and_each_distance_to_it(c):
+    generator = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(40, 16, generator=generator), dim=-1)
+    radii = torch.rand(40, 1, generator=generator) * 0.97 / c ** 0.5  # inside the ball of radius 1/sqrt(c)
+    points = torch.cat([torch.zeros(1, 16), directions * radii]).double()
+    from plot_embeddings import project_to_disk
+    xy, energy = project_to_disk(points, c)
+    assert xy.shape == (41, 2) and 0 < energy <= 1
+    assert np.allclose(xy[0], 0.0)  # the origin stays the origin
+    disk_radius = np.linalg.norm(xy, axis=1)
+    assert (disk_radius < 1).all()
+    np.testing.assert_allclose(disk_radius, c ** 0.5 * points.norm(dim=-1).numpy(), atol=1e-9)  # |y| = sqrt(c)|x|
+    order = np.argsort(points.norm(dim=-1).numpy()[1:])
+    assert (np.diff(disk_radius[1:][order]) >= -1e-12).all()  # radius ordering preserved
+    ball_distance = 2 / c ** 0.5 * np.arctanh(c ** 0.5 * points.norm(dim=-1).numpy())
+    np.testing.assert_allclose(2 / c ** 0.5 * np.arctanh(disk_radius), ball_distance, rtol=1e-9, atol=1e-9)
+    # points in a 2-D subspace keep their angles too
+    flat = torch.zeros(3, 16, dtype=torch.float64)
+    flat[0, 0], flat[1, 1], flat[2, :2] = 0.5, 0.3, torch.tensor([0.2, -0.2])
+    xy_flat, energy_flat = project_to_disk(flat, 1.0)
+    assert abs(energy_flat - 1) < 1e-12
+    assert abs(float(np.dot(xy_flat[0], xy_flat[1]))) < 1e-9
+
+
+def test_plot_script_draws_every_sample_from_a_folder(exported, small_demo, tmp_path):
+    out = tmp_path / "plot"
+    result = check_ok(run([sys.executable, "script/plot_embeddings.py", "--finetune", str(exported), "--split", "dev",
+                           "--output_dir", str(out), "--label_path", small_demo["label_paths"]["dev"],
+                           "--pose_dir", small_demo["pose_dir"]]))
+    assert "12 samples x 5 points" in result.stdout  # the dataset comes from the folder's config
+    for name in ("poincare_disk.png", "poincare_disk.pdf", "embeddings_2d.npz", "embeddings_2d.csv"):
+        assert os.path.getsize(out / name) > 1000, name
+    saved = np.load(out / "embeddings_2d.npz")
+    assert saved["xy"].shape == (12, 5, 2) and (np.linalg.norm(saved["xy"], axis=-1) < 1).all()
+    assert saved["part_weights"].shape == (12, 4) and np.allclose(saved["part_weights"].sum(axis=1), 1, atol=1e-5)
+    assert len((out / "embeddings_2d.csv").read_text().splitlines()) == 1 + 12 * 5
+    import matplotlib.image
+    assert matplotlib.image.imread(out / "poincare_disk.png").shape[1] > 1000
+
+
+def test_plot_script_refuses_a_model_without_the_hyperbolic_branch(trained, small_demo, tmp_path):
+    saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)
+    pose_only = {k: v for k, v in saved["model"].items() if k.startswith(("mt5_model.", "proj_linear", "gcn_modules",
+                                                                         "fusion_gcn", "pose_proj", "part_para"))}
+    torch.save({"model": pose_only, "args": {**saved["args"], "use_hyperbolic": False}}, tmp_path / "unisign.pth")
+    result = run([sys.executable, "script/plot_embeddings.py", "--finetune", str(tmp_path / "unisign.pth"),
+                  "--output_dir", str(tmp_path / "plot"), "--mt5_path", small_demo["mt5_path"]])
+    assert result.returncode == 1 and "no hyperbolic branch" in result.stderr and "Traceback" not in result.stderr
