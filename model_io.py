@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 
 import torch
 
@@ -174,14 +175,15 @@ def read_model(source):
 
 # ---------------------------------------------------------------------------- into a model
 
-def load_weights(model, source, drop_curvature=False, read=None, complete=False):
+def load_weights(model, source, drop_curvature=False, read=None, complete=False, verbose=True):
     """--finetune / --eval --finetune: put the weights of `source` (checkpoint or folder) into `model`.
 
     Refuses (ModelFileError) a source whose tensors have other shapes than the model's (naming the keys,
     shapes and the flags that differ from the source's saved settings) and one that holds less than
     MIN_MATCHED_FRACTION of the model's weights (an unrelated checkpoint). Otherwise loads non-strictly and
     prints what was missing or unexpected. drop_curvature: leave the ball's curvature as built (fine-tuning
-    starts from --init_c). complete: refuse anything missing or unexpected. Returns the read_model dict."""
+    starts from --init_c). complete: refuse anything missing or unexpected. verbose: list the missing and
+    unexpected keys on stdout (else one line on stderr when there are any). Returns the read_model dict."""
     read = read or read_model(source)
     state = read["state"]
     if drop_curvature:
@@ -210,6 +212,11 @@ def load_weights(model, source, drop_curvature=False, read=None, complete=False)
         raise ModelFileError(f"{source} does not fit the model of its own saved settings: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
     model.load_state_dict(state, strict=False)
+    if not verbose:
+        if missing or unexpected:
+            sys.stderr.write(f"{source}: {len(missing)} of the model's tensors missing (first: {missing[:3]}), "
+                             f"{len(unexpected)} unexpected (first: {unexpected[:3]})\n")
+        return read
     print(f"Loaded {source}: {len(state)} tensors; missing keys {len(missing)}, unexpected keys {len(unexpected)}")
     for k in missing:
         print(f"  missing: {k}")
@@ -231,14 +238,18 @@ def likely_flags(model, saved_args, mismatched):
     return "pass the model flags it was trained with (e.g. --hyp_dim)"
 
 
-def load_model(source, mt5_path=None, device="cpu", read=None, complete=False):
-    """A Uni_Sign built with the settings saved in `source` (checkpoint or folder) and its weights, in eval
-    mode. mT5 comes from `mt5_path`, else the folder's own, else the checkpoint's saved --mt5_path, else
-    config.mt5_path. read: what read_model(source) gave, if already read. Returns (model, read_model dict)."""
+def load_model(source, mt5_path=None, device="cpu", read=None, complete=False, verbose=False):
+    """A trained Uni_Sign ready for inference, built with the settings saved in `source` (checkpoint, ours or
+    the release's, or model folder) and its weights, in eval mode: the one place that turns a trained model
+    file into a model. mT5 comes from `mt5_path`, else the folder's own, else the checkpoint's saved
+    --mt5_path, else config.mt5_path. A checkpoint without saved flags: its weights tell whether it has the
+    hyperbolic branch. read: what read_model(source) gave, if already read. Returns (model, read_model dict)."""
     read = read or read_model(source)
+    if "use_hyperbolic" not in read["args"]:
+        read["args"]["use_hyperbolic"] = any(key.startswith("hyp_proj") for key in read["state"])
     settings = ModelConfig.from_args({**read["args"], **({"mt5_path": mt5_path} if mt5_path else {})})
     if not mt5_path and not read["folder"] and settings.mt5_path and not os.path.isdir(settings.mt5_path):
         settings.mt5_path = None  # the training machine's path: fall back to config.mt5_path
     model = Uni_Sign(settings, safetensors_only=read["folder"] and not mt5_path)
-    load_weights(model, source, read=read, complete=complete)
+    load_weights(model, source, read=read, complete=complete, verbose=verbose)
     return model.to(device).eval(), read

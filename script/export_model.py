@@ -168,7 +168,10 @@ def model_card(cfg, scores, source, license_name, mt5_name):
         lines.append("")
     lines += ["## How it was trained", "",
               "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in {**model, **training}.items() if k != "mt5_path"]
+    settings = {**model, **data, **training}
+    if "max_accuracy" in settings:  # the checkpoint's name for the best dev score so far
+        settings["best dev score"] = round(float(settings.pop("max_accuracy")), 2)
+    lines += [f"| {k} | {v} |" for k, v in settings.items() if k != "mt5_path" and v not in ("", None)]
     lines += ["", f"Exported on {datetime.date.today().isoformat()} from `{os.path.basename(os.path.abspath(source))}` "
               "with `script/export_model.py`.", "",
               "## How to load", "", "```python",

@@ -115,10 +115,14 @@ def draw(xy, distances, weights, c, energy, title, path_stem):
     grid = GridSpec(2, 2, width_ratios=(1.1, 1), height_ratios=(1.25, 1), wspace=0.28, hspace=0.5, figure=fig)
     disk = fig.add_subplot(grid[:, 0])
     theta = np.linspace(0, 2 * np.pi, 512)
-    angles = np.arctan2(xy[..., 1], xy[..., 0]).ravel()
-    counts = np.histogram(angles, bins=24, range=(-np.pi, np.pi))[0]
-    label_angle = -np.pi + (np.argmin(counts) + 0.5) * 2 * np.pi / 24  # ring labels where the points are fewest
-    for d, r in ring_distances(c, float(distances.max())):  # rings of constant distance to the origin
+    rings = ring_distances(c, float(distances.max()))
+    radii, flat = np.array([r for _, r in rings] or [0.5]), xy.reshape(-1, 2)
+
+    def clearance(angle):  # how far the ring labels at this angle would be from the nearest point
+        labels = radii[:, None] * np.array([np.cos(angle), np.sin(angle)])
+        return np.linalg.norm(labels[:, None] - flat[None], axis=-1).min()
+    label_angle = max(np.linspace(-np.pi, np.pi, 48, endpoint=False), key=clearance)
+    for d, r in rings:  # rings of constant distance to the origin
         disk.plot(r * np.cos(theta), r * np.sin(theta), color="0.82", lw=0.6, ls=(0, (4, 3)), zorder=0)
         disk.text(r * np.cos(label_angle), r * np.sin(label_angle), f"{d:g}", color="0.5", fontsize=7,
                   ha="center", va="center", bbox={"fc": "white", "ec": "none", "pad": 0.6}, zorder=1)

@@ -1,6 +1,6 @@
 """Translate sign language videos with a trained model: poses are extracted, then the model's beam search runs.
 
-    python script/translate_video.py VIDEO [VIDEO ...] --finetune CHECKPOINT [--mt5_path MT5]
+    python script/translate_video.py VIDEO [VIDEO ...] --finetune CHECKPOINT|MODEL_FOLDER [--mt5_path MT5]
         [--language Chinese|English] [--json] [--save_pose DIR] [--det_model X.onnx --pose_model Y.onnx]
 
 Each video goes through evaluation's own path: its pose pickle is read by datasets.PoseDataset (the same
@@ -17,6 +17,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model_io  # noqa: E402
 import pose_extraction  # noqa: E402
 import utils  # noqa: E402
 from extract_poses import add_model_args  # noqa: E402
@@ -25,8 +26,8 @@ from extract_poses import add_model_args  # noqa: E402
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", nargs="+", metavar="VIDEO")
-    p.add_argument("--finetune", required=True, help="trained checkpoint (e.g. out/demo/best_checkpoint.pth)")
-    p.add_argument("--mt5_path", default=None, help="mT5 folder (default: the checkpoint's, else config.mt5_path)")
+    p.add_argument("--finetune", required=True, help="trained checkpoint (e.g. out/demo/best_checkpoint.pth) or model folder")
+    p.add_argument("--mt5_path", default=None, help="mT5 folder (default: the model folder's or the checkpoint's, else config.mt5_path)")
     p.add_argument("--language", choices=["Chinese", "English"], default=None,
                    help="prompt language (default: that of the checkpoint's dataset)")
     p.add_argument("--json", action="store_true", help="one JSON object per video and line")
@@ -45,7 +46,8 @@ def main(args):
         if not os.path.isfile(video):
             utils.fail(f"{video}: no such video file")
     try:
-        model, train_args = utils.load_trained_model(args.finetune, args.mt5_path)
+        model, read = model_io.load_model(args.finetune, args.mt5_path)
+        train_args = argparse.Namespace(**read["args"])
         estimator = pose_extraction.PoseEstimator(args.mode, args.det_model, args.pose_model, args.device)
     except (FileNotFoundError, ValueError) as error:  # ModelError is a ValueError
         utils.fail(str(error))

@@ -1,4 +1,5 @@
 """Videos -> poses -> translations: rtmlib's real pipeline on tiny stand-in models (script/tiny_pose_models.py)."""
+import argparse
 import json
 import os
 import pickle
@@ -11,9 +12,9 @@ import pytest
 import torch
 
 import datasets
+import model_io
 import pose_extraction
 import tiny_pose_models as tiny
-import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (320, 240)
@@ -152,7 +153,8 @@ def test_translate_video_prints_what_evaluation_would(demo_root, models, tmp_pat
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 1 and lines[0]["video"] == video and lines[0]["frames"] == lines[0]["frames_used"] == 16
     # The same checkpoint, loaded the one way, on the saved pickle through the evaluation dataset.
-    model, saved_args = utils.load_trained_model(str(checkpoint))
+    model, read = model_io.load_model(str(checkpoint))
+    saved_args = argparse.Namespace(**read["args"])
     sample = {"name": "clip", "pose_path": lines[0]["pose_file"], "text": ""}
     item = datasets.PoseDataset("Demo", "test", [sample])[0]
     collator = datasets.PoseCollator(model.mt5_tokenizer, saved_args.dataset)
