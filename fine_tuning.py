@@ -4,12 +4,12 @@
     python fine_tuning.py --dataset Demo --mt5_path pretrained_weight/mt5-demo ...   # one process, CPU
     python fine_tuning.py --eval --finetune out/best_checkpoint.pth ...
 
-Set-up is in main(); the two loops are train_one_epoch() and evaluate().
+Set-up is in main(); the two loops are train_one_epoch() and evaluate(). The optimizers and
+checkpoints (save, resume) are engine.py's.
 """
 import argparse
 import math
 import os
-import shutil
 import time
 from collections import defaultdict
 
@@ -21,6 +21,7 @@ import config
 import model_io
 import utils
 from datasets import DataConfig
+from engine import Engine
 from models import ModelConfig
 
 MODEL, DATA = ModelConfig(), DataConfig()  # the flags' defaults: one place for each setting
@@ -85,7 +86,7 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def train_one_epoch(engine, loader, hyp_optimizer, epoch, args, run=None):
+def train_one_epoch(engine, loader, epoch, args, run=None):
     model = engine.module
     engine.train()
     sums, count, skipped, samples, flops, start = defaultdict(float), 0, 0, 0, 0.0, time.time()
@@ -102,13 +103,7 @@ def train_one_epoch(engine, loader, hyp_optimizer, epoch, args, run=None):
         if not utils.all_ranks_true(torch.isfinite(loss).item()):
             raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step} "
                                 f"(optimizer update {int(model.global_step)})")
-        boundary = engine.is_gradient_accumulation_boundary()
-        engine.backward(loss)
-        if boundary and hyp_optimizer is not None:
-            step_hyperbolic(hyp_optimizer, args.gradient_clipping)
-        engine.step()
-        if boundary:
-            model.count_update()
+        engine.step(loss)  # backward; at an accumulation boundary both optimizers step
         samples += len(batch["name"])
         flops += model.training_flops(batch)
         values = {key: float(value.detach()) for key, value in out.items()}
@@ -116,13 +111,10 @@ def train_one_epoch(engine, loader, hyp_optimizer, epoch, args, run=None):
             sums[key] += value
         count += 1
         if run is not None:  # every step: the losses, alpha, curvature, temperature, margin, part weights, lrs
-            lrs = {"lr": engine.get_lr()[0]}
-            if hyp_optimizer is not None:
-                lrs["hyp_lr"] = hyp_optimizer.param_groups[0]["lr"]
-            run.log({**{f"train/{k}": v for k, v in values.items()}, **lrs, "epoch": epoch})
-        bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", lr=f"{engine.get_lr()[0]:.2e}")
+            run.log({**{f"train/{k}": v for k, v in values.items()}, **engine.lrs(), "epoch": epoch})
+        bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", lr=f"{engine.lr():.2e}")
     stats = {key: value / max(count, 1) for key, value in sums.items()}
-    stats["lr"] = engine.get_lr()[0]
+    stats["lr"] = engine.lr()
     if skipped:
         print(f"epoch {epoch}: skipped {skipped} bad samples (--skip_bad_samples)")
     stats["skipped_samples"] = skipped
@@ -140,19 +132,6 @@ def throughput(samples, flops, seconds, dtype):
     if peak:
         stats["mfu"] = stats["tflops"] * 1e12 / peak
     return stats
-
-
-def step_hyperbolic(optimizer, max_norm):
-    """Riemannian Adam steps once per optimizer update, on gradients averaged over ranks (idempotent
-    when DeepSpeed already reduced them) and clipped like the Euclidean ones."""
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if utils.world_size() > 1:
-        for p in params:
-            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
-    if max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
@@ -203,7 +182,6 @@ def build_loader(dataset, collator, args, train):
 
 
 def main(args):
-    import geoopt
     from datasets import PoseCollator, build_dataset
     from models import Uni_Sign
 
@@ -252,25 +230,8 @@ def main(args):
     updates_per_epoch = math.ceil(steps / args.gradient_accumulation_steps)
     total_updates = args.epochs * updates_per_epoch
     model.set_total_updates(total_updates)
-    optimizer = torch.optim.AdamW(model.euclidean_param_groups(args.weight_decay), lr=args.lr, betas=tuple(args.opt_betas))
-    hyp_params = model.hyperbolic_parameters() if args.use_hyperbolic else []
-    ds_config = utils.deepspeed_config(args, total_updates, int(args.warmup_epochs * updates_per_epoch))
-    engine, _ = utils.deepspeed_initialize(model, optimizer, ds_config)
-    for p in hyp_params:  # the geometry stays in float32 whatever DeepSpeed's precision
-        p.data = p.data.float()
-    hyp_optimizer = geoopt.optim.RiemannianAdam(hyp_params, lr=args.hyp_lr, stabilize=100) if hyp_params else None
-
-    start_epoch, best = 0, None
-    ds_dir = os.path.join(args.output_dir, "deepspeed")
-    if args.resume:
-        path, client = engine.load_checkpoint(ds_dir)
-        if path is None:
-            utils.fail(f"--resume: no resumable state in {ds_dir}; start without --resume")
-        start_epoch, best = client["epoch"] + 1, client["best"]
-        if hyp_optimizer is not None:
-            hyp_optimizer.load_state_dict(client["hyp_optimizer"])
-        utils.set_rng_state(client["rng"][rank])
-        print(f"Resumed from {path}: continuing at epoch {start_epoch} (best dev {metric} {best})")
+    engine = Engine(model, args, total_updates, int(args.warmup_epochs * updates_per_epoch))
+    start_epoch, best = engine.resume(args.output_dir) if args.resume else (0, None)
     if args.save_one_batch and utils.is_main_process():
         torch.save(next(iter(train_loader)), os.path.join(args.output_dir, "one_batch.pt"))
 
@@ -279,7 +240,7 @@ def main(args):
         train_loader.sampler.set_epoch(epoch)
         start = time.time()
         try:
-            train_stats = train_one_epoch(engine, train_loader, hyp_optimizer, epoch, args, run)
+            train_stats = train_one_epoch(engine, train_loader, epoch, args, run)
         except NonFiniteLoss as err:
             utils.fail(f"{err}; stopping. The last good checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth')}")
         utils.broadcast_buffers(engine.module)
@@ -287,7 +248,7 @@ def main(args):
         dev_score = scores["dev"][metric]
         improved = best is None or (dev_score > best if higher_is_better else dev_score < best)
         best = dev_score if improved else best
-        save(engine, hyp_optimizer, args, epoch, best, improved, ds_dir)
+        engine.save(args.output_dir, epoch, best, improved)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                   **{f"{split}_{k}": v for split, stats in scores.items() for k, v in stats.items()},
                   "best_dev_" + metric: best, "epoch_time_s": round(time.time() - start, 1)}
@@ -301,26 +262,6 @@ def main(args):
         summarise(args.output_dir, metric, plot)
     if run is not None:
         run.finish()
-
-
-def save(engine, hyp_optimizer, args, epoch, best, improved, ds_dir):
-    """checkpoint.pth (+ best_checkpoint.pth) as plain dicts the release can load, written atomically
-    on rank 0; the resumable DeepSpeed state (optimizer, scheduler, RNG) in output_dir/deepspeed."""
-    state = utils.model_state_dict(engine)
-    if utils.is_main_process():
-        ckpt = {"model": state, "epoch": epoch, "args": vars(args), "max_accuracy": best,
-                "global_step": int(engine.module.global_step)}
-        last = os.path.join(args.output_dir, "checkpoint.pth")
-        utils.save_atomic(ckpt, last)
-        if improved:
-            utils.link_atomic(last, os.path.join(args.output_dir, "best_checkpoint.pth"))
-    client = {"epoch": epoch, "best": best, "rng": utils.gather_objects(utils.rng_state()),
-              "hyp_optimizer": hyp_optimizer.state_dict() if hyp_optimizer is not None else None}
-    engine.save_checkpoint(ds_dir, tag=f"epoch{epoch}", client_state=client)
-    if utils.is_main_process():  # keep only the newest resumable state: it holds the optimizer moments
-        for name in os.listdir(ds_dir):
-            if name.startswith("epoch") and name != f"epoch{epoch}":
-                shutil.rmtree(os.path.join(ds_dir, name), ignore_errors=True)
 
 
 def summarise(output_dir, metric, plot):

@@ -1,9 +1,8 @@
-"""Set-up helpers for fine_tuning.py and pretraining.py: distributed start, DeepSpeed config,
-checkpoints (plain dicts, written atomically), logging, wandb and the training-curve plot."""
+"""Set-up helpers for fine_tuning.py and pretraining.py: distributed start, precision, logging, wandb
+and the training-curve plot (the training engine and its checkpoints are engine.py's)."""
 import json
 import os
 import random
-import shutil
 import socket
 import sys
 
@@ -113,60 +112,13 @@ def all_ranks_true(flag):
     return bool(t.item())
 
 
-# ---------------------------------------------------------------------------- DeepSpeed
+# ---------------------------------------------------------------------------- precision
 
 def resolve_dtype(requested):
     """bf16 on GPUs, fp32 on CPUs unless asked otherwise."""
     if requested:
         return requested
     return "bf16" if torch.cuda.is_available() else "fp32"
-
-
-def deepspeed_config(args, total_updates, warmup_updates):
-    """The DeepSpeed config for our flags: precision, ZeRO stage, accumulation, clipping and the
-    cosine schedule with linear warmup (DeepSpeed's WarmupCosineLR, stepped once per update)."""
-    return {
-        "train_micro_batch_size_per_gpu": args.batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "gradient_clipping": args.gradient_clipping,
-        "bf16": {"enabled": args.dtype == "bf16"},
-        "fp16": {"enabled": args.dtype == "fp16", "initial_scale_power": 16},
-        "zero_optimization": {"stage": args.zero_stage},
-        "zero_allow_untested_optimizer": True,  # our AdamW is torch's own
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-        "scheduler": {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": max(total_updates, 1),
-            "warmup_num_steps": max(1, min(warmup_updates, total_updates - 1)),  # DeepSpeed wants >= 1
-            "warmup_type": "linear",
-            "warmup_min_ratio": 0.0,
-            "cos_min_ratio": args.min_lr / args.lr if args.lr > 0 else 0.0,
-        }},
-    }
-
-
-def deepspeed_initialize(model, optimizer, ds_config):
-    """deepspeed.initialize, working around DeepSpeed's start-up broadcast, which views every parameter as
-    bytes and so fails on 0-d parameters (our scalars: temperature, margin, log scales, curvature).
-    We broadcast those ourselves and hide them from DeepSpeed's broadcast for its duration."""
-    import deepspeed
-    scalars = [p for p in model.parameters() if p.dim() == 0]
-    for p in scalars:
-        if world_size() > 1:
-            dist.broadcast(p.data.reshape(1), src=0)
-        p.ds_optim_param = True  # DeepSpeed's broadcast skips parameters marked so
-    try:
-        engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    finally:
-        for p in scalars:
-            del p.ds_optim_param
-    # DeepSpeed casts the parameters to bf16/fp16 but not the buffers; BatchNorm wants its running
-    # statistics in its weights' dtype, so cast them as Module.to(dtype) would have.
-    dtype = next(engine.module.parameters()).dtype
-    for buffer in engine.module.buffers():
-        if buffer.is_floating_point():
-            buffer.data = buffer.data.to(dtype)
-    return engine, scheduler
 
 
 # Dense bf16/fp16 peak FLOP/s of the GPUs the paper's recipe runs on, for model FLOPs utilisation.
@@ -180,43 +132,6 @@ def peak_flops(dtype):
         return None
     name = torch.cuda.get_device_name()
     return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-def save_atomic(obj, path):
-    """torch.save to a temporary file next to `path`, then rename: a crash never leaves half a file
-    under `path`, and a failed save removes its temporary file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def link_atomic(src, dst):
-    """Make `dst` the same file as `src` (a hard link: no second write of a multi-GB checkpoint), atomically.
-    `src` is later replaced by os.replace, which gives it a new inode and leaves `dst` as it is."""
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    try:
-        os.link(src, tmp)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def model_state_dict(engine):
-    """A plain fp32 CPU state dict of the whole model on rank 0 (None elsewhere), whatever the precision
-    or ZeRO stage. Every rank must call it: under ZeRO-3 gathering the partitions is collective."""
-    if engine.zero_optimization_stage() == 3:
-        state = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        state = engine.module.state_dict() if is_main_process() else None
-    if not is_main_process():
-        return None
-    return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------------- logging
