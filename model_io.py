@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import sys
 
 import torch
@@ -142,7 +143,8 @@ def read_checkpoint_file(path):
     torch.serialization.add_safe_globals([argparse.Namespace])
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated, foreign or code-running pickles
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OSError) as err:  # what torch.load
+        # raises on truncated, foreign or code-running files
         raise ModelFileError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:300]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ModelFileError(f"{path} is not a Geo-Sign/Uni-Sign checkpoint: expected a dict with a 'model' entry")

@@ -60,28 +60,34 @@ def get_args_parser():
     return p
 
 
-def read_deepspeed_run(ds_dir):
-    """read_model()'s dict for a run's deepspeed/ folder: the fp32 master weights consolidated by DeepSpeed's
-    zero_to_fp32 over the run's checkpoint.pth (which gives the settings and the parameters kept outside
-    DeepSpeed's optimizer: the hyperbolic branch's Riemannian ones)."""
+def deepspeed_master_weights(ds_dir):
+    """(checkpoint.pth beside the run's deepspeed/ folder, the fp32 master weights DeepSpeed's zero_to_fp32
+    consolidates from the ZeRO partitions of its newest tag)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     beside = os.path.join(os.path.dirname(os.path.abspath(ds_dir)), "checkpoint.pth")
     if not os.path.isfile(beside):
         raise model_io.ModelFileError(f"{ds_dir}: no checkpoint.pth beside it ({beside}) to take the settings from")
-    read = model_io.read_model(beside)
-    master = get_fp32_state_dict_from_zero_checkpoint(ds_dir)
-    read["state"] = {**read["state"], **{k: v.float() for k, v in master.items() if k in read["state"]}}
-    return read
+    return beside, get_fp32_state_dict_from_zero_checkpoint(ds_dir)
 
 
 def build_model(source, mt5_path):
     """The checkpoint's model with every tensor loaded (a checkpoint that does not fill the model of its own
-    saved settings is refused)."""
-    read = read_deepspeed_run(source) if os.path.isdir(source) and not model_io.is_model_folder(source) \
-        else model_io.read_model(source)
+    saved settings is refused). From a run's deepspeed/ folder: the run's checkpoint.pth (settings, and the
+    hyperbolic branch's Riemannian parameters, which DeepSpeed's optimizer does not hold and which stay fp32)
+    with DeepSpeed's fp32 master weights over everything else."""
+    master = None
+    if os.path.isdir(source) and not model_io.is_model_folder(source):
+        source, master = deepspeed_master_weights(source)
+    read = model_io.read_model(source)
     if not read["args"]:
         raise model_io.ModelFileError(f"{source} saved no args: its model settings are unknown")
-    return model_io.load_model(source, mt5_path, read=read, complete=True)
+    model, read = model_io.load_model(source, mt5_path, read=read, complete=True)
+    if master is not None:
+        riemannian = {id(p) for p in model.hyperbolic_parameters()}
+        outside = {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) in riemannian}
+        own = model.state_dict()
+        model.load_state_dict({k: v.float() for k, v in master.items() if k in own and k not in outside}, strict=False)
+    return model, read
 
 
 def run_scores(checkpoint, meta):
@@ -99,13 +105,15 @@ def run_scores(checkpoint, meta):
 def folder_config(model, read):
     """config.json's content but its file digests: the model settings, the data and generation settings and
     where the weights came from."""
+    from datasets import prompt_for
     args = read["args"]
+    dataset = args.get("dataset", "CSL_Daily")
     model_settings = dataclasses.asdict(model.config)
     model_settings["mt5_path"] = model_io.MT5_DIR
     return {"format": model_io.FORMAT, "format_version": model_io.FORMAT_VERSION,
             "model": model_settings,
-            "data": {"dataset": args.get("dataset", "CSL_Daily"), "task": args.get("task", "SLT"),
-                     "max_length": args.get("max_length", 256)},
+            "data": {"dataset": dataset, "task": args.get("task", "SLT"), "max_length": args.get("max_length", 256),
+                     "language": "Chinese" if "Chinese" in prompt_for(dataset) else "English"},
             "generation": {"num_beams": args.get("num_beams", 4), "max_tgt_len": args.get("max_tgt_len", 100)},
             "training": {**{k: args[k] for k in TRAINING_KEYS if k in args and _is_plain(args[k])},
                          **{k: v for k, v in read["meta"].items() if _is_plain(v)}},

@@ -138,7 +138,7 @@ def draw(xy, distances, weights, c, energy, title, path_stem):
                 columnspacing=1.0, markerscale=1.2)
     disk.text(0.5, -0.07, f"Poincaré disk of curvature $-c$, $c$ = {c:.3f}; dashed rings: distance to the origin. "
               f"\nDistances to the origin are exact; directions: the principal plane of the tangent\n"
-              f"space at the origin ({100 * energy:.0f} % of the variance).", transform=disk.transAxes, ha="center",
+              f"space at the origin ({100 * energy:.1f} % of the variance).", transform=disk.transAxes, ha="center",
               va="top", fontsize=7.5, color="0.3")
 
     spread = fig.add_subplot(grid[0, 1])
@@ -163,6 +163,7 @@ def draw(xy, distances, weights, c, energy, title, path_stem):
     bars.bar(range(4), mean, yerr=std, color=COLOURS[:4], alpha=0.85, width=0.65, capsize=3, error_kw={"lw": 0.8})
     bars.axhline(0.25, color="0.45", lw=0.8, ls=(0, (4, 3)))
     bars.text(-0.5, 0.25, " uniform", color="0.45", fontsize=7, va="bottom", ha="left")
+    bars.set_ylim(0, max(0.3, float((mean + std).max()) * 1.12))
     bars.set_xticks(range(4), POINT_NAMES[:4])
     bars.set_ylabel("mean ± sd")
     bars.set_title("part weights $w_p = \\mathrm{softmax}_p\\, d_c(0, h_p)$", fontsize=10)
@@ -207,7 +208,7 @@ def main(args):
     title = f"{os.path.basename(os.path.normpath(args.finetune))}: {dataset_name} {args.split}, {len(names)} samples"
     draw(xy, distances, weights, c, energy, title, os.path.join(args.output_dir, "poincare_disk"))
     save_coordinates(os.path.join(args.output_dir, "embeddings_2d"), names, xy, distances, weights, c, energy)
-    print(f"{len(names)} samples x {len(POINT_NAMES)} points (curvature c = {c:.3f}, plane holds {100 * energy:.0f} % "
+    print(f"{len(names)} samples x {len(POINT_NAMES)} points (curvature c = {c:.3f}, plane holds {100 * energy:.1f} % "
           f"of the variance): {os.path.join(args.output_dir, 'poincare_disk.png')} (and .pdf), embeddings_2d.npz/.csv")
 
 

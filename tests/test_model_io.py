@@ -268,3 +268,48 @@ def test_plot_script_refuses_a_model_without_the_hyperbolic_branch(trained, smal
     result = run([sys.executable, "script/plot_embeddings.py", "--finetune", str(tmp_path / "unisign.pth"),
                   "--output_dir", str(tmp_path / "plot"), "--mt5_path", small_demo["mt5_path"]])
     assert result.returncode == 1 and "no hyperbolic branch" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, zero_stage, hyperbolic", [("bf16", 2, True), ("fp32", 3, False)])
+def test_deepspeed_state_of_bf16_and_zero3_runs_exports(small_demo, tmp_path, dtype, zero_stage, hyperbolic):
+    """bf16: the folder holds DeepSpeed's fp32 master weights, of which checkpoint.pth holds the bf16 rounding
+    (on CPUs DeepSpeed's master partitions were seen to hold bf16 values themselves: then both are equal).
+    ZeRO-3: the partitions are gathered into whole tensors."""
+    args = base_args(small_demo, tmp_path / "run", epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage)]
+    if not hyperbolic:
+        args.remove("--use_hyperbolic")
+    check_ok(run([sys.executable, "fine_tuning.py", *args]))
+    check_ok(run([sys.executable, "script/export_model.py", str(tmp_path / "run" / "deepspeed"), str(tmp_path / "model")]))
+    saved = torch.load(tmp_path / "run" / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    state = Uni_Sign.from_pretrained(str(tmp_path / "model")).state_dict()
+    assert sorted(state) == sorted(saved)
+    weights = [k for k, v in state.items() if v.is_floating_point() and v.dim() >= 2 and k != "hyp_attn_W"]
+    for name in weights:
+        if dtype == "bf16":
+            assert torch.equal(state[name].bfloat16().float(), saved[name]), name
+        else:
+            assert torch.equal(state[name], saved[name]), name
+    if hyperbolic:  # Riemannian Adam's parameters live outside DeepSpeed, in float32: as checkpoint.pth has them
+        assert torch.equal(state["hyp_attn_W"], saved["hyp_attn_W"]) and not torch.equal(
+            saved["hyp_attn_W"], torch.eye(saved["hyp_attn_W"].shape[0]))
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("content", ["code", "truncated"])
+def test_a_checkpoint_that_would_run_code_or_is_cut_short_is_a_named_error(tmp_path, content):
+    path, marker = tmp_path / "best.pth", tmp_path / "ran"
+    torch.save({"model": {"w": torch.zeros(2)}, "args": _RunsCode(str(marker))}, path)
+    if content == "truncated":
+        torch.save({"model": {"w": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(model_io.ModelFileError, match=f"{path} is not a readable checkpoint"):
+        model_io.read_model(str(path))
+    assert not marker.exists()
