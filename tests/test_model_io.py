@@ -283,8 +283,10 @@ def test_deepspeed_state_of_bf16_and_zero3_runs_exports(small_demo, tmp_path, dt
     check_ok(run([sys.executable, "script/export_model.py", str(tmp_path / "run" / "deepspeed"), str(tmp_path / "model")]))
     saved = torch.load(tmp_path / "run" / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
     state = Uni_Sign.from_pretrained(str(tmp_path / "model")).state_dict()
-    assert sorted(state) == sorted(saved)
-    weights = [k for k, v in state.items() if v.is_floating_point() and v.dim() >= 2 and k != "hyp_attn_W"]
+    assert set(saved) <= set(state)
+    for name in set(state) - set(saved):  # ZeRO-3's checkpoint.pth names the hands' shared modules once
+        assert ".right." in name and torch.equal(state[name], saved[name.replace(".right.", ".left.")]), name
+    weights = [k for k, v in saved.items() if v.is_floating_point() and v.dim() >= 2 and k != "hyp_attn_W"]
     for name in weights:
         if dtype == "bf16":
             assert torch.equal(state[name].bfloat16().float(), saved[name]), name
