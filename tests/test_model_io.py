@@ -124,6 +124,7 @@ def test_export_round_trip_gives_the_same_model_and_translations(trained, export
     assert model.generate(batch, num_beams=2, max_new_tokens=12) == from_pth.generate(batch, num_beams=2, max_new_tokens=12)
 
 
+@pytest.mark.slow  # two evaluations of dev and test
 def test_eval_of_a_folder_scores_exactly_like_the_checkpoint(trained, exported, small_demo, tmp_path):
     outputs = {}
     for name, source in (("pth", trained / "checkpoint.pth"), ("folder", exported)):
