@@ -4,6 +4,7 @@
     python script/benchmark.py hyperbolic   # training step with the token-mode branch vs without
     python script/benchmark.py metrics      # scoring the 2,349 How2Sign pairs (target: under 2 s)
     python script/benchmark.py extract      # pose extraction: the pipeline's own cost per frame vs the models'
+    python script/benchmark.py step --baseline REV   # training step: working tree vs a git revision
 
 Each prints both times and the ratio; its last line is a JSON object (extract: pipeline_ms_per_frame and
 model_ms_per_frame).
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["data", "hyperbolic", "metrics", "extract"])
+    parser.add_argument("which", choices=["data", "hyperbolic", "metrics", "extract", "step"])
     args, rest = parser.parse_known_args()
     if args.which == "metrics":
         return bench_metrics()
@@ -26,6 +27,8 @@ def main():
         import bench_data as bench
     elif args.which == "extract":
         import bench_extract as bench
+    elif args.which == "step":
+        import bench_step as bench
     else:
         import bench_hyperbolic as bench
     bench.main(rest)

@@ -1,0 +1,154 @@
+"""Training-step time of the working tree against a git revision, side by side in separate processes.
+
+    python script/benchmark.py step --baseline 6d4f403 [--rounds 5] [--steps 3] [--batch_size 4] [--frames 64]
+    python script/benchmark.py step --baseline HEAD --tiny     # seconds: the suite's smoke run
+
+The revision is checked out in a temporary `git worktree`. Each round runs, for pose-only and for token
+mode (Geo-Sign, decoder text), one process per tree, alternating which tree goes first; a process builds
+the model, the AdamW + DeepSpeed engine and the Riemannian Adam exactly as fine_tuning.py does, runs one
+warm-up step, then times `--steps` steps of fine_tuning.train_one_epoch (forward, backward, both optimizer
+updates) on one fixed batch with a small mT5 (d_model 128, 2 + 2 layers). A process reports its ms per
+step; the medians over rounds give `ratio` = baseline / working tree (> 1: the working tree is faster).
+Neighbouring processes share the machine's load, so the median of the per-round ratios is printed too.
+Last line: JSON {"ratio": the smaller of the two modes' ratios, "pose": {...}, "token": {...}}.
+"""
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODES = ("pose", "token")
+TINY = dict(batch_size=2, frames=8, text_len=6, steps=1, rounds=1)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (default: HEAD)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--text_len", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes, one round, one step: a smoke run")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    # internal: one timing process
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--code_root", default=ROOT, help=argparse.SUPPRESS)
+    parser.add_argument("--mt5_path", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="pose", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.tiny:
+        for key, value in TINY.items():
+            setattr(args, key, value)
+    return args
+
+
+# ----------------------------------------------------------------------------- one timing process
+def child(args):
+    """Import the model code of `code_root`, set it up as fine_tuning.main does, print ms per step as JSON."""
+    sys.path.insert(0, args.code_root)
+    import torch
+    import fine_tuning
+    import geoopt
+    import utils
+    from models import Uni_Sign
+    sys.path.append(os.path.join(ROOT, "script"))  # after the tree's own modules: only the batch maker
+    from bench_hyperbolic import random_batch
+
+    utils.init_distributed()
+    flags = ["--mt5_path", args.mt5_path, "--batch_size", str(args.batch_size), "--num_workers", "0"]
+    if args.mode == "token":
+        flags += ["--use_hyperbolic", "--hyp_text_cmp", "token", "--hyp_text_emb_src", "decoder"]
+    run_args = fine_tuning.get_args_parser().parse_args(flags)
+    run_args.dtype = utils.resolve_dtype(run_args.dtype)
+    utils.set_seed(run_args.seed)
+    model = Uni_Sign(run_args)
+    total_updates = 1000
+    model.set_total_updates(total_updates)
+    optimizer = torch.optim.AdamW(model.euclidean_param_groups(run_args.weight_decay), lr=run_args.lr,
+                                  betas=tuple(run_args.opt_betas))
+    engine, _ = utils.deepspeed_initialize(model, optimizer, utils.deepspeed_config(run_args, total_updates, 10))
+    hyp_params = model.hyperbolic_parameters()
+    for p in hyp_params:
+        p.data = p.data.float()
+    hyp_optimizer = geoopt.optim.RiemannianAdam(hyp_params, lr=run_args.hyp_lr, stabilize=100) if hyp_params else None
+
+    batch = random_batch(model.mt5_tokenizer, args.batch_size, args.frames, args.text_len)
+    batch.update(name=[f"s{i}" for i in range(args.batch_size)], num_skipped=0)
+    fine_tuning.train_one_epoch(engine, [batch], hyp_optimizer, 0, run_args)  # warm-up
+    start = time.perf_counter()
+    fine_tuning.train_one_epoch(engine, [batch] * args.steps, hyp_optimizer, 1, run_args)
+    ms = 1000 * (time.perf_counter() - start) / args.steps
+    print(json.dumps({"ms_per_step": ms}), flush=True)
+
+
+def run_child(args, code_root, mt5_path, mode):
+    """ms per step of one process on `code_root`'s code."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--code_root", code_root, "--mt5_path", mt5_path,
+           "--mode", mode, "--steps", str(args.steps), "--batch_size", str(args.batch_size),
+           "--frames", str(args.frames), "--text_len", str(args.text_len)]
+    launch = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+    env = {k: v for k, v in os.environ.items() if k not in launch}
+    env.update(OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(cmd, cwd=code_root, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"error: the timing process on {code_root} failed (exit {result.returncode}):\n"
+                 f"{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["ms_per_step"]
+
+
+@contextlib.contextmanager
+def git_worktree(revision, folder):
+    """A detached checkout of `revision` in `folder`, removed afterwards."""
+    result = subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", folder, revision],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"error: --baseline {revision}: git worktree add failed: {result.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", folder], capture_output=True)
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.child:
+        return child(args)
+    sys.path.insert(0, os.path.join(ROOT, "script"))
+    from bench_hyperbolic import build_tiny_mt5
+
+    times = {mode: {"baseline": [], "work": []} for mode in args.modes}
+    with tempfile.TemporaryDirectory() as tmp:
+        mt5_path = build_tiny_mt5(os.path.join(tmp, "mt5"))
+        with git_worktree(args.baseline, os.path.join(tmp, "baseline")) as baseline_root:
+            roots = {"baseline": baseline_root, "work": ROOT}
+            for round_index in range(args.rounds):
+                for mode in args.modes:
+                    order = ("baseline", "work") if round_index % 2 == 0 else ("work", "baseline")
+                    for tree in order:
+                        times[mode][tree].append(run_child(args, roots[tree], mt5_path, mode))
+                    print(f"round {round_index + 1}/{args.rounds} {mode}: baseline {times[mode]['baseline'][-1]:.1f} ms, "
+                          f"working tree {times[mode]['work'][-1]:.1f} ms", flush=True)
+
+    summary = {}
+    print(f"baseline {args.baseline}; threads {args.threads}, batch {args.batch_size}, frames {args.frames}, "
+          f"{args.steps} steps x {args.rounds} rounds per tree and mode")
+    for mode in args.modes:
+        base, work = (statistics.median(times[mode][tree]) for tree in ("baseline", "work"))
+        paired = statistics.median(b / w for b, w in zip(times[mode]["baseline"], times[mode]["work"]))
+        summary[mode] = {"baseline_ms": round(base, 2), "work_ms": round(work, 2), "ratio": round(base / work, 4),
+                         "paired_ratio": round(paired, 4)}
+        print(f"{mode:>5}: baseline {base:.1f} ms, working tree {work:.1f} ms per step: ratio {base / work:.3f} "
+              f"(median of per-round ratios {paired:.3f})")
+    print(json.dumps({"ratio": min(s["ratio"] for s in summary.values()), **summary}))
+
+
+if __name__ == "__main__":
+    main()
