@@ -103,6 +103,14 @@ def conv_bn(branch, x, groups):
     return batch_norm_groups(bn, conv(x), groups)
 
 
+def compile_blocks(*stacks_by_part):
+    """torch.compile every STGCNBlock in place (nn.Module.compile: parameter names, hence checkpoint keys,
+    stay as they are). Shapes vary with each batch's frame count, so the graphs are compiled dynamic."""
+    for stacks in stacks_by_part:
+        for block in {id(b): b for stack in stacks.values() for b in stack}.values():
+            block.compile(dynamic=True)
+
+
 def run_stack(stack, x, groups=1):
     """A spatial or temporal stack (a Sequential of STGCNBlocks) on x that stacks `groups` batches."""
     for block in stack:

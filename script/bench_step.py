@@ -54,9 +54,7 @@ def parse(argv):
 def child(args):
     """Import the model code of `code_root`, set it up as fine_tuning.main does, print ms per step as JSON."""
     sys.path.insert(0, args.code_root)
-    import torch
     import fine_tuning
-    import geoopt
     import utils
     from models import Uni_Sign
     sys.path.append(os.path.join(ROOT, "script"))  # after the tree's own modules: only the batch maker
@@ -70,15 +68,7 @@ def child(args):
     run_args.dtype = utils.resolve_dtype(run_args.dtype)
     utils.set_seed(run_args.seed)
     model = Uni_Sign(run_args)
-    total_updates = 1000
-    model.set_total_updates(total_updates)
-    optimizer = torch.optim.AdamW(model.euclidean_param_groups(run_args.weight_decay), lr=run_args.lr,
-                                  betas=tuple(run_args.opt_betas))
-    engine, _ = utils.deepspeed_initialize(model, optimizer, utils.deepspeed_config(run_args, total_updates, 10))
-    hyp_params = model.hyperbolic_parameters()
-    for p in hyp_params:
-        p.data = p.data.float()
-    hyp_optimizer = geoopt.optim.RiemannianAdam(hyp_params, lr=run_args.hyp_lr, stabilize=100) if hyp_params else None
+    engine, hyp_optimizer = build_training(run_args, model)
 
     batch = random_batch(model.mt5_tokenizer, args.batch_size, args.frames, args.text_len)
     batch.update(name=[f"s{i}" for i in range(args.batch_size)], num_skipped=0)
@@ -87,6 +77,23 @@ def child(args):
     fine_tuning.train_one_epoch(engine, [batch] * args.steps, hyp_optimizer, 1, run_args)
     ms = 1000 * (time.perf_counter() - start) / args.steps
     print(json.dumps({"ms_per_step": ms}), flush=True)
+
+
+def build_training(run_args, model, total_updates=1000):
+    """The DeepSpeed engine (torch AdamW, run_args' precision and ZeRO stage) and the Riemannian Adam of the
+    hyperbolic parameters (None without them), as fine_tuning.main builds them."""
+    import geoopt
+    import torch
+    import utils
+    model.set_total_updates(total_updates)
+    optimizer = torch.optim.AdamW(model.euclidean_param_groups(run_args.weight_decay), lr=run_args.lr,
+                                  betas=tuple(run_args.opt_betas))
+    engine, _ = utils.deepspeed_initialize(model, optimizer, utils.deepspeed_config(run_args, total_updates, 10))
+    hyp_params = model.hyperbolic_parameters()
+    for p in hyp_params:  # the geometry stays in float32 whatever DeepSpeed's precision
+        p.data = p.data.float()
+    hyp_optimizer = geoopt.optim.RiemannianAdam(hyp_params, lr=run_args.hyp_lr, stabilize=100) if hyp_params else None
+    return engine, hyp_optimizer
 
 
 def run_child(args, code_root, mt5_path, mode):

@@ -5,9 +5,10 @@
     python script/benchmark.py metrics      # scoring the 2,349 How2Sign pairs (target: under 2 s)
     python script/benchmark.py extract      # pose extraction: the pipeline's own cost per frame vs the models'
     python script/benchmark.py step --baseline REV   # training step: working tree vs a git revision
+    python script/benchmark.py gpu          # bf16 ZeRO-2 step at the mT5-base shape (--tiny: CPU smoke run)
 
-Each prints both times and the ratio; its last line is a JSON object (extract: pipeline_ms_per_frame and
-model_ms_per_frame).
+Each prints its measurements; its last line is a JSON object (the side-by-side ones: the ratio under "ratio";
+extract: pipeline_ms_per_frame and model_ms_per_frame; gpu: ms per step, TFLOP/s, MFU, memory per configuration).
 """
 import argparse
 import os
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["data", "hyperbolic", "metrics", "extract", "step"])
+    parser.add_argument("which", choices=["data", "hyperbolic", "metrics", "extract", "step", "gpu"])
     args, rest = parser.parse_known_args()
     if args.which == "metrics":
         return bench_metrics()
@@ -29,6 +30,8 @@ def main():
         import bench_extract as bench
     elif args.which == "step":
         import bench_step as bench
+    elif args.which == "gpu":
+        import bench_gpu as bench
     else:
         import bench_hyperbolic as bench
     bench.main(rest)

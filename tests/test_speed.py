@@ -129,3 +129,18 @@ def test_step_benchmark_runs_tiny():
         assert summary[mode]["ratio"] == pytest.approx(summary[mode]["baseline_ms"] / summary[mode]["work_ms"], rel=1e-3)
     assert summary["ratio"] == min(summary["pose"]["ratio"], summary["token"]["ratio"])
     assert "working tree" in stdout
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_tiny_on_cpu():
+    """The GPU benchmark's whole path (random mT5 saved and loaded, DeepSpeed ZeRO-2, both modes) at tiny size."""
+    stdout, summary = run_benchmark("gpu", "--tiny")
+    configs = summary["configs"]
+    assert set(configs) == {"pose", "token"}
+    for config in configs.values():
+        assert config["ms_per_step"] > 0 and config["flops_per_step"] > 0 and config["peak_memory_gib"] > 0
+        assert config["samples_per_s"] == pytest.approx(2 * 1000 / config["ms_per_step"], rel=1e-2)
+        assert config["tflops"] == pytest.approx(config["flops_per_step"] / config["ms_per_step"] / 1e9, rel=1e-2, abs=1e-4)
+    assert summary["token_over_pose"] == pytest.approx(configs["token"]["ms_per_step"] / configs["pose"]["ms_per_step"],
+                                                       rel=1e-3)
+    assert "token-mode / pose-only step" in stdout
