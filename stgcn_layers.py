@@ -35,15 +35,6 @@ def graph_adjacency(num_nodes, edges):
     return torch.from_numpy(np.stack([hop0, hop1]))
 
 
-def batch_norm_groups(bn, x, groups):
-    """bn(x) for `groups` batches stacked along dim 0 (the two hands), normalised as separate calls would:
-    in training each group with its own batch statistics, the running statistics updated once per group,
-    in order; in evaluation one call (the running statistics act elementwise)."""
-    if groups == 1 or not bn.training:
-        return bn(x)
-    return torch.cat([bn(chunk) for chunk in x.chunk(groups)])
-
-
 class GraphConv(nn.Module):
     """Spatial graph convolution: y_w = sum_k sum_v A[k, v, w] (W_k x_v + b_k), then BatchNorm and ReLU.
 
@@ -58,11 +49,11 @@ class GraphConv(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x, groups=1):
+    def forward(self, x):
         n, _, t, v = x.shape
         x = self.conv(x).view(n, self.num_partitions, -1, t, v)
         x = torch.einsum("nkctv,kvw->nctw", x, self.A)
-        return self.relu(batch_norm_groups(self.bn, x, groups))
+        return self.relu(self.bn(x))
 
 
 class STGCNBlock(nn.Module):
@@ -71,8 +62,6 @@ class STGCNBlock(nn.Module):
     tcn: Conv2d(out, out, (kt, 1)) + BatchNorm2d when kt > 1, else identity (no keys). The reference
     also appends Dropout(0), an identity without keys, left out here.
     residual: identity (no keys) when in == out, else Conv2d 1x1 + BatchNorm2d.
-    forward(x, groups): x stacks `groups` batches along dim 0 that share this block (the two hands);
-    each BatchNorm treats them as separate calls would (batch_norm_groups).
     """
 
     def __init__(self, in_channels, out_channels, adjacency, temporal_kernel):
@@ -91,31 +80,8 @@ class STGCNBlock(nn.Module):
                                           nn.BatchNorm2d(out_channels))
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x, groups=1):
-        return self.relu(conv_bn(self.tcn, self.gcn(x, groups), groups) + conv_bn(self.residual, x, groups))
-
-
-def conv_bn(branch, x, groups):
-    """An identity or a Sequential(Conv2d, BatchNorm2d) branch applied to x (see STGCNBlock.forward)."""
-    if isinstance(branch, nn.Identity):
-        return x
-    conv, bn = branch
-    return batch_norm_groups(bn, conv(x), groups)
-
-
-def compile_blocks(*stacks_by_part):
-    """torch.compile every STGCNBlock in place (nn.Module.compile: parameter names, hence checkpoint keys,
-    stay as they are). Shapes vary with each batch's frame count, so the graphs are compiled dynamic."""
-    for stacks in stacks_by_part:
-        for block in {id(b): b for stack in stacks.values() for b in stack}.values():
-            block.compile(dynamic=True)
-
-
-def run_stack(stack, x, groups=1):
-    """A spatial or temporal stack (a Sequential of STGCNBlocks) on x that stacks `groups` batches."""
-    for block in stack:
-        x = block(x, groups)
-    return x
+    def forward(self, x):
+        return self.relu(self.tcn(self.gcn(x)) + self.residual(x))
 
 
 def spatial_stack(adjacency):
@@ -130,6 +96,14 @@ def spatial_stack(adjacency):
 def temporal_stack(adjacency):
     """`fusion_gcn_modules[part]`: layer0_0..layer0_2, 256->256 with kt = 5."""
     return nn.Sequential(OrderedDict([(f"layer0_{i}", STGCNBlock(256, 256, adjacency, 5)) for i in range(3)]))
+
+
+def compile_blocks(*stacks_by_part):
+    """torch.compile every STGCNBlock in place (nn.Module.compile: parameter names, hence checkpoint keys,
+    stay as they are). Shapes vary with each batch's frame count, so the graphs are compiled dynamic."""
+    for stacks in stacks_by_part:
+        for block in {id(b): b for stack in stacks.values() for b in stack}.values():
+            block.compile(dynamic=True)
 
 
 def build_part_modules():
@@ -162,24 +136,16 @@ def encode_parts(pose, proj_linear, gcn_modules, fusion_gcn_modules):
     pose: dict part -> (B, T, V, 3). Returns dict part -> (B, T, 256), parts in the order of PARTS.
     x = proj_linear(part) -> (B, 64, T, V) -> spatial stack; hands and face then add the body's anchor
     node (detached), broadcast over their nodes; -> temporal stack -> mean over nodes.
-    The two hands share their modules, so they go through them as one batch of 2B (fewer, larger
-    convolutions); their BatchNorms still normalise each hand on its own, as two calls would.
     """
-    inputs = {"body": pose["body"], "hands": torch.cat([pose["left"], pose["right"]]), "face_all": pose["face_all"]}
-    modules = {"body": "body", "hands": "left", "face_all": "face_all"}
-    groups = {"body": 1, "hands": 2, "face_all": 1}
     spatial = {}
-    for name, x in inputs.items():
-        x = proj_linear[modules[name]](x).permute(0, 3, 1, 2)  # (B, 64, T, V)
-        spatial[name] = run_stack(gcn_modules[modules[name]], x.contiguous(), groups[name])
+    for part in PARTS:
+        x = proj_linear[part](pose[part]).permute(0, 3, 1, 2)  # (B, 64, T, V)
+        spatial[part] = gcn_modules[part](x.contiguous())
     body = spatial["body"].detach()
-    anchors = {"body": None, "face_all": body[..., BODY_ANCHOR["face_all"]],
-               "hands": torch.cat([body[..., BODY_ANCHOR["left"]], body[..., BODY_ANCHOR["right"]]])}
     features = {}
-    for name, x in spatial.items():
-        if anchors[name] is not None:
-            x = x + anchors[name].unsqueeze(-1)
-        features[name] = run_stack(fusion_gcn_modules[modules[name]], x, groups[name]).mean(dim=-1).transpose(1, 2)
-    left, right = features.pop("hands").chunk(2)
-    features.update(left=left, right=right)
-    return {part: features[part] for part in PARTS}
+    for part in PARTS:
+        x = spatial[part]
+        if part in BODY_ANCHOR:
+            x = x + body[..., BODY_ANCHOR[part]].unsqueeze(-1)
+        features[part] = fusion_gcn_modules[part](x).mean(dim=-1).transpose(1, 2)  # (B, T, 256)
+    return features
