@@ -92,7 +92,7 @@ def child(args):
     if run_args.compile:  # as fine_tuning.main does
         from stgcn_layers import compile_blocks
         compile_blocks(model.gcn_modules, model.fusion_gcn_modules)
-    engine, hyp_optimizer = build_training(run_args, model)
+    train = build_training(run_args, model)
     batch = random_batch(model.mt5_tokenizer, args.batch_size, args.frames, args.text_len)
     batch.update(name=[f"s{i}" for i in range(args.batch_size)], num_skipped=0)
     cuda = torch.cuda.is_available()
@@ -102,13 +102,13 @@ def child(args):
             torch.cuda.synchronize()
 
     start = time.perf_counter()
-    fine_tuning.train_one_epoch(engine, [batch] * args.warmup, hyp_optimizer, 0, run_args)
+    train([batch] * args.warmup, 0)
     sync()
     warmup_s = time.perf_counter() - start
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    fine_tuning.train_one_epoch(engine, [batch] * args.steps, hyp_optimizer, 1, run_args)
+    train([batch] * args.steps, 1)
     sync()
     step_s = (time.perf_counter() - start) / args.steps
     flops = model.training_flops(batch)

@@ -9,7 +9,9 @@ the model, the AdamW + DeepSpeed engine and the Riemannian Adam exactly as fine_
 warm-up step, then times `--steps` steps of fine_tuning.train_one_epoch (forward, backward, both optimizer
 updates) on one fixed batch with a small mT5 (d_model 128, 2 + 2 layers). A process reports its ms per
 step; the medians over rounds give `ratio` = baseline / working tree (> 1: the working tree is faster).
-Neighbouring processes share the machine's load, so the median of the per-round ratios is printed too.
+Neighbouring processes share the machine's load, so the median of the per-round ratios is printed too,
+and the ratio of process CPU times (less sensitive to other jobs; set OMP_WAIT_POLICY=PASSIVE on a busy
+machine, or threads spinning at barriers while descheduled inflate it).
 Last line: JSON {"ratio": the smaller of the two modes' ratios, "pose": {...}, "token": {...}}.
 """
 import argparse
@@ -68,36 +70,47 @@ def child(args):
     run_args.dtype = utils.resolve_dtype(run_args.dtype)
     utils.set_seed(run_args.seed)
     model = Uni_Sign(run_args)
-    engine, hyp_optimizer = build_training(run_args, model)
+    train = build_training(run_args, model)
 
     batch = random_batch(model.mt5_tokenizer, args.batch_size, args.frames, args.text_len)
     batch.update(name=[f"s{i}" for i in range(args.batch_size)], num_skipped=0)
-    fine_tuning.train_one_epoch(engine, [batch], hyp_optimizer, 0, run_args)  # warm-up
-    start = time.perf_counter()
-    fine_tuning.train_one_epoch(engine, [batch] * args.steps, hyp_optimizer, 1, run_args)
-    ms = 1000 * (time.perf_counter() - start) / args.steps
-    print(json.dumps({"ms_per_step": ms}), flush=True)
+    train([batch], 0)  # warm-up
+    start, cpu_start = time.perf_counter(), time.process_time()
+    train([batch] * args.steps, 1)
+    ms, cpu_ms = (1000 * (end - begin) / args.steps for end, begin in
+                  ((time.perf_counter(), start), (time.process_time(), cpu_start)))
+    print(json.dumps({"ms_per_step": ms, "cpu_ms_per_step": cpu_ms}), flush=True)
 
 
 def build_training(run_args, model, total_updates=1000):
-    """The DeepSpeed engine (torch AdamW, run_args' precision and ZeRO stage) and the Riemannian Adam of the
-    hyperbolic parameters (None without them), as fine_tuning.main builds them."""
-    import geoopt
+    """A function train(batches, epoch) that runs fine_tuning.train_one_epoch on a list of batches with the
+    optimizers built as this tree's fine_tuning.main builds them: engine.Engine where the tree has it
+    (main since 14eec8c), else (older revisions such as 6d4f403) DeepSpeed with torch AdamW and a
+    Riemannian Adam beside it, passed to train_one_epoch separately."""
+    import fine_tuning
     import torch
     import utils
     model.set_total_updates(total_updates)
+    try:
+        from engine import Engine
+    except ModuleNotFoundError:
+        Engine = None
+    if Engine is not None:
+        engine = Engine(model, run_args, total_updates, 10)
+        return lambda batches, epoch: fine_tuning.train_one_epoch(engine, batches, epoch, run_args)
+    import geoopt
     optimizer = torch.optim.AdamW(model.euclidean_param_groups(run_args.weight_decay), lr=run_args.lr,
                                   betas=tuple(run_args.opt_betas))
-    engine, _ = utils.deepspeed_initialize(model, optimizer, utils.deepspeed_config(run_args, total_updates, 10))
+    ds_engine, _ = utils.deepspeed_initialize(model, optimizer, utils.deepspeed_config(run_args, total_updates, 10))
     hyp_params = model.hyperbolic_parameters()
     for p in hyp_params:  # the geometry stays in float32 whatever DeepSpeed's precision
         p.data = p.data.float()
     hyp_optimizer = geoopt.optim.RiemannianAdam(hyp_params, lr=run_args.hyp_lr, stabilize=100) if hyp_params else None
-    return engine, hyp_optimizer
+    return lambda batches, epoch: fine_tuning.train_one_epoch(ds_engine, batches, hyp_optimizer, epoch, run_args)
 
 
 def run_child(args, code_root, mt5_path, mode):
-    """ms per step of one process on `code_root`'s code."""
+    """(wall ms, process CPU ms) per step of one process on `code_root`'s code."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--code_root", code_root, "--mt5_path", mt5_path,
            "--mode", mode, "--steps", str(args.steps), "--batch_size", str(args.batch_size),
            "--frames", str(args.frames), "--text_len", str(args.text_len)]
@@ -108,7 +121,8 @@ def run_child(args, code_root, mt5_path, mode):
     if result.returncode != 0:
         sys.exit(f"error: the timing process on {code_root} failed (exit {result.returncode}):\n"
                  f"{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["ms_per_step"]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return measured["ms_per_step"], measured["cpu_ms_per_step"]
 
 
 @contextlib.contextmanager
@@ -132,6 +146,7 @@ def main(argv=None):
     from bench_hyperbolic import build_tiny_mt5
 
     times = {mode: {"baseline": [], "work": []} for mode in args.modes}
+    cpu_times = {mode: {"baseline": [], "work": []} for mode in args.modes}
     with tempfile.TemporaryDirectory() as tmp:
         mt5_path = build_tiny_mt5(os.path.join(tmp, "mt5"))
         with git_worktree(args.baseline, os.path.join(tmp, "baseline")) as baseline_root:
@@ -140,7 +155,9 @@ def main(argv=None):
                 for mode in args.modes:
                     order = ("baseline", "work") if round_index % 2 == 0 else ("work", "baseline")
                     for tree in order:
-                        times[mode][tree].append(run_child(args, roots[tree], mt5_path, mode))
+                        wall_ms, cpu_ms = run_child(args, roots[tree], mt5_path, mode)
+                        times[mode][tree].append(wall_ms)
+                        cpu_times[mode][tree].append(cpu_ms)
                     print(f"round {round_index + 1}/{args.rounds} {mode}: baseline {times[mode]['baseline'][-1]:.1f} ms, "
                           f"working tree {times[mode]['work'][-1]:.1f} ms", flush=True)
 
@@ -150,10 +167,12 @@ def main(argv=None):
     for mode in args.modes:
         base, work = (statistics.median(times[mode][tree]) for tree in ("baseline", "work"))
         paired = statistics.median(b / w for b, w in zip(times[mode]["baseline"], times[mode]["work"]))
+        base_cpu, work_cpu = (statistics.median(cpu_times[mode][tree]) for tree in ("baseline", "work"))
         summary[mode] = {"baseline_ms": round(base, 2), "work_ms": round(work, 2), "ratio": round(base / work, 4),
-                         "paired_ratio": round(paired, 4)}
+                         "paired_ratio": round(paired, 4), "baseline_cpu_ms": round(base_cpu, 2),
+                         "work_cpu_ms": round(work_cpu, 2), "cpu_ratio": round(base_cpu / work_cpu, 4)}
         print(f"{mode:>5}: baseline {base:.1f} ms, working tree {work:.1f} ms per step: ratio {base / work:.3f} "
-              f"(median of per-round ratios {paired:.3f})")
+              f"(median of per-round ratios {paired:.3f}; process CPU time ratio {base_cpu / work_cpu:.3f})")
     print(json.dumps({"ratio": min(s["ratio"] for s in summary.values()), **summary}))
 
 
