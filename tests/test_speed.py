@@ -46,3 +46,14 @@ def test_gpu_benchmark_runs_tiny_on_cpu():
     assert summary["token_over_pose"] == pytest.approx(configs["token"]["ms_per_step"] / configs["pose"]["ms_per_step"],
                                                        rel=1e-3)
     assert "token-mode / pose-only step" in stdout
+
+
+def test_compile_blocks_keeps_checkpoint_keys():
+    """fine_tuning.py --compile compiles the ST-GCN blocks in place: the state dict's names do not change."""
+    import stgcn_layers
+    parts = stgcn_layers.build_part_modules()
+    before = [list(group.state_dict()) for group in parts]
+    stgcn_layers.compile_blocks(parts[1], parts[2])
+    assert [list(group.state_dict()) for group in parts] == before
+    blocks = [block for group in parts[1:] for stack in group.values() for block in stack]
+    assert len(blocks) == 4 * 6 and all(block._compiled_call_impl is not None for block in blocks)
