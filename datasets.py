@@ -1,7 +1,7 @@
 """Pose datasets: loading, normalisation, frame selection and batching (SPEC section 1).
 
 Public: build_dataset, DataConfig, PoseDataset, PoseCollator, safe_pickle_load, load_pose, normalise_pose, select_frames,
-prompt_for, BadSampleError, UnsafePickleError.
+prompt_for, BadSampleError, LabelFileError, UnsafePickleError.
 """
 import dataclasses
 import functools
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import config
+from sample_index import SampleIndex, StringTableBuilder, json_array_blocks
 
 CONFIDENCE_THRESHOLD = 0.3
 NUM_KEYPOINTS = 133  # COCO-WholeBody
@@ -280,46 +281,107 @@ def prompt_for(dataset_name):
     return PROMPTS["Chinese" if dataset_name in config.chinese_datasets else "English"]
 
 
+class LabelFileError(ValueError):
+    """A label file that cannot give this run its samples; the message names the file and the fix."""
+
+
+LABEL_FORMAT = "a gzip-compressed pickle of a dict name -> {'name', 'video_path', 'text'[, 'gloss']} (CSL-Daily style)"
+NEWS_FORMAT = "a JSON list of {'video', 'pose', 'text'} (CSL-News style)"
+
+
 def _read_labels(dataset_name, phase, label_path, pose_dir, task):
-    """List of samples {name, pose_path, text} for one phase, in file order."""
-    if dataset_name == "CSL_News":  # JSON list of {'video', 'pose', 'text'}; the last 1 % is dev (and test)
-        try:
-            with open(label_path, encoding="utf-8") as f:
-                entries = json.load(f)
-            split = int(len(entries) * CSL_NEWS_TRAIN_FRACTION)
-            entries = entries[:split] if phase == "train" else entries[split:]
-            return [{"name": os.path.splitext(e["pose"])[0], "pose_path": os.path.join(pose_dir, e["pose"]),
-                     "text": e["text"]} for e in entries]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{label_path}: expected a JSON list of {{'video', 'pose', 'text'}} "
-                             f"({type(error).__name__}: {error})") from error
-    with gzip.open(label_path, "rb") as f:
-        try:
-            labels = safe_pickle_load(f)
-        except UnsafePickleError:
-            raise
-        except (OSError, EOFError, pickle.UnpicklingError) as error:
-            raise ValueError(f"{label_path}: not a readable gzip pickle ({error})") from error
-    if not isinstance(labels, dict):
-        raise ValueError(f"{label_path}: expected a dict name -> label, got {type(labels).__name__}")
-    samples = []
-    for key, label in labels.items():
-        try:
-            if task == "CSLR":
-                if not isinstance(label["gloss"], list) or not label["gloss"]:
-                    raise ValueError("task CSLR needs a gloss list (CSL_Daily-style labels)")
-                text = " ".join(label["gloss"])
-            else:
-                text = label["text"]
-            pose_name = os.path.splitext(label["video_path"])[0] + ".pkl"
-            samples.append({"name": label["name"], "pose_path": os.path.join(pose_dir, pose_name), "text": text})
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{label_path}: entry {key!r} is malformed ({type(error).__name__}: {error})") from error
+    """The SampleIndex of one phase, in file order; LabelFileError for an unusable label file."""
+    if os.path.getsize(label_path) == 0:
+        raise LabelFileError(f"{label_path}: the {phase} label file is empty (0 bytes): expected "
+                             f"{NEWS_FORMAT if dataset_name == 'CSL_News' else LABEL_FORMAT}; copy it again "
+                             f"or point --{phase}_label_path at the right file")
+    if dataset_name == "CSL_News":  # the last 1 % is dev (and test)
+        index = _read_news_index(label_path, os.path.getsize(label_path), os.path.getmtime(label_path), pose_dir)
+        split = int(len(index) * CSL_NEWS_TRAIN_FRACTION)
+        samples = index.slice(0, split) if phase == "train" else index.slice(split, len(index))
+    else:
+        samples = _read_pickle_labels(label_path, pose_dir, task)
+    if len(samples) == 0:
+        raise LabelFileError(f"{label_path}: no {phase} samples in it (an empty label list): there is nothing to "
+                             f"{'train on' if phase == 'train' else 'score'}; point --{phase}_label_path at a label "
+                             "file with entries")
+    if phase != "train":  # predictions are matched to references by name
+        _refuse_duplicate_names(samples, label_path, phase)
     return samples
 
 
+@functools.lru_cache(maxsize=2)
+def _read_news_index(label_path, size, mtime, pose_dir):
+    """The whole CSL-News list as one SampleIndex, parsed once per process (dev and train slice it; size and
+    mtime in the key re-read a changed file). Streamed: memory is the index plus one block of entries."""
+    poses, texts = StringTableBuilder(), StringTableBuilder()
+    try:
+        for block in json_array_blocks(label_path):
+            block_poses, block_texts = [entry["pose"] for entry in block], [entry["text"] for entry in block]
+            if set(map(type, block_poses)) != {str} or set(map(type, block_texts)) != {str}:
+                raise TypeError("'pose' and 'text' must be strings")
+            poses.add(block_poses)
+            texts.add(block_texts)
+    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise LabelFileError(f"{label_path}: expected {NEWS_FORMAT} ({type(error).__name__}: {error}); "
+                             "fix or replace the file") from error
+    return SampleIndex(poses.build(), texts.build(), pose_dir)
+
+
+def _read_pickle_labels(label_path, pose_dir, task):
+    try:
+        with gzip.open(label_path, "rb") as f:
+            labels = safe_pickle_load(f)
+    except UnsafePickleError:
+        raise
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise LabelFileError(f"{label_path}: not a readable label file ({type(error).__name__}: {error}); expected "
+                             f"{LABEL_FORMAT}") from error
+    if not isinstance(labels, dict):
+        raise LabelFileError(f"{label_path}: expected {LABEL_FORMAT}, got a {type(labels).__name__}")
+    names, poses, texts = [], [], []
+    for key, label in labels.items():
+        if task == "CSLR" and not (isinstance(label, dict) and isinstance(label.get("gloss"), list) and label["gloss"]):
+            raise LabelFileError(f"{label_path}: entry {key!r} has no gloss list, which --task CSLR trains on: use "
+                                 "--task SLT for translation, or labels with 'gloss' lists (CSL-Daily's)")
+        try:
+            text = " ".join(label["gloss"]) if task == "CSLR" else label["text"]
+            name, video = label["name"], label["video_path"]
+            if not all(isinstance(value, str) for value in (name, video, text)):
+                raise TypeError("'name', 'video_path' and the text must be strings")
+        except (KeyError, TypeError) as error:
+            raise LabelFileError(f"{label_path}: entry {key!r} is malformed ({type(error).__name__}: {error}); "
+                                 f"expected {LABEL_FORMAT}") from error
+        names.append(name)
+        poses.append(os.path.splitext(video)[0] + ".pkl")
+        texts.append(text)
+    poses, texts, names = (_string_table(column) for column in (poses, texts, names))
+    return SampleIndex(poses, texts, pose_dir, names=names)
+
+
+def _string_table(strings):
+    builder = StringTableBuilder()
+    builder.add(strings)
+    return builder.build()
+
+
+def _refuse_duplicate_names(samples, label_path, phase):
+    first = {}
+    for i in range(len(samples)):
+        name = samples.name(i)
+        if name in first:
+            raise LabelFileError(f"{label_path}: two {phase} entries (numbers {first[name]} and {i} of the split) "
+                                 f"share the name {name!r}, so one reference would replace the other when scoring: "
+                                 "give every entry its own name (or remove the duplicate)")
+        first[name] = i
+
+
 class PoseDataset(torch.utils.data.Dataset):
-    """Items dict(name, pose={part: (T, V, 3) float32 tensor}, text); None for a bad sample when skipping."""
+    """Items dict(name, pose={part: (T, V, 3) float32 tensor}, text); None for a bad sample when skipping.
+
+    samples: a SampleIndex (what build_dataset gives: compact, shared by forked workers without copies) or
+    any sequence of {"name", "pose_path", "text"} dicts.
+    """
 
     def __init__(self, dataset_name, phase, samples, max_length=256, skip_bad_samples=False):
         self.dataset_name, self.phase, self.samples = dataset_name, phase, samples

@@ -290,9 +290,11 @@ def format_metrics(stats):
 
 def run(args):
     """main() with the errors a user can fix reported as one clear line instead of a traceback."""
-    from datasets import BadSampleError
+    from datasets import BadSampleError, LabelFileError
     try:
         main(args)
+    except LabelFileError as err:
+        utils.fail(str(err))
     except BadSampleError as err:
         utils.fail(f"{err}\n(pass --skip_bad_samples to skip and count such samples instead)")
     except (FileNotFoundError, model_io.ModelFileError) as err:

@@ -458,7 +458,7 @@ def test_csl_news_json_split_99_1(tmp_path):
     build = lambda phase: datasets.build_dataset("CSL_News", phase, args(), label_path=str(label_path),  # noqa: E731
                                                  pose_dir=str(tmp_path))
     train, dev, test = build("train"), build("dev"), build("test")
-    assert len(train) == 297 and len(dev) == 3 and dev.samples == test.samples
+    assert len(train) == 297 and len(dev) == 3 and list(dev.samples) == list(test.samples)
     assert [s["name"] for s in dev.samples] == ["v297", "v298", "v299"]
     assert train.samples[0] == {"name": "v0", "pose_path": str(tmp_path / "v0.pkl"), "text": "句子0"}
 
