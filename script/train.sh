@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The release's fine-tuning run: Geo-Sign token mode on CSL-Daily, from the stage-1 checkpoint.
-# Paths (mT5, labels, poses) come from config.py.
+# Paths (mT5, labels, poses) come from config.py. NUM_GPUS=4, or HOSTFILE=... for several nodes: script/launch.sh.
+. "$(dirname "$0")/launch.sh"
 output_dir=${OUTPUT_DIR:-out/geo_sign_csl_daily}
 ckpt=${CKPT:-checkpoints/pretraining.pth}
-deepspeed --num_gpus ${NUM_GPUS:-1} fine_tuning.py \
+launch fine_tuning.py 1 \
    --batch_size 8 \
    --gradient_accumulation_steps 8 \
    --epochs 40 \

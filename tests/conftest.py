@@ -1,5 +1,7 @@
 """Shared fixtures: the demo (tiny mT5, tokenizer, CSL-Daily-format data) built once per test session."""
+import gzip
 import os
+import pickle
 import sys
 
 import pytest
@@ -24,3 +26,17 @@ def demo_root(tmp_path_factory):
 def tiny_mt5_path(demo_root):
     """Folder of the demo's tiny mT5 and its tokenizer (from_pretrained works for both)."""
     return demo_root["mt5_path"]
+
+
+@pytest.fixture(scope="session")
+def small_demo(demo_root, tmp_path_factory):
+    """The demo with dev and test cut to 12 samples each, so that every epoch's beam search is quick."""
+    out = tmp_path_factory.mktemp("small_demo")
+    paths = {"train": demo_root["label_paths"]["train"]}
+    for phase in ("dev", "test"):
+        with gzip.open(demo_root["label_paths"][phase], "rb") as f:
+            labels = pickle.load(f)
+        paths[phase] = str(out / f"labels.{phase}")
+        with gzip.open(paths[phase], "wb") as f:
+            pickle.dump(dict(list(labels.items())[:12]), f)
+    return {"mt5_path": demo_root["mt5_path"], "pose_dir": demo_root["pose_dir"], "label_paths": paths}

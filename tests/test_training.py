@@ -14,57 +14,8 @@ import time
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
-
-
-@pytest.fixture(scope="module")
-def small_demo(demo_root, tmp_path_factory):
-    """The demo with dev and test cut to 12 samples each, so that every epoch's beam search is quick."""
-    out = tmp_path_factory.mktemp("small_demo")
-    paths = {"train": demo_root["label_paths"]["train"]}
-    for phase in ("dev", "test"):
-        with gzip.open(demo_root["label_paths"][phase], "rb") as f:
-            labels = pickle.load(f)
-        paths[phase] = str(out / f"labels.{phase}")
-        with gzip.open(paths[phase], "wb") as f:
-            pickle.dump(dict(list(labels.items())[:12]), f)
-    return {"mt5_path": demo_root["mt5_path"], "pose_dir": demo_root["pose_dir"], "label_paths": paths}
-
-
-def base_args(demo, output_dir, epochs=2, steps=4):
-    return ["--dataset", "Demo", "--task", "SLT", "--mt5_path", demo["mt5_path"], "--pose_dir", demo["pose_dir"],
-            "--train_label_path", demo["label_paths"]["train"], "--dev_label_path", demo["label_paths"]["dev"],
-            "--test_label_path", demo["label_paths"]["test"], "--output_dir", str(output_dir),
-            "--epochs", str(epochs), "--quick_break", str(steps), "--batch_size", "4", "--lr", "1e-3",
-            "--warmup-epochs", "0", "--num_workers", "0", "--num_beams", "2", "--max_tgt_len", "20",
-            "--use_hyperbolic", "--hyp_text_cmp", "token", "--hyp_text_emb_src", "decoder"]
-
-
-def clean_env(threads=2, **extra):
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV and not k.startswith("WANDB")}
-    env.update({"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", **extra})
-    return {k: v for k, v in env.items() if v is not None}
-
-
-def run(cmd, timeout=600, threads=2, **env):
-    return subprocess.run(cmd, cwd=ROOT, env=clean_env(threads, **env), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def check_ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nSTDOUT:\n{result.stdout[-3000:]}\nSTDERR:\n{result.stderr[-5000:]}"
-    return result
-
-
-def read_log(output_dir):
-    with open(os.path.join(output_dir, "log.txt"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def read_predictions(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+from e2e import (LAUNCH_ENV, ROOT, assert_scores_like_one_process, base_args, check_ok, clean_env,  # noqa: F401
+                 read_log, read_predictions, run)
 
 
 @pytest.fixture(scope="module")
@@ -174,15 +125,7 @@ def test_two_processes_train_and_score_like_one(small_demo, tmp_path):
     cmd = [launcher, "--num_gpus", "2", "--master_port", "29731", "fine_tuning.py",
            *base_args(small_demo, two, epochs=1, steps=3)]
     check_ok(run(cmd, threads=1))  # two processes share the two cores
-    log = read_log(two)
-    one = tmp_path / "one"
-    args = base_args(small_demo, one) + ["--eval", "--finetune", str(two / "checkpoint.pth")]
-    result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
-    for split in ("dev", "test"):
-        line = next(line for line in result.stdout.splitlines() if line.startswith(f"{split}:"))
-        assert f"bleu4 {log[0][f'{split}_bleu4']:.2f}" in line and f"rouge {log[0][f'{split}_rouge']:.2f}" in line
-        gathered = read_predictions(two / f"{split}_tmp_pres.txt")
-        assert gathered == read_predictions(one / f"{split}_tmp_pres.txt")  # same order, none lost or doubled
+    assert_scores_like_one_process(small_demo, two, tmp_path / "one")
 
 
 def test_pretraining_checkpoint_loads_into_fine_tuning(demo_root, small_demo, tmp_path):
