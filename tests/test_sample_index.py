@@ -5,10 +5,12 @@ import json
 import os
 import pickle
 import random
+import sys
 
 import pytest
 
 import datasets
+from e2e import base_args, run
 from sample_index import SampleIndex, StringTableBuilder, json_array_blocks
 
 
@@ -122,3 +124,38 @@ def test_duplicate_names_in_a_scored_split_are_refused(tmp_path):
     with pytest.raises(datasets.LabelFileError, match="share the name 'a'"):
         datasets.build_dataset("CSL_Daily", "dev", args(), label_path=str(path), pose_dir=str(tmp_path))
     assert len(datasets.build_dataset("CSL_Daily", "train", args(), label_path=str(path), pose_dir=str(tmp_path))) == 3
+
+
+# ----------------------------------------------------------------------------- the same, as a user meets them
+def demo_labels(small_demo, phase):
+    with gzip.open(small_demo["label_paths"][phase], "rb") as f:
+        return pickle.load(f)
+
+
+@pytest.mark.parametrize("case", ["zero_bytes"] + [pytest.param(case, marks=pytest.mark.slow) for case in  # same path
+                                                   ("plain_text", "cslr_without_gloss", "empty_train", "duplicate_dev")])
+def test_bad_label_file_ends_in_one_error_line(small_demo, tmp_path, case):
+    """fine_tuning.py exits 1 with one `error:` line naming the label file (about 25 s a case under load)."""
+    phase = "dev" if case == "duplicate_dev" else "train"
+    path = tmp_path / f"labels.{phase}"
+    extra = []
+    if case == "zero_bytes":
+        path.write_bytes(b"")
+    elif case == "plain_text":
+        path.write_text("video text\nclip1 hello world\n", encoding="utf-8")
+    elif case == "cslr_without_gloss":
+        write_labels(path, {k: {f: v for f, v in label.items() if f != "gloss"}
+                            for k, label in demo_labels(small_demo, "train").items()})
+        extra = ["--task", "CSLR"]
+    elif case == "empty_train":
+        write_labels(path, {})
+    else:
+        labels = demo_labels(small_demo, "dev")
+        first = next(iter(labels.values()))
+        write_labels(path, {**labels, "copy": dict(first, text="another reference")})
+    demo = dict(small_demo, label_paths=dict(small_demo["label_paths"], **{phase: str(path)}))
+    result = run([sys.executable, "fine_tuning.py", *base_args(demo, tmp_path / "out"), *extra])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert str(path) in errors[0]
+    assert not os.path.exists(tmp_path / "out" / "checkpoint.pth")
