@@ -45,9 +45,19 @@ class StringTableBuilder:
         self.chunks, self.lengths = [], []
 
     def add(self, strings):
-        encoded = [s.encode("utf-8") for s in strings]
-        self.lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
-        self.chunks.append(b"".join(encoded))
+        """Append a list of strings: joined with NUL and encoded in one call, split where the NULs are."""
+        joined = "\0".join(strings).encode("utf-8")
+        data = np.frombuffer(joined, dtype=np.uint8)
+        separators = np.flatnonzero(data == 0)
+        if len(separators) != max(len(strings) - 1, 0):  # a string holds NUL itself: encode one by one
+            encoded = [s.encode("utf-8") for s in strings]
+            self.lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
+            self.chunks.append(b"".join(encoded))
+            return
+        if strings:
+            ends = np.append(separators, len(data))
+            self.lengths.append(np.diff(ends, prepend=-1) - 1)
+            self.chunks.append(data[data != 0].tobytes())
 
     def build(self):
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)

@@ -1,11 +1,21 @@
-"""Pose loading speed: load + normalise one 300-frame pose file vs a bare pickle.load of the same file.
+"""Data loading speed, in two parts.
 
-    python script/benchmark.py data [--frames 300] [--repeats 200]
+    python script/benchmark.py data [--frames 300] [--repeats 200] [--workers 0 2 4] [--batches 40] [--no_loader]
 
-Both are measured in this process on a realistic file (RTMPose layout: lists of per-frame (1, 133, 2) and
-(1, 133) float32 arrays); prints both median times and the ratio, the last line a JSON object {"ratio": ...}.
+1. Pose reading: load + normalise one 300-frame pose file (PoseDataset.__getitem__: the restricted
+   unpickler, checks, frame selection, parts) vs a bare pickle.load of the same file, both in this
+   process on a realistic file (RTMPose layout: lists of per-frame (1, 133, 2) and (1, 133) float32
+   arrays). Target: <= 2x.
+2. Does the loader keep up? One rank's DataLoader alone on the demo's training set (batch 8, shuffled,
+   collated and tokenised) in batches/s for each --workers count, after its first batch, against the
+   model's training steps/s (forward, backward, AdamW step; demo model, token-mode Geo-Sign, no
+   DeepSpeed) on batches already in memory. A loader slower than the model leaves the accelerator
+   waiting. The demo is config.py's (`python script/make_demo.py`), else one built in a temporary folder.
+
+The last line is a JSON object: "ratio" (part 1), "train_steps_per_s", "loader_batches_per_s" per worker count.
 """
 import argparse
+import itertools
 import json
 import os
 import pickle
@@ -15,7 +25,11 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _folder in (ROOT, os.path.join(ROOT, "script")):
+    if _folder not in sys.path:
+        sys.path.insert(0, _folder)
+import config  # noqa: E402
 import datasets  # noqa: E402
 
 
@@ -29,6 +43,17 @@ def write_realistic_pose(path, num_frames, seed=0):
         pickle.dump({"keypoints": keypoints, "scores": scores}, f, protocol=4)
 
 
+def one_sample_index(path):
+    """A SampleIndex holding one sample, the pose file at path."""
+    from sample_index import SampleIndex, StringTableBuilder
+    tables = []
+    for column in ([os.path.basename(path)], [""]):
+        builder = StringTableBuilder()
+        builder.add(column)
+        tables.append(builder.build())
+    return SampleIndex(*tables, pose_dir=os.path.dirname(path))
+
+
 def median_seconds(function, repeats):
     times = []
     for _ in range(repeats):
@@ -38,16 +63,104 @@ def median_seconds(function, repeats):
     return float(np.median(times))
 
 
+def demo_paths(demo_root, folder):
+    """The demo's paths: under demo_root, else config.py's when built, else a new one in folder."""
+    import make_demo
+    if demo_root is None and os.path.isfile(config.train_label_paths["Demo"]) and \
+            os.path.isfile(os.path.join(config.demo_mt5_path, "config.json")):
+        return {"mt5_path": config.demo_mt5_path, "pose_dir": config.pose_dirs["Demo"],
+                "label_paths": {"train": config.train_label_paths["Demo"]}}
+    if demo_root is not None and os.path.isdir(os.path.join(demo_root, "data", "demo")):
+        return {"mt5_path": os.path.join(demo_root, "pretrained_weight", "mt5-demo"),
+                "pose_dir": os.path.join(demo_root, "data", "demo", "pose_format"),
+                "label_paths": {"train": os.path.join(demo_root, "data", "demo", "labels.train")}}
+    print(f"building the demo data and mT5 in {folder} (python script/make_demo.py keeps one)")
+    return make_demo.build_demo(folder, seed=0)
+
+
+def demo_model_args(mt5_path, batch_size):
+    """fine_tuning.py's settings for the demo run (script/demo.sh's flags)."""
+    import fine_tuning
+    return fine_tuning.get_args_parser().parse_args(
+        ["--dataset", "Demo", "--mt5_path", mt5_path, "--use_hyperbolic", "--hyp_text_cmp", "token",
+         "--hyp_text_emb_src", "decoder", "--batch_size", str(batch_size), "--lr", "1e-3", "--num_workers", "0"])
+
+
+def loader_batches_per_s(dataset, collator, batch_size, num_workers, batches):
+    """Batches/s of a shuffled DataLoader over `batches` batches after its first (worker start-up excluded)."""
+    import torch
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator,
+                                         num_workers=num_workers, drop_last=True)
+    stream = itertools.cycle(loader) if len(loader) <= batches else iter(loader)
+    next(stream)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches / (time.perf_counter() - start)
+
+
+def train_steps_per_s(model, batches, steps):
+    """Optimizer steps/s of the model (forward, backward, AdamW) on batches already collated, after a warm-up."""
+    import torch
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+
+    def step(batch):
+        optimizer.zero_grad(set_to_none=True)
+        model(batch)["loss"].backward()
+        optimizer.step()
+
+    step(batches[0])
+    start = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    return steps / (time.perf_counter() - start)
+
+
+def loader_vs_model(args):
+    """Part 2: {"train_steps_per_s", "loader_batches_per_s": {workers: batches/s}}, printed side by side."""
+    import torch
+    import models
+    with tempfile.TemporaryDirectory() as folder:
+        demo = demo_paths(args.demo_root, folder)
+        model_args = demo_model_args(demo["mt5_path"], args.batch_size)
+        torch.manual_seed(0)
+        model = models.Uni_Sign(model_args)
+        model.set_total_updates(1000)
+        dataset = datasets.build_dataset("Demo", "train", model_args, label_path=demo["label_paths"]["train"],
+                                         pose_dir=demo["pose_dir"])
+        collator = datasets.PoseCollator(model.mt5_tokenizer, "Demo")
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collator)
+        steps_per_s = train_steps_per_s(model, list(itertools.islice(loader, 3)), args.train_steps)
+        loader_speed = {}
+        for workers in args.workers:  # model first, then the loaders: neither runs while the other is timed
+            loader_speed[workers] = loader_batches_per_s(dataset, collator, args.batch_size, workers, args.batches)
+    print(f"model: {steps_per_s:.2f} training steps/s (demo model, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads, {args.train_steps} steps)")
+    for workers, speed in loader_speed.items():
+        verdict = "keeps up" if speed >= steps_per_s else "the model waits for it"
+        print(f"loader, --num_workers {workers}: {speed:.2f} batches/s = {speed / steps_per_s:.1f}x the model's "
+              f"steps/s ({verdict})")
+    return {"train_steps_per_s": round(steps_per_s, 3),
+            "loader_batches_per_s": {str(w): round(v, 3) for w, v in loader_speed.items()}}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4], help="DataLoader worker counts")
+    parser.add_argument("--batches", type=int, default=40, help="batches timed per worker count")
+    parser.add_argument("--train_steps", type=int, default=5, help="training steps timed")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--demo_root", default=None, help="a folder make_demo.build_demo built (default: config.py's)")
+    parser.add_argument("--no_loader", action="store_true", help="only part 1, the pose read")
     args = parser.parse_args(argv)
     dataset = datasets.PoseDataset("CSL_Daily", "test", [], max_length=256)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "sample.pkl")
         write_realistic_pose(path, args.frames)
-        dataset.samples = [{"name": "sample", "pose_path": path, "text": ""}]
+        dataset.samples = one_sample_index(path)  # as build_dataset stores samples
 
         def bare_load():
             with open(path, "rb") as f:
@@ -63,8 +176,10 @@ def main(argv=None):
     ratio = ours / bare
     print(f"bare pickle.load of a {args.frames}-frame pose file: {bare * 1e3:.3f} ms (median of {args.repeats})")
     print(f"load + normalise (PoseDataset.__getitem__, max_length 256): {ours * 1e3:.3f} ms")
-    print(json.dumps({"bare_ms": round(bare * 1e3, 4), "load_normalise_ms": round(ours * 1e3, 4),
-                      "ratio": round(ratio, 3)}))
+    result = {"bare_ms": round(bare * 1e3, 4), "load_normalise_ms": round(ours * 1e3, 4), "ratio": round(ratio, 3)}
+    if not args.no_loader:
+        result.update(loader_vs_model(args))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Speed checks, measured side by side in one process.
 
-    python script/benchmark.py data         # pose loading + normalisation vs a bare pickle.load
+    python script/benchmark.py data         # pose loading + normalisation vs a bare pickle.load; loader vs model speed
+    python script/benchmark.py index        # CSL-News-size sample index: start-up and memory, compact vs plain
     python script/benchmark.py hyperbolic   # training step with the token-mode branch vs without
     python script/benchmark.py metrics      # scoring the 2,349 How2Sign pairs (target: under 2 s)
     python script/benchmark.py extract      # pose extraction: the pipeline's own cost per frame vs the models'
@@ -8,7 +9,8 @@
     python script/benchmark.py gpu          # bf16 ZeRO-2 step at the mT5-base shape (--tiny: CPU smoke run)
 
 Each prints its measurements; its last line is a JSON object (the side-by-side ones: the ratio under "ratio";
-extract: pipeline_ms_per_frame and model_ms_per_frame; gpu: ms per step, TFLOP/s, MFU, memory per configuration).
+index: "memory_ratio" and "startup_s"; extract: pipeline_ms_per_frame and model_ms_per_frame; gpu: ms per
+step, TFLOP/s, MFU, memory per configuration).
 """
 import argparse
 import os
@@ -20,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["data", "hyperbolic", "metrics", "extract", "step", "gpu"])
+    parser.add_argument("which", choices=["data", "hyperbolic", "index", "metrics", "extract", "step", "gpu"])
     args, rest = parser.parse_known_args()
     if args.which == "metrics":
         return bench_metrics()
@@ -32,6 +34,8 @@ def main():
         import bench_step as bench
     elif args.which == "gpu":
         import bench_gpu as bench
+    elif args.which == "index":
+        import bench_index as bench
     else:
         import bench_hyperbolic as bench
     bench.main(rest)

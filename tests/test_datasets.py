@@ -484,7 +484,18 @@ def test_malformed_label_entry_names_file(tmp_path):
 
 def test_benchmark_script_prints_ratio_json(capsys):
     import bench_data
-    bench_data.main(["--frames", "50", "--repeats", "3"])
+    bench_data.main(["--frames", "50", "--repeats", "3", "--no_loader"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
     assert result["ratio"] > 0 and result["bare_ms"] > 0
+
+
+def test_benchmark_data_compares_loader_and_model_speed(demo_root, capsys):
+    import bench_data
+    bench_data.main(["--frames", "50", "--repeats", "3", "--demo_root", demo_root["out_root"], "--workers", "0", "2",
+                     "--batches", "3", "--train_steps", "1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["train_steps_per_s"] > 0 and set(result["loader_batches_per_s"]) == {"0", "2"}
+    assert all(speed > 0 for speed in result["loader_batches_per_s"].values())
+    assert any("--num_workers 2" in line and "the model's steps/s" in line for line in out)

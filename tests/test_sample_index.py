@@ -159,3 +159,13 @@ def test_bad_label_file_ends_in_one_error_line(small_demo, tmp_path, case):
     assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert str(path) in errors[0]
     assert not os.path.exists(tmp_path / "out" / "checkpoint.pth")
+
+
+def test_string_table_round_trips_any_text():
+    batches = [["a", "", "你好", "x\0y", ""], [], [""], ["\0"], ["last"]]
+    builder = StringTableBuilder()
+    for batch in batches:
+        builder.add(batch)
+    table = builder.build()
+    flat = [s for batch in batches for s in batch]
+    assert len(table) == len(flat) and [table[i] for i in range(len(table))] == flat
