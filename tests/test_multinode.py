@@ -44,13 +44,13 @@ def test_two_nodes_train_once_and_score_like_one_process(small_demo, tmp_path):
     for stdout, stderr, returncode in results:
         assert returncode == 0, f"exit {returncode}\nSTDOUT:\n{stdout[-3000:]}\nSTDERR:\n{stderr[-5000:]}"
     for rank, (stdout, stderr, _) in enumerate(results):  # each launcher started only its node's process
-        assert f"nnodes=2, num_local_procs=1, node_rank={rank}" in stderr
+        assert f"nnodes=2, num_local_procs=1, node_rank={rank}" in stdout + stderr
     assert "2 process(es)" in results[0][0]
     assert "2 process(es)" not in results[1][0]  # node 1's rank prints nothing of its own
     # written once, by global rank 0 only (not once per node): one log line, one prediction per sample
     assert [r["epoch"] for r in read_log(out)] == [0]
     assert len(read_predictions(out / "dev_tmp_pres.txt")) == 12
-    assert sorted(os.listdir(out / "deepspeed")) == ["epoch0", "latest"]
+    assert [name for name in os.listdir(out / "deepspeed") if name.startswith("epoch")] == ["epoch0"]
     assert not [name for name in os.listdir(out) if ".tmp-" in name]
     ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 3
