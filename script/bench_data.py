@@ -90,8 +90,13 @@ def loader_batches_per_s(dataset, collator, batch_size, num_workers, batches):
     """Batches/s of a shuffled DataLoader over `batches` batches after its first (worker start-up excluded)."""
     import torch
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator,
-                                         num_workers=num_workers, drop_last=True)
-    stream = itertools.cycle(loader) if len(loader) <= batches else iter(loader)
+                                         num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0)
+
+    def epochs():  # as many epochs as it takes (each loads and collates its batches afresh)
+        while True:
+            yield from loader
+
+    stream = epochs()
     next(stream)
     start = time.perf_counter()
     for _ in range(batches):
