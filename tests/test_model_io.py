@@ -15,7 +15,7 @@ import torch
 import model_io
 from datasets import DataConfig
 from models import ModelConfig, Uni_Sign
-from test_training import base_args, check_ok, read_log, read_predictions, run, small_demo  # noqa: F401 (fixture)
+from e2e import base_args, check_ok, read_log, read_predictions, run  # small_demo: conftest.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
