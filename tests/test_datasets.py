@@ -493,7 +493,7 @@ def test_benchmark_script_prints_ratio_json(capsys):
 def test_benchmark_data_compares_loader_and_model_speed(demo_root, capsys):
     import bench_data
     bench_data.main(["--frames", "50", "--repeats", "3", "--demo_root", demo_root["out_root"], "--workers", "0", "2",
-                     "--batches", "3", "--train_steps", "1"])
+                     "--batches", "3", "--train_steps", "1", "--batch_size", "2"])
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
     assert result["train_steps_per_s"] > 0 and set(result["loader_batches_per_s"]) == {"0", "2"}
