@@ -73,7 +73,7 @@ def get_args_parser():
     p.add_argument("--hyp_text_emb_src", default=MODEL.hyp_text_emb_src, choices=["token", "decoder"])
     p.add_argument("--hyp_text_cmp", default=MODEL.hyp_text_cmp, choices=["pooled", "attn", "token"])
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the ST-GCN blocks (off by default: unmeasured gain, minutes of compilation)")
+                   help="torch.compile the pose encoder (off by default: its gain is not measured yet)")
     p.add_argument("--alpha", type=float, default=MODEL.alpha)
     p.add_argument("--label_smoothing_hyp", type=float, default=MODEL.label_smoothing_hyp)
     # logging
@@ -208,8 +208,7 @@ def main(args):
     utils.set_seed(args.seed)  # the same initial model on every rank
     model = Uni_Sign(args, safetensors_only=args.mt5_path == model_io.folder_mt5_path(args.finetune))
     if args.compile:
-        from stgcn_layers import compile_blocks
-        compile_blocks(model.gcn_modules, model.fusion_gcn_modules)
+        model.compile_pose_encoder()
     utils.set_seed(args.seed + rank)  # different random frames per rank
     if args.finetune:
         model_io.load_weights(model, args.finetune, drop_curvature=not args.eval, read=finetuned)

@@ -167,6 +167,12 @@ class Uni_Sign(nn.Module):
         attention_mask = torch.cat([batch["prompt_mask"].to(device), pose_mask], dim=1)
         return inputs_embeds, attention_mask, part_features, pose_mask
 
+    def compile_pose_encoder(self):
+        """torch.compile encode_pose (the ST-GCNs and the projection into mT5's inputs) in place; parameter
+        names, hence checkpoint keys, stay the same. Shapes are dynamic (frames and prompts vary by batch);
+        mT5 stays eager (generation changes its shapes at every token)."""
+        self.encode_pose = torch.compile(self.encode_pose, dynamic=True)
+
     # ------------------------------------------------------------------ training
     def forward(self, batch):
         """Training loss. Returns dict(loss, ce_loss[, hyp_loss, alpha, curvature, temperature, margin,

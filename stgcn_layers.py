@@ -98,14 +98,6 @@ def temporal_stack(adjacency):
     return nn.Sequential(OrderedDict([(f"layer0_{i}", STGCNBlock(256, 256, adjacency, 5)) for i in range(3)]))
 
 
-def compile_blocks(*stacks_by_part):
-    """torch.compile every STGCNBlock in place (nn.Module.compile: parameter names, hence checkpoint keys,
-    stay as they are). Shapes vary with each batch's frame count, so the graphs are compiled dynamic."""
-    for stacks in stacks_by_part:
-        for block in {id(b): b for stack in stacks.values() for b in stack}.values():
-            block.compile(dynamic=True)
-
-
 def build_part_modules():
     """Return (proj_linear, gcn_modules, fusion_gcn_modules) ModuleDicts keyed body/left/right/face_all.
 

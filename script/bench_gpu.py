@@ -90,8 +90,7 @@ def child(args):
     utils.set_seed(run_args.seed)
     model = Uni_Sign(run_args)
     if run_args.compile:  # as fine_tuning.main does
-        from stgcn_layers import compile_blocks
-        compile_blocks(model.gcn_modules, model.fusion_gcn_modules)
+        model.compile_pose_encoder()
     train = build_training(run_args, model)
     batch = random_batch(model.mt5_tokenizer, args.batch_size, args.frames, args.text_len)
     batch.update(name=[f"s{i}" for i in range(args.batch_size)], num_skipped=0)

@@ -48,12 +48,23 @@ def test_gpu_benchmark_runs_tiny_on_cpu():
     assert "token-mode / pose-only step" in stdout
 
 
-def test_compile_blocks_keeps_checkpoint_keys():
-    """fine_tuning.py --compile compiles the ST-GCN blocks in place: the state dict's names do not change."""
-    import stgcn_layers
-    parts = stgcn_layers.build_part_modules()
-    before = [list(group.state_dict()) for group in parts]
-    stgcn_layers.compile_blocks(parts[1], parts[2])
-    assert [list(group.state_dict()) for group in parts] == before
-    blocks = [block for group in parts[1:] for stack in group.values() for block in stack]
-    assert len(blocks) == 4 * 6 and all(block._compiled_call_impl is not None for block in blocks)
+@pytest.mark.slow
+def test_compiled_pose_encoder_keeps_keys_and_outputs(tiny_mt5_path):
+    """fine_tuning.py --compile: encode_pose under torch.compile gives the eager outputs (to round-off), and
+    the state dict's names do not change."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import models
+    from bench_hyperbolic import random_batch
+    torch.manual_seed(0)
+    model = models.Uni_Sign(SimpleNamespace(mt5_path=tiny_mt5_path)).eval()
+    batch = random_batch(model.mt5_tokenizer, 2, 6, 6)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        eager = model.encode_pose(batch)[0]
+        model.compile_pose_encoder()
+        compiled = model.encode_pose(batch)[0]
+    assert list(model.state_dict()) == keys
+    assert torch.allclose(compiled, eager, atol=1e-5, rtol=1e-4)
