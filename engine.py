@@ -8,17 +8,47 @@ the hyperbolic branch's ManifoldParameters, and the checkpoints.
 
 Two kinds of checkpoint are written:
 - output_dir/checkpoint.pth (+ best_checkpoint.pth): a plain dict with the release's keys (`model`,
-  `epoch`, `args`, `max_accuracy`, `global_step`) that --finetune / --eval and the release load;
+  `epoch`, `args`, `max_accuracy`, `global_step`) that --finetune / --eval and the release load; `model`
+  holds the fp32 master weights;
 - output_dir/deepspeed/epoch<N>/: DeepSpeed's resumable state (both optimizers, the scheduler, RNG,
-  epoch, best score), of which only the newest epoch is kept.
-"""
-import os
-import shutil
+  epoch, best score), of which only the newest epoch is kept. `deepspeed/latest` names it.
 
+What is trusted: nothing read back runs code. --resume first loads every file of the tag with
+torch.load(weights_only=True), allowing only tensors, containers and the four DeepSpeed types listed
+in `deepspeed_safe_globals`, and refuses the tag otherwise; only then does DeepSpeed load it.
+"""
+import contextlib
+import errno
+import glob
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+
+import numpy as np
 import torch
 import torch.distributed as dist
 
 import utils
+
+# Flags that say where and how a run is watched, not what it trains: they may differ on --resume.
+RUN_ONLY_FLAGS = {"resume", "output_dir", "local_rank", "num_workers", "wandb", "wandb_project", "wandb_run_name",
+                  "save_one_batch", "eval", "finetune"}
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT. A BaseException, like KeyboardInterrupt, so that it unwinds through every
+    `finally` (temporary files are removed) and no `except Exception` swallows it."""
+
+    def __init__(self, signum):
+        self.signum, self.name = int(signum), signal.Signals(signum).name
+        super().__init__(self.name)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read back; the message names the file and the fix."""
 
 
 def deepspeed_config(args, total_updates, warmup_updates):
@@ -68,10 +98,14 @@ def deepspeed_initialize(model, optimizer, ds_config):
     return engine, scheduler
 
 
-def step_hyperbolic(optimizer, max_norm):
-    """Riemannian Adam steps once per optimizer update, on gradients averaged over ranks (idempotent
-    when DeepSpeed already reduced them) and clipped like the Euclidean ones."""
+def step_hyperbolic(optimizer, max_norm, grad_scale=1.0):
+    """Riemannian Adam steps once per optimizer update, on gradients divided by `grad_scale` (DeepSpeed's
+    fp16 loss scale), averaged over ranks (idempotent when DeepSpeed already reduced them) and clipped
+    like the Euclidean ones."""
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if grad_scale != 1.0:
+        for p in params:
+            p.grad.div_(grad_scale)
     if utils.world_size() > 1:
         for p in params:
             dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
@@ -88,12 +122,14 @@ class Engine:
     def __init__(self, model, args, total_updates, warmup_updates):
         import geoopt
         self.args = args
+        self.last_saved_epoch = None
         optimizer = torch.optim.AdamW(model.euclidean_param_groups(args.weight_decay), lr=args.lr,
                                       betas=tuple(args.opt_betas))
         hyp_params = model.hyperbolic_parameters() if args.use_hyperbolic else []
+        hyp_values = [p.data.float().clone() for p in hyp_params]
         self.ds, _ = deepspeed_initialize(model, optimizer, deepspeed_config(args, total_updates, warmup_updates))
-        for p in hyp_params:  # the geometry stays in float32 whatever DeepSpeed's precision
-            p.data = p.data.float()
+        for p, value in zip(hyp_params, hyp_values):  # the geometry stays in float32 whatever DeepSpeed's
+            p.data = value.to(p.device)  # precision, from its float32 values (not their 16-bit rounding)
         self.hyp_optimizer = (geoopt.optim.RiemannianAdam(hyp_params, lr=args.hyp_lr, stabilize=100)
                               if hyp_params else None)
 
@@ -109,14 +145,29 @@ class Engine:
 
     def step(self, loss):
         """Backward of one micro-batch; at an accumulation boundary, one update of both optimizers and of
-        the model's update counter (alpha's schedule)."""
+        the model's update counter (alpha's schedule). Under fp16 DeepSpeed scales the loss, so the
+        hyperbolic gradients are divided by the same scale, and when DeepSpeed skips an update (gradient
+        overflow; it then lowers the scale and does not advance its schedule) Riemannian Adam skips it too."""
         boundary = self.ds.is_gradient_accumulation_boundary()
+        scale = self.loss_scale()  # read before step(), which lowers it after an overflow
         self.ds.backward(loss)
-        if boundary and self.hyp_optimizer is not None:
-            step_hyperbolic(self.hyp_optimizer, self.args.gradient_clipping)
         self.ds.step()
-        if boundary:
+        if not boundary:
+            return
+        applied = self.ds.was_step_applied()
+        if self.hyp_optimizer is not None:
+            if applied:
+                step_hyperbolic(self.hyp_optimizer, self.args.gradient_clipping, grad_scale=scale)
+            else:
+                self.hyp_optimizer.zero_grad(set_to_none=True)
+        if applied:
             self.module.count_update()
+
+    def loss_scale(self):
+        """DeepSpeed's current fp16 loss scale (1 for bf16 and fp32, which are not scaled)."""
+        if not self.ds.fp16_enabled():
+            return 1.0
+        return float(self.ds.optimizer.loss_scale)
 
     def lr(self):
         return self.ds.get_lr()[0]
@@ -132,7 +183,9 @@ class Engine:
 
     def save(self, output_dir, epoch, best, improved):
         """checkpoint.pth (+ best_checkpoint.pth) as plain dicts the release can load, written atomically
-        on rank 0; the resumable DeepSpeed state (optimizers, scheduler, RNG) in output_dir/deepspeed."""
+        on rank 0; then the resumable DeepSpeed state (optimizers, scheduler, RNG) in
+        output_dir/deepspeed/epoch<N>, which becomes `latest` only once every rank has written its part.
+        A save that fails or is stopped removes what it wrote; the previous epoch's state stays."""
         state = model_state_dict(self.ds)
         if utils.is_main_process():
             ckpt = {"model": state, "epoch": epoch, "args": vars(self.args), "max_accuracy": best,
@@ -142,51 +195,246 @@ class Engine:
             if improved:
                 link_atomic(last, os.path.join(output_dir, "best_checkpoint.pth"))
         ds_dir = os.path.join(output_dir, "deepspeed")
-        client = {"epoch": epoch, "best": best, "rng": utils.gather_objects(utils.rng_state()),
+        tag = f"epoch{epoch}"
+        client = {"epoch": epoch, "best": best, "args": plain_args(self.args),
+                  "rng": utils.gather_objects(rng_state()),
                   "hyp_optimizer": self.hyp_optimizer.state_dict() if self.hyp_optimizer is not None else None}
-        self.ds.save_checkpoint(ds_dir, tag=f"epoch{epoch}", client_state=client)
-        if utils.is_main_process():  # keep only the newest resumable state: it holds the optimizer moments
-            prune(ds_dir, keep=f"epoch{epoch}")
+        try:
+            # `latest` is ours (written atomically below), not DeepSpeed's (truncated, then written)
+            self.ds.save_checkpoint(ds_dir, tag=tag, client_state=client, save_latest=False)
+        except BaseException as err:
+            full = disk_is_full(err, ds_dir)
+            if local_rank() == 0 and latest_tag(ds_dir) != tag:
+                shutil.rmtree(os.path.join(ds_dir, tag), ignore_errors=True)
+            if full:
+                raise CheckpointError(f"could not write {os.path.join(ds_dir, tag)}: the disk is full; "
+                                      f"free some space (the epoch {self.last_saved_epoch} state stays resumable)") from err
+            raise
+        if local_rank() == 0:  # every node: its own copy of the shards may live on its own disk
+            commit(ds_dir, tag)
+        self.last_saved_epoch = epoch
 
     def resume(self, output_dir):
-        """Restore the state save() wrote; returns (first epoch to train, best dev score so far)."""
+        """Restore the state save() wrote, after checking that none of its files can run code; returns
+        (first epoch to train, best dev score so far). A state saved with another number of ranks is
+        restored with the model, schedule and Riemannian Adam state; a partitioned (ZeRO) AdamW state
+        cannot be resharded here, so AdamW's moments restart, with a warning."""
         ds_dir = os.path.join(output_dir, "deepspeed")
-        path, client = self.ds.load_checkpoint(ds_dir)
-        if path is None:
+        tag = latest_tag(ds_dir)
+        if tag is None or not os.path.isfile(os.path.join(ds_dir, tag, "mp_rank_00_model_states.pt")):
+            last = os.path.join(output_dir, "checkpoint.pth")
+            if os.path.isfile(last):
+                utils.fail(f"--resume: {ds_dir} holds no complete resumable state (the run stopped before its "
+                           f"first optimizer state was saved), though {last} holds weights: start a new run with "
+                           f"--finetune {last} to keep them (the optimizers and the schedule restart)")
             utils.fail(f"--resume: no resumable state in {ds_dir}; start without --resume")
+        saved = check_resumable_state(os.path.join(ds_dir, tag))
+        self._check_same_model(saved, ds_dir)
+        saved_world = int(saved.get("dp_world_size", utils.world_size()))
+        partitioned = bool(glob.glob(os.path.join(ds_dir, tag, "*zero_pp_rank_*optim_states.pt")))
+        reshaped = saved_world != utils.world_size() and partitioned
+        if reshaped:
+            print(f"warning: --resume: the state was saved by {saved_world} ranks and this run has "
+                  f"{utils.world_size()}; DeepSpeed's partitioned AdamW state cannot be resharded here, so AdamW's "
+                  f"moments restart (weights, learning-rate schedule, alpha's schedule, Riemannian Adam, epoch "
+                  f"and best score continue)")
+        path, client = self.ds.load_checkpoint(ds_dir, tag=tag, load_optimizer_states=not reshaped,
+                                               load_lr_scheduler_states=True)
+        if path is None:
+            utils.fail(f"--resume: DeepSpeed could not load {os.path.join(ds_dir, tag)}")
         if self.hyp_optimizer is not None:
             self.hyp_optimizer.load_state_dict(client["hyp_optimizer"])
-        utils.set_rng_state(client["rng"][utils.rank()])
+            for state in self.hyp_optimizer.state.values():  # torch loads geoopt's integer step count as a
+                if torch.is_tensor(state.get("step")):  # float tensor, which changes the bias corrections' rounding
+                    state["step"] = int(state["step"].item())
+        if utils.rank() < len(client["rng"]):
+            set_rng_state(client["rng"][utils.rank()])
+        self.last_saved_epoch = client["epoch"]
         print(f"Resumed from {path}: continuing at epoch {client['epoch'] + 1} (best dev score {client['best']})")
         return client["epoch"] + 1, client["best"]
 
+    def _check_same_model(self, saved, ds_dir):
+        """Refuse, naming the flags that differ, a resumable state of another model (say, one saved
+        with --use_hyperbolic resumed without it), instead of DeepSpeed's unexpected-keys traceback."""
+        theirs = {k: tuple(v.shape) for k, v in (saved.get("module") or {}).items()}
+        if not theirs or self.ds.zero_optimization_stage() == 3:  # ZeRO-3 saves partitions, not shapes
+            return
+        ours = {k: tuple(v.shape) for k, v in self.module.state_dict().items()}
+        if ours == theirs:
+            return
+        saved_args, args = saved.get("args") or {}, plain_args(self.args)
+        flags = [f"--{k} {saved_args[k]!r} (now {args.get(k)!r})" for k in sorted(saved_args)
+                 if k not in RUN_ONLY_FLAGS and saved_args[k] != args.get(k)]
+        differing = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs[k])
+        utils.fail(f"--resume: the state in {ds_dir} belongs to another model ({len(differing)} tensors differ, "
+                   f"e.g. {differing[0]}); it was saved with " + (", ".join(flags) if flags else "the same flags")
+                   + ": resume with the saved flags, or start a new run in another --output_dir")
 
-def prune(ds_dir, keep):
-    """Remove every epoch tag of ds_dir but `keep`."""
+
+def plain_args(args):
+    """The flags as a dict of plain values (what a weights_only load reads back)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+
+
+# ---------------------------------------------------------------------------- resumable state on disk
+
+def deepspeed_safe_globals():
+    """The non-tensor types DeepSpeed pickles into its checkpoint files (ZeRO's fragment addresses and
+    stage, the fp16 loss scalers): plain data, rebuilt without running code of the file's choosing."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [DynamicLossScaler, LossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_trusted(path):
+    """torch.load that runs no code from the file: tensors, containers and deepspeed_safe_globals() only.
+    Memory-mapped, so checking a multi-GB optimizer state reads little of it."""
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def check_resumable_state(tag_dir):
+    """Load every file of a DeepSpeed tag with load_trusted() before DeepSpeed (which unpickles without
+    restriction) may read it; stop with one line naming the first file that holds anything else.
+    Returns the model-states dict (DeepSpeed's metadata and our client state)."""
+    model_states = None
+    for path in sorted(glob.glob(os.path.join(tag_dir, "**", "*"), recursive=True)):
+        if os.path.isdir(path):
+            continue
+        try:
+            content = load_trusted(path)
+        except Exception as err:  # noqa: BLE001 -- any failure means the file is not what save() wrote
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            utils.fail(f"--resume: refusing {path}: it is not a checkpoint file holding only tensors and "
+                       f"DeepSpeed's own types ({reason[:200]}). Resumable state is never unpickled beyond that; "
+                       f"if this folder is not yours, start a new run")
+        if os.path.basename(path) == "mp_rank_00_model_states.pt":
+            model_states = content
+    return model_states
+
+
+def latest_tag(ds_dir):
+    """The tag named by ds_dir/latest when it is one of ours (epoch<N>), else None."""
+    try:
+        with open(os.path.join(ds_dir, "latest"), encoding="utf-8") as f:
+            tag = f.read().strip()
+    except OSError:
+        return None
+    return tag if re.fullmatch(r"epoch\d+", tag) else None
+
+
+def commit(ds_dir, tag):
+    """Make `tag` the resumable state (ds_dir/latest, replaced atomically), then remove older tags: only
+    the newest is kept, it alone holds the optimizer moments. Run by each node's local rank 0, so that
+    nodes writing their shards to their own disks prune their own copies (on a shared file system the
+    nodes' removals of the same folders are harmless)."""
+    tmp = os.path.join(ds_dir, f"latest.tmp-{socket.gethostname()}-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(tag)
+        os.replace(tmp, os.path.join(ds_dir, "latest"))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     for name in os.listdir(ds_dir):
-        if name.startswith("epoch") and name != keep:
+        if re.fullmatch(r"epoch\d+", name) and name != tag:
             shutil.rmtree(os.path.join(ds_dir, name), ignore_errors=True)
 
 
+def local_rank():
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def rng_state():
+    """This process's random generators as tensors and plain numbers (loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])}}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+
+
+# ---------------------------------------------------------------------------- plain checkpoints
+
 def model_state_dict(engine):
-    """A plain fp32 CPU state dict of the whole model on rank 0 (None elsewhere), whatever the precision
-    or ZeRO stage. Every rank must call it: under ZeRO-3 gathering the partitions is collective."""
-    if engine.zero_optimization_stage() == 3:
-        state = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        state = engine.module.state_dict() if utils.is_main_process() else None
-    if not utils.is_main_process():
-        return None
-    return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}
+    """The whole model's state dict as fp32 CPU tensors on rank 0 (None elsewhere). Each trained
+    parameter is the optimizer's fp32 master copy (under bf16/fp16 the module holds 16-bit copies of it;
+    DeepSpeed's public safe_get_full_fp32_param assembles it from the ZeRO partitions); parameters
+    without a master (fp32 training, the float32 hyperbolic branch) are the module's own; buffers (BatchNorm
+    statistics, kept in the training precision) are cast to fp32. Every rank must call it: assembling
+    partitions is collective."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+    module = engine.module
+    names = dict(module.named_parameters(remove_duplicate=False))  # tied weights appear under each name
+    masters = {}
+    for param in dict.fromkeys(names.values()):  # each shared parameter once, in the same order on every rank
+        master = safe_get_full_fp32_param(param) if param.requires_grad else None
+        if master is None:
+            master = _unfused_fp32_master(engine.optimizer, param)
+        masters[param] = master
+    gather = (deepspeed.zero.GatheredParameters(list(masters), modifier_rank=None)
+              if engine.zero_optimization_stage() == 3 else contextlib.nullcontext())
+    with gather:
+        if not utils.is_main_process():
+            return None
+        state = {}
+        for key, value in module.state_dict(keep_vars=True).items():
+            master = masters.get(names[key]) if key in names else None
+            tensor = master if master is not None else value.detach()
+            state[key] = tensor.float().cpu().clone() if tensor.is_floating_point() else tensor.cpu().clone()
+    return state
+
+
+def _unfused_fp32_master(optimizer, param):
+    """The fp32 master of `param` under DeepSpeed's non-ZeRO 16-bit optimizer (bf16/fp16 with ZeRO stage 0),
+    which keeps fp32_groups parallel to fp16_groups and has no public accessor; None elsewhere."""
+    for low, high in zip(getattr(optimizer, "fp16_groups", []), getattr(optimizer, "fp32_groups", [])):
+        if isinstance(low, list) and isinstance(high, list):
+            for p, master in zip(low, high):
+                if p is param and master.shape == param.shape:
+                    return master
+    return None
+
+
+def disk_is_full(err, folder):
+    """Whether a failed write failed for want of space: ENOSPC, or (torch.save writing to a path reports
+    a short write as "unexpected pos") less than 1 MiB left where it wrote."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
 
 
 def save_atomic(obj, path):
-    """torch.save to a temporary file next to `path`, then rename: a crash never leaves half a file
-    under `path`, and a failed save removes its temporary file."""
+    """torch.save to a temporary file next to `path`, flushed to disk, then renamed: a crash never leaves
+    half a file under `path`, and a failed or stopped save removes its temporary file. A full disk is
+    a CheckpointError naming the file."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:  # a file object, so that a full disk is an OSError(ENOSPC)
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        if disk_is_full(err, os.path.dirname(os.path.abspath(path))):
+            raise CheckpointError(f"could not write {path}: the disk is full; free some space (the earlier "
+                                  f"checkpoints are intact)") from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -197,7 +445,31 @@ def link_atomic(src, dst):
     `src` is later replaced by os.replace, which gives it a new inode and leaves `dst` as it is."""
     tmp = f"{dst}.tmp-{os.getpid()}"
     try:
-        os.link(src, tmp)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------- signals
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Within the block, SIGTERM and SIGINT raise Stopped in this process, so that the run unwinds
+    cleanly; DataLoader workers forked meanwhile ignore them (this process stops them)."""
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() == owner:
+            raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

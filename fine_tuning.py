@@ -10,6 +10,7 @@ checkpoints (save, resume) are engine.py's.
 import argparse
 import math
 import os
+import sys
 import time
 from collections import defaultdict
 
@@ -21,7 +22,7 @@ import config
 import model_io
 import utils
 from datasets import DataConfig
-from engine import Engine
+from engine import CheckpointError, Engine, Stopped, latest_tag, stop_on_signals
 from models import ModelConfig
 
 MODEL, DATA = ModelConfig(), DataConfig()  # the flags' defaults: one place for each setting
@@ -177,10 +178,21 @@ def build_loader(dataset, collator, args, train):
     if train:
         sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=utils.world_size(),
                                                       rank=utils.rank(), shuffle=True, seed=args.seed)
-        return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, **common)
+        # The workers' random frames come from seeds drawn from this generator, which set_epoch() reseeds:
+        # fresh workers every epoch, so that a resumed run draws what an uninterrupted one draws
+        # (persistent workers would carry their random state from epoch to epoch).
+        return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                           generator=torch.Generator(), **dict(common, persistent_workers=False))
     batches = [list(range(i, min(i + args.batch_size, len(dataset)))) for i in range(0, len(dataset), args.batch_size)]
     mine = batches[utils.rank()::utils.world_size()]
     return torch.utils.data.DataLoader(dataset, batch_sampler=mine, **common)
+
+
+def set_epoch(loader, epoch, seed):
+    """This epoch's shuffle and the seeds of its DataLoader workers, from (seed, epoch, rank) only, so that
+    they do not depend on when the run started or was resumed."""
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed((seed * 1_000_003 + epoch) * 65_537 + utils.rank())
 
 
 def main(args):
@@ -241,7 +253,7 @@ def main(args):
 
     run = utils.init_wandb(args)
     for epoch in range(start_epoch, args.epochs):
-        train_loader.sampler.set_epoch(epoch)
+        set_epoch(train_loader, epoch, args.seed)
         start = time.time()
         try:
             train_stats = train_one_epoch(engine, train_loader, epoch, args, run)
@@ -291,8 +303,15 @@ def run(args):
     """main() with the errors a user can fix reported as one clear line instead of a traceback."""
     from datasets import BadSampleError, LabelFileError
     try:
-        main(args)
-    except LabelFileError as err:
+        with stop_on_signals():
+            main(args)
+    except Stopped as stop:
+        tag = latest_tag(os.path.join(args.output_dir, "deepspeed"))
+        where = (f"epoch {tag[len('epoch'):]} is the last resumable one; continue with the same command plus --resume"
+                 if tag else "no epoch was saved, so there is nothing to resume")
+        print(f"stopped by {stop.name}: {where}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except (CheckpointError, LabelFileError) as err:
         utils.fail(str(err))
     except BadSampleError as err:
         utils.fail(f"{err}\n(pass --skip_bad_samples to skip and count such samples instead)")

@@ -75,16 +75,6 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
 def gather_objects(obj):
     """all_gather_object on every rank; a one-rank run returns [obj]."""
     if world_size() == 1:

@@ -1,0 +1,278 @@
+"""engine.py: DeepSpeed + Riemannian Adam on a tiny model in this process (one rank, CPU), and its
+checkpoints: fp32 masters, safe resume, full disks, signals, node-local pruning."""
+import errno
+import os
+import pickle
+import signal
+from types import SimpleNamespace
+
+import geoopt
+import pytest
+import torch
+
+import engine
+import utils
+
+
+class TinyModel(torch.nn.Module):
+    """What Engine needs of Uni_Sign: Euclidean parameter groups, hyperbolic parameters, an update counter.
+    The hyperbolic loss term depends on the ManifoldParameter alone, in float32, so its gradient does not
+    depend on the Euclidean part's precision."""
+
+    def __init__(self, hyperbolic=True):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.lin = torch.nn.Linear(8, 8)
+        self.norm = torch.nn.BatchNorm1d(8)
+        self.out = torch.nn.Linear(8, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+        self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
+        if hyperbolic:
+            self.ball = geoopt.PoincareBall(c=1.0)
+            self.point = geoopt.ManifoldParameter(self.ball.expmap0(torch.randn(4, generator=generator) * 0.3),
+                                                  manifold=self.ball)
+
+    def forward(self, batch):
+        x = batch["x"].to(self.lin.weight.dtype)
+        loss = 1e-3 * self.out(self.norm(self.lin(x))).float().pow(2).mean()
+        if hasattr(self, "point"):
+            loss = loss + self.ball.dist0(self.point).pow(2)
+        return {"loss": loss}
+
+    def euclidean_param_groups(self, weight_decay):
+        return [{"params": [*self.lin.parameters(), *self.norm.parameters(), *self.out.parameters()],
+                 "weight_decay": weight_decay}]
+
+    def hyperbolic_parameters(self):
+        return [self.point]
+
+    def count_update(self):
+        self.global_step += 1
+
+
+def make_args(**overrides):
+    args = dict(batch_size=4, gradient_accumulation_steps=1, gradient_clipping=0.0, dtype="fp32", zero_stage=2,
+                lr=1e-3, min_lr=1e-6, opt_betas=(0.9, 0.999), weight_decay=0.0, use_hyperbolic=True, hyp_lr=1e-2,
+                hyp_dim=4, seed=0)
+    args.update(overrides)
+    return SimpleNamespace(**args)
+
+
+def batch(scale=1.0, seed=1):
+    return {"x": torch.randn(4, 8, generator=torch.Generator().manual_seed(seed)) * scale}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_rank():
+    utils.init_distributed()
+
+
+def build(**overrides):
+    args = make_args(**overrides)
+    return engine.Engine(TinyModel(hyperbolic=args.use_hyperbolic), args, total_updates=10, warmup_updates=1)
+
+
+def train(eng, steps=3):
+    eng.train()
+    for step in range(steps):
+        eng.step(eng(batch(seed=step))["loss"])
+
+
+# ---------------------------------------------------------------------------- fp16, bf16
+
+def test_fp16_riemannian_adam_sees_unscaled_gradients_and_skips_with_deepspeed():
+    reference = build(dtype="fp32")
+    reference.step(reference(batch())["loss"])
+    half = build(dtype="fp16")
+    assert half.loss_scale() > 1000  # DeepSpeed scales the loss, and so the hyperbolic gradient
+    half.step(half(batch())["loss"])
+    assert half.ds.was_step_applied() and int(half.module.global_step) == 1
+    point = half.module.point
+    expected = reference.hyp_optimizer.state[reference.module.point]["exp_avg"]
+    torch.testing.assert_close(half.hyp_optimizer.state[point]["exp_avg"], expected, rtol=1e-6, atol=0)
+
+    # An fp16 overflow in the Euclidean gradients: DeepSpeed skips the update, and so does Riemannian Adam.
+    before = point.detach().clone()
+    half.step(half(batch(scale=1e8))["loss"])
+    assert not half.ds.was_step_applied()
+    torch.testing.assert_close(point.detach(), before, rtol=0, atol=0)
+    assert point.grad is None and int(half.module.global_step) == 1
+    half.step(half(batch())["loss"])  # and carries on
+    assert half.ds.was_step_applied() and torch.isfinite(point).all() and not torch.equal(point.detach(), before)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_bf16_checkpoint_holds_the_fp32_master_weights(zero_stage):
+    from deepspeed.utils import safe_get_full_fp32_param
+    eng = build(dtype="bf16", zero_stage=zero_stage)
+    train(eng)
+    state = engine.model_state_dict(eng.ds)
+    weight = state["lin.weight"]
+    assert weight.dtype == torch.float32 and eng.module.lin.weight.dtype == torch.bfloat16
+    assert not torch.equal(weight, weight.bfloat16().float())  # not merely the bf16 weights widened
+    torch.testing.assert_close(weight.bfloat16(), eng.module.lin.weight.detach(), rtol=0, atol=0)
+    if zero_stage == 2:
+        torch.testing.assert_close(weight, safe_get_full_fp32_param(eng.module.lin.weight), rtol=0, atol=0)
+    torch.testing.assert_close(state["point"], eng.module.point.detach(), rtol=0, atol=0)  # float32 already
+    assert state["norm.running_mean"].dtype == torch.float32 and int(state["global_step"]) == 3
+
+
+def test_zero3_checkpoint_gathers_the_whole_model():
+    eng = build(zero_stage=3, use_hyperbolic=False)
+    train(eng, steps=1)
+    state = engine.model_state_dict(eng.ds)
+    assert state["lin.weight"].shape == (8, 8) and state["out.bias"].shape == (1,)
+    assert eng.module.lin.weight.numel() == 0  # partitioned again after the gather
+
+
+# ---------------------------------------------------------------------------- save and resume
+
+def test_resume_restores_both_optimizers_and_the_counter(tmp_path):
+    eng = build()
+    train(eng)
+    eng.save(str(tmp_path), epoch=0, best=1.5, improved=True)
+    train(eng, steps=1)
+    after = {k: v.clone() for k, v in engine.model_state_dict(eng.ds).items()}
+
+    again = build()
+    assert again.resume(str(tmp_path)) == (1, 1.5)
+    assert int(again.module.global_step) == 3
+    train(again, steps=1)  # the same next update from the restored state
+    for key, value in engine.model_state_dict(again.ds).items():
+        torch.testing.assert_close(value, after[key], rtol=0, atol=0, msg=key)
+    ckpt = torch.load(tmp_path / "best_checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["max_accuracy"] == 1.5
+
+
+class Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # runs on unpickling: creates the marker file
+
+
+@pytest.mark.parametrize("victim", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+def test_planted_pickle_in_the_resumable_state_is_refused(tmp_path, capsys, victim):
+    eng = build()
+    train(eng, steps=1)
+    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    path = tmp_path / "deepspeed" / "epoch0" / victim
+    assert path.is_file()
+    marker = tmp_path / "marker"
+    torch.save({"module": Planted(str(marker))}, path)  # zip format, like the real file
+    with pytest.raises(SystemExit):
+        build().resume(str(tmp_path))
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: refusing") and str(path) in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+    with open(path, "wb") as f:  # and a plain pickle
+        pickle.dump(Planted(str(marker)), f)
+    with pytest.raises(SystemExit):
+        build().resume(str(tmp_path))
+    assert str(path) in capsys.readouterr().err and not marker.exists()
+
+
+def test_resume_with_another_model_names_the_flags(tmp_path, capsys):
+    eng = build()
+    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    with pytest.raises(SystemExit):
+        build(use_hyperbolic=False).resume(str(tmp_path))
+    err = capsys.readouterr().err
+    assert "another model" in err and "--use_hyperbolic True (now False)" in err and "Traceback" not in err
+
+
+def test_resume_without_a_complete_deepspeed_state_says_so(tmp_path, capsys):
+    eng = build()
+    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    os.remove(tmp_path / "deepspeed" / "latest")  # as when killed during the first DeepSpeed save
+    with pytest.raises(SystemExit):
+        build().resume(str(tmp_path))
+    err = capsys.readouterr().err
+    assert "no complete resumable state" in err and f"--finetune {tmp_path / 'checkpoint.pth'}" in err
+
+
+def test_save_keeps_only_the_newest_state_and_an_atomic_latest(tmp_path):
+    eng = build()
+    for epoch in range(3):
+        eng.save(str(tmp_path), epoch=epoch, best=1.0, improved=epoch == 0)
+    ds_dir = tmp_path / "deepspeed"
+    assert sorted(name for name in os.listdir(ds_dir) if name.startswith("epoch")) == ["epoch2"]
+    assert (ds_dir / "latest").read_text() == "epoch2"
+    assert not [name for name in os.listdir(ds_dir) if ".tmp-" in name]
+    assert torch.load(tmp_path / "best_checkpoint.pth", weights_only=True)["epoch"] == 0
+
+
+def test_commit_prunes_the_old_tags_of_its_own_folder(tmp_path):
+    """Each node's local rank 0 commits in its own folder (nodes whose shards live on their own disks)."""
+    for node in ("node0", "node1"):
+        for tag in ("epoch0", "epoch1"):
+            os.makedirs(tmp_path / node / tag)
+            (tmp_path / node / tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x")
+        (tmp_path / node / "latest").write_text("epoch0")
+        engine.commit(str(tmp_path / node), "epoch1")
+        assert sorted(os.listdir(tmp_path / node)) == ["epoch1", "latest"]
+        assert (tmp_path / node / "latest").read_text() == "epoch1"
+
+
+# ---------------------------------------------------------------------------- full disk, signals
+
+def test_full_disk_names_the_file_and_keeps_the_earlier_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pth")
+    engine.save_atomic({"epoch": 0}, path)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine.torch, "save", full_disk)
+    with pytest.raises(engine.CheckpointError, match="disk is full") as info:
+        engine.save_atomic({"epoch": 1}, path)
+    assert path in str(info.value)
+    monkeypatch.setattr(engine.torch, "save", real_save)
+    assert torch.load(path, weights_only=True) == {"epoch": 0}
+    assert os.listdir(tmp_path) == ["checkpoint.pth"]
+
+
+def test_full_disk_during_the_deepspeed_save_keeps_the_previous_state(tmp_path, monkeypatch):
+    eng = build()
+    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    real_save = torch.save
+
+    def full_disk_for_deepspeed(obj, f, *args, **kwargs):
+        if isinstance(f, str) and os.sep + "deepspeed" + os.sep in f:
+            open(f, "wb").close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk_for_deepspeed)
+    with pytest.raises(engine.CheckpointError, match="disk is full"):
+        eng.save(str(tmp_path), epoch=1, best=1.0, improved=False)
+    monkeypatch.setattr(torch, "save", real_save)
+    ds_dir = tmp_path / "deepspeed"
+    assert sorted(n for n in os.listdir(ds_dir) if n.startswith(("epoch", "latest"))) == ["epoch0", "latest"]
+    assert (ds_dir / "latest").read_text() == "epoch0"
+    assert build().resume(str(tmp_path))[0] == 1
+
+
+def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
+    eng = build()
+    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    real_save = torch.save
+
+    def interrupted(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the file is still a temporary one
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+
+    monkeypatch.setattr(engine.torch, "save", interrupted)
+    with pytest.raises(engine.Stopped, match="SIGTERM"), engine.stop_on_signals():
+        eng.save(str(tmp_path), epoch=1, best=1.0, improved=False)
+    monkeypatch.setattr(engine.torch, "save", real_save)
+    assert sorted(os.listdir(tmp_path)) == ["best_checkpoint.pth", "checkpoint.pth", "deepspeed"]
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored after the block
