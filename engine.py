@@ -207,8 +207,10 @@ class Engine:
             if local_rank() == 0 and latest_tag(ds_dir) != tag:
                 shutil.rmtree(os.path.join(ds_dir, tag), ignore_errors=True)
             if full:
-                raise CheckpointError(f"could not write {os.path.join(ds_dir, tag)}: the disk is full; "
-                                      f"free some space (the epoch {self.last_saved_epoch} state stays resumable)") from err
+                kept = (f"epoch {self.last_saved_epoch} stays resumable" if self.last_saved_epoch is not None
+                        else "no earlier epoch was saved")
+                raise CheckpointError(f"could not write {os.path.join(ds_dir, tag)}: the disk is full; free some "
+                                      f"space ({kept})") from err
             raise
         if local_rank() == 0:  # every node: its own copy of the shards may live on its own disk
             commit(ds_dir, tag)
@@ -236,8 +238,8 @@ class Engine:
         if reshaped:
             print(f"warning: --resume: the state was saved by {saved_world} ranks and this run has "
                   f"{utils.world_size()}; DeepSpeed's partitioned AdamW state cannot be resharded here, so AdamW's "
-                  f"moments restart (weights, learning-rate schedule, alpha's schedule, Riemannian Adam, epoch "
-                  f"and best score continue)")
+                  f"moments restart, and under bf16/fp16 its fp32 master weights restart from the 16-bit ones (weights, "
+                  f"learning-rate schedule, alpha's schedule, Riemannian Adam, epoch and best score continue)")
         path, client = self.ds.load_checkpoint(ds_dir, tag=tag, load_optimizer_states=not reshaped,
                                                load_lr_scheduler_states=True)
         if path is None:
@@ -460,12 +462,16 @@ def link_atomic(src, dst):
 @contextlib.contextmanager
 def stop_on_signals():
     """Within the block, SIGTERM and SIGINT raise Stopped in this process, so that the run unwinds
-    cleanly; DataLoader workers forked meanwhile ignore them (this process stops them)."""
+    cleanly; DataLoader workers forked meanwhile behave as without the handler."""
     owner = os.getpid()
 
     def handler(signum, frame):
         if os.getpid() == owner:
             raise Stopped(signum)
+        if signum == signal.SIGINT:  # a worker: torch's worker loop expects KeyboardInterrupt
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)  # and dies of SIGTERM, as DataLoader's shutdown expects
+        os.kill(os.getpid(), signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -3,7 +3,10 @@ checkpoints: fp32 masters, safe resume, full disks, signals, node-local pruning.
 import errno
 import os
 import pickle
+import shutil
 import signal
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import geoopt
@@ -276,3 +279,89 @@ def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["best_checkpoint.pth", "checkpoint.pth", "deepspeed"]
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored after the block
+
+
+# ---------------------------------------------------------------------------- end to end (fine_tuning.py)
+
+from test_training import base_args, check_ok, clean_env, read_log, run, small_demo, ROOT  # noqa: E402,F401 (fixture)
+
+STOP_AT = """
+import os, signal, sys, models, fine_tuning
+forward = models.Uni_Sign.forward
+calls = []
+def stop_at(self, batch):
+    if self.training:
+        calls.append(1)
+        if len(calls) == {call}:  # as a cluster's scheduler would, at a known training step
+            os.kill(os.getpid(), signal.SIGTERM)
+    return forward(self, batch)
+models.Uni_Sign.forward = stop_at
+fine_tuning.run(fine_tuning.get_args_parser().parse_args(sys.argv[1:]))
+"""
+TIMING = ("epoch_time_s", "train_samples_per_s", "train_tflops", "train_mfu")
+
+
+def no_temporary_files(folder):
+    return not [name for _, _, names in os.walk(folder) for name in names if ".tmp-" in name]
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(small_demo, tmp_path):
+    args = lambda out: base_args(small_demo, out, epochs=2, steps=2) + ["--num_workers", "2"]  # noqa: E731
+    check_ok(run([sys.executable, "fine_tuning.py", *args(tmp_path / "whole")]))
+    stopped = run([sys.executable, "-c", STOP_AT.format(call=3), *args(tmp_path / "parts")])  # epoch 1, step 0
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert "stopped by SIGTERM: epoch 0 is the last resumable one" in stopped.stderr and "--resume" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and no_temporary_files(tmp_path / "parts")
+    check_ok(run([sys.executable, "fine_tuning.py", *args(tmp_path / "parts"), "--resume"]))
+    whole, parts = read_log(tmp_path / "whole"), read_log(tmp_path / "parts")
+    assert [r["epoch"] for r in parts] == [0, 1]
+    for a, b in zip(whole, parts):  # scores equal; training averages equal up to float32 round-off
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.startswith(("dev_", "test_", "best_")) or key == "epoch":
+                assert a[key] == b[key], key
+            elif key not in TIMING:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+
+
+def launch_nodes(script, args_per_rank, port):
+    """One process per "node" (LOCAL_RANK 0 on each), started as a cluster starts them, with gloo on CPU."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=clean_env(1, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(len(args_per_rank)),
+                                            LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for rank, args in enumerate(args_per_rank)]
+    return [(proc.wait(timeout=900), *proc.communicate()) for proc in procs]
+
+
+def epoch_tags(output_dir):
+    ds_dir = output_dir / "deepspeed"
+    return sorted(n for n in os.listdir(ds_dir) if n.startswith("epoch")), (ds_dir / "latest").read_text()
+
+
+@pytest.mark.slow
+def test_resume_on_another_number_of_ranks_and_pruning_on_each_node(small_demo, tmp_path):
+    """1 rank -> 2 ranks on two "nodes", each writing its shards to its own folder -> 1 rank. The epoch,
+    alpha's update counter, the best score and the schedule continue; each node prunes its own folder."""
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    args = lambda out: base_args(small_demo, out, epochs=3, steps=2)  # noqa: E731
+    stopped = run([sys.executable, "-c", STOP_AT.format(call=3), *args(node0)])  # stops in epoch 1
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    shutil.copytree(node0, node1)  # the second node's copy of the run
+
+    results = launch_nodes(STOP_AT.format(call=3), [args(node0) + ["--resume"], args(node1) + ["--resume"]], 29741)
+    for code, out, err in results:
+        assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "saved by 1 ranks and this run has 2" in results[0][1] and "AdamW's moments restart" in results[0][1]
+    assert [r["epoch"] for r in read_log(node0)] == [0, 1]
+    assert epoch_tags(node0) == (["epoch1"], "epoch1") and epoch_tags(node1) == (["epoch1"], "epoch1")
+    assert os.path.isfile(node1 / "deepspeed" / "epoch1" / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+
+    resumed = check_ok(run([sys.executable, "fine_tuning.py", *args(node0), "--resume"]))
+    assert "saved by 2 ranks and this run has 1" in resumed.stdout
+    log = read_log(node0)
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+    assert log[-1]["best_dev_bleu4"] == max(r["dev_bleu4"] for r in log)
+    ckpt = torch.load(node0 / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 6  # 2 updates per epoch in every shape
