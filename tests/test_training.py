@@ -174,9 +174,6 @@ def test_deepspeed_precisions_and_zero_stages_train(small_demo, tmp_path, dtype,
     assert math.isfinite(record["train_loss"]) and record["dev_bleu4"] >= 0
     ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # saved in float32 for any precision
-    if dtype == "bf16":  # the fp32 master weights, not the bf16 module weights widened
-        weight = ckpt["model"]["pose_proj.weight"]
-        assert not torch.equal(weight, weight.bfloat16().float())
     assert ckpt["global_step"] == 1  # 2 micro-batches with accumulation 2: one optimizer update
 
 
