@@ -283,7 +283,7 @@ def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- end to end (fine_tuning.py)
 
-from test_training import base_args, check_ok, clean_env, read_log, run, small_demo, ROOT  # noqa: E402,F401 (fixture)
+from e2e import ROOT, base_args, check_ok, clean_env, read_log, run  # noqa: E402
 
 STOP_AT = """
 import os, signal, sys, models, fine_tuning
