@@ -176,7 +176,8 @@ def load_pose(path):
         raise BadSampleError(f"{path}: malformed arrays ({type(error).__name__}: {error})") from error
     if len(keypoints) != len(scores):
         raise BadSampleError(f"{path}: {len(keypoints)} keypoint frames but {len(scores)} score frames")
-    start, end = data.get("start", 0), data.get("end", len(keypoints))
+    stored = len(keypoints)
+    start, end = data.get("start", 0), data.get("end", stored)
     if start is None:
         start = 0
     if end is None:
@@ -185,7 +186,7 @@ def load_pose(path):
         raise BadSampleError(f"{path}: invalid start/end ({start!r}, {end!r}) for {len(keypoints)} frames")
     keypoints, scores = keypoints[start:end], scores[start:end]
     if len(keypoints) == 0:
-        raise BadSampleError(f"{path}: no frames (start={start}, end={end}, {len(data['keypoints'])} stored)")
+        raise BadSampleError(f"{path}: no frames (start={start}, end={end}, {stored} stored)")
     keypoints = _first_person(path, "keypoints", keypoints, (NUM_KEYPOINTS, 2))
     scores = _first_person(path, "scores", scores, (NUM_KEYPOINTS,))
     for key, values in (("keypoints", keypoints), ("scores", scores)):

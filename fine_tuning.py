@@ -10,6 +10,7 @@ checkpoints (save, resume) are engine.py's.
 import argparse
 import math
 import os
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -50,6 +51,7 @@ def get_args_parser():
     p.add_argument("--output_dir", default="out/fine_tuning")
     p.add_argument("--finetune", default="", help="checkpoint (.pth) or model folder that initialises the model")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output_dir")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --output_dir that holds an earlier run")
     p.add_argument("--eval", action="store_true", help="only evaluate --finetune on dev and test")
     # data
     p.add_argument("--dataset", default="CSL_Daily", choices=sorted(config.pose_dirs))
@@ -92,14 +94,17 @@ class NonFiniteLoss(RuntimeError):
 def train_one_epoch(engine, loader, epoch, args, run=None):
     model = engine.module
     engine.train()
-    sums, count, skipped, samples, flops, start = defaultdict(float), 0, 0, 0, 0.0, time.time()
+    sums, count, skipped, skipped_steps, samples, flops, start = defaultdict(float), 0, 0, 0, 0, 0.0, time.time()
     steps = min(len(loader), args.quick_break) if args.quick_break else len(loader)
     bar = tqdm(loader, total=steps, desc=f"train {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True)
     for step, batch in enumerate(bar):
         if step >= steps:
             break
         skipped += batch["num_skipped"]
-        if not batch["name"]:  # --skip_bad_samples dropped the whole batch
+        if args.skip_bad_samples and not utils.all_ranks_true(len(batch["name"]) > 0):
+            # --skip_bad_samples left some rank an empty batch: every rank skips the step together, since
+            # a rank that went on alone would wait forever for the others in the gradient all-reduce
+            skipped_steps += 1
             continue
         out = engine(batch)  # the model moves the batch to its device and precision
         loss = out["loss"]
@@ -116,11 +121,18 @@ def train_one_epoch(engine, loader, epoch, args, run=None):
         if run is not None:  # every step: the losses, alpha, curvature, temperature, margin, part weights, lrs
             run.log({**{f"train/{k}": v for k, v in values.items()}, **engine.lrs(), "epoch": epoch})
         bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", lr=f"{engine.lr():.2e}")
+    skipped = sum(utils.gather_objects(skipped))  # every rank's
+    if count == 0:
+        utils.fail(f"epoch {epoch} trained on no sample: all {skipped} samples it read were unreadable and skipped "
+                   "(--skip_bad_samples); fix or remove the bad pose files. Nothing was saved")
     stats = {key: value / max(count, 1) for key, value in sums.items()}
     stats["lr"] = engine.lr()
     if skipped:
-        print(f"epoch {epoch}: skipped {skipped} bad samples (--skip_bad_samples)")
+        print(f"epoch {epoch}: skipped {skipped} bad samples (--skip_bad_samples)"
+              + (f"; {skipped_steps} steps skipped on every rank because one rank had no readable sample"
+                 if skipped_steps and utils.world_size() > 1 else ""))
     stats["skipped_samples"] = skipped
+    stats["skipped_steps"] = skipped_steps
     stats.update(throughput(samples, flops, time.time() - start, args.dtype))
     print(f"epoch {epoch}: {stats['samples_per_s']:.1f} samples/s, {stats['tflops']:.2f} TFLOP/s"
           + (f", model FLOPs utilisation {100 * stats['mfu']:.1f} %" if "mfu" in stats else ""))
@@ -138,21 +150,41 @@ def throughput(samples, flops, seconds, dtype):
 
 
 @torch.no_grad()
-def evaluate(model, loader, args, split):
+def evaluate(model, loader, args, split, synced=False):
     """Beam-search this rank's batches, gather all ranks' predictions back in dataset order, then score
-    them; the prediction files are written with the literature's CSL formatting."""
+    them; the prediction files are written with the literature's CSL formatting. With --skip_bad_samples the
+    scores carry the split's count of skipped samples.
+
+    synced (ZeRO-3 with several ranks): every forward gathers the partitioned parameters from all ranks, so
+    the ranks must run the same forwards: transformers keeps a finished rank stepping until all are done
+    (synced_gpus), and a rank with fewer (or empty) batches generates on a stand-in batch whose output is dropped."""
     from SLRT_metrics import evaluate as score, format_for_dataset
 
     model.eval()
-    mine = {}
-    for batch in tqdm(loader, desc=f"eval {split}", disable=not utils.is_main_process(), dynamic_ncols=True):
-        if not batch["name"]:
+    mine, skipped, stand_in = {}, 0, None
+    rounds = max(utils.gather_objects(len(loader))) if synced else len(loader)
+    batches = iter(tqdm(loader, desc=f"eval {split}", disable=not utils.is_main_process(), dynamic_ncols=True))
+    for _ in range(rounds):
+        batch = next(batches, None)
+        if batch is not None:
+            skipped += batch["num_skipped"]
+        if batch is None or not batch["name"]:
+            if not synced:
+                continue
+            if stand_in is None:
+                stand_in = first_readable_batch(loader)
+            model.generate(stand_in, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len, synced_gpus=True)
             continue
-        preds = model.generate(batch, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len)
+        preds = model.generate(batch, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len, synced_gpus=synced)
         mine.update(zip(batch["name"], zip(preds, batch["text"])))
     results = {}
-    for part in utils.gather_objects(mine):
+    parts = utils.gather_objects((mine, skipped))
+    for part, _ in parts:
         results.update(part)
+    skipped = sum(count for _, count in parts)
+    if skipped:
+        print(f"{split}: skipped {skipped} bad samples (--skip_bad_samples): scored {len(results)} of "
+              f"{len(loader.dataset)}")
     names = [s["name"] for s in loader.dataset.samples if s["name"] in results]
     hyps, refs = [results[n][0] for n in names], [results[n][1] for n in names]
     metrics = score(hyps, refs, args.dataset, args.task)
@@ -160,7 +192,16 @@ def evaluate(model, loader, args, split):
         utils.write_predictions(args.output_dir, split, names,
                                 format_for_dataset(hyps, args.dataset, is_reference=False),
                                 format_for_dataset(refs, args.dataset, is_reference=True))
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if args.skip_bad_samples:
+        metrics["skipped_samples"] = skipped
+    return metrics
+
+
+def first_readable_batch(loader):
+    """A one-sample batch of the loader's dataset's first readable sample (a stand-in for synced generation)."""
+    item = next(item for item in map(loader.dataset.__getitem__, range(len(loader.dataset))) if item is not None)
+    return loader.collate_fn([item])
 
 
 def _torch_dtype(name):
@@ -195,8 +236,18 @@ def set_epoch(loader, epoch, seed):
     loader.generator.manual_seed((seed * 1_000_003 + epoch) * 65_537 + utils.rank())
 
 
+def load_splits(args):
+    """{phase: PoseDataset} of the phases the run reads: dev and test (CSL-News has one held-out split, its last
+    1 %: dev and test would score the same samples twice), and train unless --eval."""
+    from datasets import build_dataset
+    phases = ("dev",) if args.dataset == "CSL_News" else ("dev", "test")
+    return {phase: build_dataset(args.dataset, phase, args, label_path=getattr(args, f"{phase}_label_path"),
+                                 pose_dir=args.pose_dir)
+            for phase in phases + (() if args.eval else ("train",))}
+
+
 def main(args):
-    from datasets import PoseCollator, build_dataset
+    from datasets import PoseCollator
     from models import Uni_Sign
 
     rank, world = utils.init_distributed()
@@ -214,7 +265,8 @@ def main(args):
         utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
     if args.eval and not args.finetune:
         print("--eval without --finetune: scoring the untrained model (a baseline)")
-    os.makedirs(args.output_dir, exist_ok=True)
+    datasets = load_splits(args)
+    preflight(args, datasets)
     print(f"{world} process(es), {args.dtype}, ZeRO stage {args.zero_stage}, output in {args.output_dir}")
 
     utils.set_seed(args.seed)  # the same initial model on every rank
@@ -225,14 +277,8 @@ def main(args):
     if args.finetune:
         model_io.load_weights(model, args.finetune, drop_curvature=not args.eval, read=finetuned)
     collator = PoseCollator(model.mt5_tokenizer, args.dataset)
-
-    def loader(phase):
-        dataset = build_dataset(args.dataset, phase, args, label_path=getattr(args, f"{phase}_label_path"),
-                                pose_dir=args.pose_dir)
-        return build_loader(dataset, collator, args, train=phase == "train")
-
-    # CSL-News has one held-out split (its last 1 %): dev and test would score the same samples twice.
-    eval_loaders = {split: loader(split) for split in (("dev",) if args.dataset == "CSL_News" else ("dev", "test"))}
+    eval_loaders = {split: build_loader(datasets[split], collator, args, train=False)
+                    for split in datasets if split != "train"}
     metric, higher_is_better = BEST_METRIC[args.task]
 
     if args.eval:
@@ -241,7 +287,7 @@ def main(args):
             print(f"{split}: " + format_metrics(evaluate(model, eval_loader, args, split)))
         return
 
-    train_loader = loader("train")
+    train_loader = build_loader(datasets["train"], collator, args, train=True)
     steps = min(len(train_loader), args.quick_break) if args.quick_break else len(train_loader)
     updates_per_epoch = math.ceil(steps / args.gradient_accumulation_steps)
     total_updates = args.epochs * updates_per_epoch
@@ -260,7 +306,9 @@ def main(args):
         except NonFiniteLoss as err:
             utils.fail(f"{err}; stopping. The last good checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth')}")
         utils.broadcast_buffers(engine.module)
-        scores = {split: evaluate(engine.module, eval_loader, args, split) for split, eval_loader in eval_loaders.items()}
+        synced = args.zero_stage == 3 and world > 1  # generation on partitioned parameters
+        scores = {split: evaluate(engine.module, eval_loader, args, split, synced)
+                  for split, eval_loader in eval_loaders.items()}
         dev_score = scores["dev"][metric]
         improved = best is None or (dev_score > best if higher_is_better else dev_score < best)
         best = dev_score if improved else best
@@ -280,6 +328,94 @@ def main(args):
         run.finish()
 
 
+def preflight(args, datasets):
+    """Everything that can be checked before training starts, so that a set-up mistake costs no epoch: the
+    numbers (epochs, batch size, optimizer updates per epoch), every split non-empty with its pose files on
+    disk (with --skip_bad_samples: the missing ones announced, and at least one readable sample per split),
+    and an output folder that can be written and holds no earlier run (unless --resume or --overwrite).
+    `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the first problem."""
+    from datasets import BadSampleError, load_pose
+
+    if args.batch_size < 1:
+        utils.fail(f"--batch_size must be at least 1 (got {args.batch_size})")
+    if not args.eval:
+        if args.epochs < 1:
+            utils.fail(f"--epochs must be at least 1 (got {args.epochs}); to only evaluate, pass --eval")
+        if args.gradient_accumulation_steps < 1:
+            utils.fail(f"--gradient_accumulation_steps must be at least 1 (got {args.gradient_accumulation_steps})")
+        if args.quick_break < 0:
+            utils.fail(f"--quick_break must be 0 (no cap) or a number of steps (got {args.quick_break})")
+    if args.resume and args.overwrite:
+        utils.fail("--resume continues the run in --output_dir and --overwrite replaces it: pass one of them")
+    check_output_dir(args)
+
+    for phase, dataset in datasets.items():
+        label_path = getattr(args, f"{phase}_label_path") or getattr(config, f"{phase}_label_paths")[args.dataset]
+        if len(dataset) == 0:
+            utils.fail(f"the {phase} split has no samples ({label_path}): check the label file")
+        missing = [s["pose_path"] for s in dataset.samples if not os.path.exists(s["pose_path"])]
+        if missing:
+            listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            message = f"{len(missing)} of the {len(dataset)} {phase} pose files (labels {label_path}) are missing: {listed}"
+            if not args.skip_bad_samples:
+                utils.fail(f"{message}; check --pose_dir, or pass --skip_bad_samples to skip and count them")
+            print(f"warning: {message}; --skip_bad_samples: they will be skipped and counted")
+        if args.skip_bad_samples:  # at least one readable sample, or every epoch would train or score nothing
+            first_error = None
+            for sample in dataset.samples:
+                try:
+                    load_pose(sample["pose_path"])
+                    break
+                except BadSampleError as err:
+                    first_error = first_error or err
+            else:
+                utils.fail(f"every {phase} sample is unreadable (labels {label_path}; the first: {first_error}): "
+                           f"--skip_bad_samples would leave nothing to {'train on' if phase == 'train' else 'score'}")
+
+    if not args.eval:
+        per_rank = math.ceil(len(datasets["train"]) / utils.world_size())  # DistributedSampler's share
+        steps = math.ceil(per_rank / args.batch_size)
+        if args.quick_break:
+            steps = min(steps, args.quick_break)
+        if steps < args.gradient_accumulation_steps:
+            utils.fail(f"--gradient_accumulation_steps {args.gradient_accumulation_steps} is more than the {steps} "
+                       f"training steps of an epoch ({len(datasets['train'])} samples, --batch_size {args.batch_size}"
+                       + (f", --quick_break {args.quick_break}" if args.quick_break else "")
+                       + "): no optimizer update would ever happen; lower --gradient_accumulation_steps")
+
+
+# What an output folder holds once a run has saved in it.
+RUN_FILES = ("log.txt", "checkpoint.pth", "best_checkpoint.pth", "deepspeed")
+
+
+def check_output_dir(args):
+    """--output_dir must be a folder we can write to, and, unless --resume or --overwrite, hold no earlier
+    run (its checkpoints and log would be replaced). With --overwrite the earlier run's log and resumable
+    state are removed here; its checkpoints are replaced by the new run's first save."""
+    out = args.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        utils.fail(f"--output_dir {out} is a file, not a folder: choose another --output_dir")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        utils.fail(f"--output_dir {out} cannot be written ({err.strerror}): choose another --output_dir")
+    if args.eval or args.resume:
+        return
+    earlier = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    if earlier and not args.overwrite:
+        utils.fail(f"--output_dir {out} holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, "
+                   "choose another --output_dir, or pass --overwrite to replace it")
+    if earlier and utils.is_main_process():
+        print(f"--overwrite: replacing the run in {out}")
+        if os.path.exists(os.path.join(out, "log.txt")):
+            os.remove(os.path.join(out, "log.txt"))
+        shutil.rmtree(os.path.join(out, "deepspeed"), ignore_errors=True)
+
+
 def summarise(output_dir, metric, plot):
     """The run's closing lines: the best epoch's scores and where everything was written."""
     records = utils.read_log(output_dir)
@@ -296,12 +432,12 @@ def summarise(output_dir, metric, plot):
 
 
 def format_metrics(stats):
-    return " ".join(f"{k} {v:.2f}" for k, v in stats.items())
+    return " ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.2f}" for k, v in stats.items())
 
 
 def run(args):
     """main() with the errors a user can fix reported as one clear line instead of a traceback."""
-    from datasets import BadSampleError, LabelFileError
+    from datasets import BadSampleError, LabelFileError, UnsafePickleError
     try:
         with stop_on_signals():
             main(args)
@@ -314,9 +450,19 @@ def run(args):
     except (CheckpointError, LabelFileError) as err:
         utils.fail(str(err))
     except BadSampleError as err:
-        utils.fail(f"{err}\n(pass --skip_bad_samples to skip and count such samples instead)")
-    except (FileNotFoundError, model_io.ModelFileError) as err:
-        utils.fail(str(err))
+        utils.fail(f"{error_message(err)}; pass --skip_bad_samples to skip and count such samples instead")
+    except (UnsafePickleError, FileNotFoundError, model_io.ModelFileError) as err:
+        utils.fail(error_message(err))
+
+
+def error_message(err):
+    """The error's own message. Raised in a DataLoader worker, it comes back with the worker's whole traceback
+    as its message ("Caught X in DataLoader worker ... Original Traceback ..."); the last line holds the
+    original one ("datasets.BadSampleError: <message>")."""
+    message = str(err)
+    if "Original Traceback" in message:
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 if __name__ == "__main__":

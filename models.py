@@ -289,11 +289,13 @@ class Uni_Sign(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def generate(self, batch, num_beams=4, max_new_tokens=100):
-        """Beam-search translations of a batch, decoded with special tokens skipped."""
+    def generate(self, batch, num_beams=4, max_new_tokens=100, synced_gpus=False):
+        """Beam-search translations of a batch, decoded with special tokens skipped. synced_gpus: every rank
+        runs the same decoder steps (under ZeRO-3 each forward gathers parameters from all ranks)."""
         inputs_embeds, attention_mask, _, _ = self.encode_pose(batch)
         output_ids = self.mt5_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                             num_beams=num_beams, max_new_tokens=max_new_tokens)
+                                             num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                             synced_gpus=synced_gpus)
         return self.mt5_tokenizer.batch_decode(output_ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ cost

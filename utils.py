@@ -18,6 +18,7 @@ def init_distributed():
 
     A plain process has no launcher environment, so we give it a one-rank world on a free local port.
     Returns (rank, world_size)."""
+    silence_known_notices()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -31,6 +32,26 @@ def init_distributed():
         get_accelerator().set_device(local_rank)
     setup_for_distributed(rank == 0)
     return rank, world
+
+
+# Third-party warnings that say nothing a user can act on: (logger, text in the message).
+KNOWN_NOTICES = (
+    # transformers 5 always ties mT5's lm_head to its embeddings in the config, then (rightly) keeps the saved,
+    # different lm_head of every mT5 checkpoint, google's included, apart; nothing to update on our side
+    ("transformers.modeling_utils", "so we will NOT tie them"),
+    # WarmupCosineLR's constructor asks itself for its learning rate before its first step
+    ("DeepSpeed", "get learning rate from scheduler before it has started"),
+)
+
+
+def silence_known_notices():
+    """Drop the KNOWN_NOTICES, and on machines without a GPU tell DeepSpeed it runs on the CPU (instead of its
+    "Setting accelerator to CPU. If you have GPU ..." notice). Call before deepspeed is imported."""
+    import logging
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for name, text in KNOWN_NOTICES:
+        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
 
 
 def _free_port():

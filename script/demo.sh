@@ -10,7 +10,7 @@ bash script/setup.sh
 if [ ! -f data/demo/labels.train ] || [ ! -f pretrained_weight/mt5-demo/config.json ]; then
     python script/make_demo.py
 fi
-args=(--dataset Demo --task SLT --mt5_path pretrained_weight/mt5-demo --output_dir out/demo
+args=(--dataset Demo --task SLT --mt5_path pretrained_weight/mt5-demo --output_dir out/demo --overwrite
       --use_hyperbolic --hyp_text_cmp token --hyp_text_emb_src decoder --alpha 0.7
       --epochs ${DEMO_EPOCHS:-12} --batch_size 8 --lr 1e-3 --warmup-epochs 1 --min-lr 1e-5
       --num_workers 0 --num_beams 4 --max_tgt_len 40 --seed 42)

@@ -1,0 +1,262 @@
+"""fine_tuning.py on bad input and set-up mistakes (issue 12): each stops with exit code 1 and one `error:` line
+that names the file or flag, before any training where it can be checked up front; an earlier run is never
+overwritten by accident; skipped samples are counted; several processes with --skip_bad_samples or ZeRO-3
+evaluation finish and score like one."""
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import datasets
+import fine_tuning
+from test_training import ROOT, base_args, check_ok, clean_env, read_log, read_predictions, run
+
+
+def make_demo(demo_root, folder, sizes=(4, 4, 4)):
+    """The demo cut to `sizes` samples per split (train, dev, test), with a pose folder of its own that a test
+    may break files in; the dict base_args takes."""
+    pose_dir = folder / "poses"
+    pose_dir.mkdir(parents=True)
+    paths = {}
+    for phase, size in zip(("train", "dev", "test"), sizes):
+        with gzip.open(demo_root["label_paths"][phase], "rb") as f:
+            labels = dict(list(pickle.load(f).items())[:size])
+        paths[phase] = str(folder / f"labels.{phase}")
+        with gzip.open(paths[phase], "wb") as f:
+            pickle.dump(labels, f)
+        for label in labels.values():
+            name = label["video_path"].replace(".mp4", ".pkl")
+            shutil.copyfile(os.path.join(demo_root["pose_dir"], name), pose_dir / name)
+    return {"mt5_path": demo_root["mt5_path"], "pose_dir": str(pose_dir), "label_paths": paths}
+
+
+def pose_file(demo, phase, index):
+    with gzip.open(demo["label_paths"][phase], "rb") as f:
+        label = list(pickle.load(f).values())[index]
+    return os.path.join(demo["pose_dir"], label["video_path"].replace(".mp4", ".pkl"))
+
+
+def truncate(path):
+    with open(path, "rb") as f:
+        head = f.read(200)
+    with open(path, "wb") as f:
+        f.write(head)
+
+
+def write_zero_length_keypoints(path):
+    """A pose file whose `keypoints` is one zero-length array (an RTMPose run that found no frame)."""
+    with open(path, "wb") as f:
+        pickle.dump({"keypoints": np.zeros((0, 1, 133, 2), np.float32), "scores": np.zeros((0, 1, 133), np.float32)}, f)
+
+
+def refused(result, *needles):
+    """Exit code 1, no traceback, exactly one `error:` line, holding every needle; returns that line."""
+    assert result.returncode == 1, f"exit {result.returncode}\nSTDOUT:\n{result.stdout[-2000:]}\nSTDERR:\n{result.stderr[-3000:]}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def fine_tune(demo, output_dir, *extra, epochs=1, steps=1):
+    return run([sys.executable, "fine_tuning.py", *base_args(demo, output_dir, epochs=epochs, steps=steps), *extra])
+
+
+def trained_nothing(output_dir):
+    return not any(os.path.exists(os.path.join(output_dir, name)) for name in ("log.txt", "checkpoint.pth"))
+
+
+def preflight_refuses(capsys, demo, output_dir, *extra):
+    """fine_tuning.preflight (what main() runs before building the model) on these flags, in this process: it
+    must stop with exit code 1 and exactly one `error:` line, which is returned."""
+    args = fine_tuning.get_args_parser().parse_args(base_args(demo, output_dir, epochs=1, steps=1) + list(extra))
+    with pytest.raises(SystemExit) as stop:
+        fine_tuning.preflight(args, fine_tuning.load_splits(args))
+    assert stop.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+@pytest.fixture
+def demo(demo_root, tmp_path):
+    return make_demo(demo_root, tmp_path / "demo")
+
+
+# ---------------------------------------------------------------------------- flags checked before training
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--epochs", "0"], "--epochs"),
+    (["--batch_size", "0"], "--batch_size"),
+    (["--gradient_accumulation_steps", "4", "--quick_break", "2"], "no optimizer update"),
+    (["--resume", "--overwrite"], "--overwrite"),
+])
+def test_impossible_numbers_are_refused_before_training(capsys, demo, tmp_path, flags, needle):
+    assert needle in preflight_refuses(capsys, demo, tmp_path / "out", *flags)
+
+
+def test_output_dir_that_is_a_file_or_under_a_file_is_refused(capsys, demo, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    assert f"--output_dir {a_file} is a file" in preflight_refuses(capsys, demo, a_file)
+    assert f"--output_dir {a_file / 'run'} cannot be written" in preflight_refuses(capsys, demo, a_file / "run")
+    assert a_file.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_dir_is_refused(capsys, demo, tmp_path):
+    out = tmp_path / "read_only"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        assert f"--output_dir {out} cannot be written" in preflight_refuses(capsys, demo, out)
+    finally:
+        out.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------- an earlier run
+
+def fake_finished_run(folder):
+    """The files a finished run leaves (their content does not matter to the check); returns their digests."""
+    folder.mkdir(parents=True)
+    (folder / "log.txt").write_text('{"epoch": 0, "dev_bleu4": 12.5}\n')
+    for name in ("checkpoint.pth", "best_checkpoint.pth"):
+        (folder / name).write_bytes(os.urandom(1000))
+    (folder / "deepspeed" / "epoch0").mkdir(parents=True)
+    (folder / "deepspeed" / "epoch0" / "stale").write_text("the earlier run's optimizer state")
+    (folder / "deepspeed" / "latest").write_text("epoch0")
+    return digests(folder)
+
+
+def digests(folder):
+    found = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(parent, name), "rb") as f:
+                found[os.path.relpath(os.path.join(parent, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def test_rerun_into_a_finished_run_is_refused_and_leaves_it_unchanged(demo, tmp_path):
+    """End to end: main() runs the checks before it writes anything."""
+    out = tmp_path / "finished"
+    before = fake_finished_run(out)
+    refused(fine_tune(demo, out), str(out), "--resume", "--overwrite")
+    assert digests(out) == before
+
+
+def test_overwrite_replaces_the_run_and_skipped_eval_samples_are_counted_per_split(demo, tmp_path):
+    """--overwrite starts a fresh log; with --skip_bad_samples a missing dev file is announced before training,
+    and each split's skipped samples are printed and logged beside its scores."""
+    out = tmp_path / "finished"
+    fake_finished_run(out)
+    os.remove(pose_file(demo, "dev", 1))
+    truncate(pose_file(demo, "test", 2))
+    result = check_ok(fine_tune(demo, out, "--overwrite", "--skip_bad_samples"))
+    assert "1 of the 4 dev pose files" in result.stdout and pose_file(demo, "dev", 1) in result.stdout
+    assert "dev: skipped 1 bad samples (--skip_bad_samples): scored 3 of 4" in result.stdout
+    assert "test: skipped 1 bad samples (--skip_bad_samples): scored 3 of 4" in result.stdout
+    log = read_log(out)
+    assert [r["epoch"] for r in log] == [0]  # the earlier run's log is gone, not appended to
+    assert log[0]["dev_skipped_samples"] == 1 and log[0]["test_skipped_samples"] == 1
+    assert log[0]["train_skipped_samples"] == 0
+    epoch_line = next(line for line in result.stdout.splitlines() if line.startswith("epoch 0: dev"))
+    assert "skipped_samples 1" in epoch_line
+    assert len(read_predictions(out / "dev_tmp_pres.txt")) == 3
+    assert torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)["epoch"] == 0
+    assert not os.path.exists(out / "deepspeed" / "epoch0" / "stale")  # the earlier resumable state is gone
+
+
+# ---------------------------------------------------------------------------- data checked before training
+
+def test_missing_dev_pose_file_is_refused_before_training(capsys, demo, tmp_path):
+    missing = pose_file(demo, "dev", 2)
+    os.remove(missing)
+    line = preflight_refuses(capsys, demo, tmp_path / "out")
+    assert missing in line and "1 of the 4 dev pose files" in line and "--skip_bad_samples" in line
+
+
+def test_empty_dev_split_is_refused_before_training(capsys, demo, tmp_path):
+    with gzip.open(demo["label_paths"]["dev"], "wb") as f:
+        pickle.dump({}, f)
+    assert demo["label_paths"]["dev"] in preflight_refuses(capsys, demo, tmp_path / "out")
+
+
+@pytest.mark.parametrize("phase", ["train", "dev"])
+def test_skip_bad_samples_with_every_sample_of_a_split_bad_is_refused_before_training(capsys, demo, tmp_path, phase):
+    for index in range(4):
+        truncate(pose_file(demo, phase, index))
+    line = preflight_refuses(capsys, demo, tmp_path / "out", "--skip_bad_samples")
+    assert f"every {phase} sample is unreadable" in line and demo["label_paths"][phase] in line
+
+
+# ---------------------------------------------------------------------------- bad files met while training
+
+def test_zero_length_keypoints_is_a_bad_sample_naming_the_file(tmp_path):
+    path = tmp_path / "empty.pkl"
+    write_zero_length_keypoints(path)
+    with pytest.raises(datasets.BadSampleError, match="empty.pkl: no frames"):
+        datasets.load_pose(str(path))
+
+
+def test_bad_pose_file_read_by_a_worker_is_one_line_naming_it(demo, tmp_path):
+    """Read by a DataLoader worker, the error comes back wrapped in the worker's traceback; the user sees one line."""
+    bad = pose_file(demo, "train", 1)
+    write_zero_length_keypoints(bad)
+    line = refused(fine_tune(demo, tmp_path / "out", "--num_workers", "2"), bad, "no frames", "--skip_bad_samples")
+    assert "DataLoader worker" not in line
+
+
+# ---------------------------------------------------------------------------- several processes
+
+def launch_two(args, timeout=600):
+    """fine_tuning.py under DeepSpeed's launcher with two CPU processes (gloo); on a timeout (a hang) the whole
+    process group is killed, so that no rank lingers."""
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    cmd = [launcher, "--num_gpus", "2", "--master_port", "29741", "fine_tuning.py", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(threads=1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"two processes still running after {timeout} s (a hang)")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_two_processes_skip_together_and_zero3_evaluation_scores_like_one(demo_root, tmp_path):
+    """Batch size 1 and one bad training sample: one rank's batch is empty, so both ranks must skip that step.
+    ZeRO-3 evaluation of 3 dev samples with one bad: the ranks have 2 and 1 batches, one of them empty, and beam
+    searches of different lengths; every rank must run the same generate calls. Then one process scores the
+    checkpoint exactly as the two did."""
+    demo = make_demo(demo_root, tmp_path / "demo", sizes=(4, 3, 3))
+    truncate(pose_file(demo, "train", 0))
+    truncate(pose_file(demo, "dev", 1))
+    two = tmp_path / "two"
+    args = base_args(demo, two, epochs=1, steps=0) + ["--batch_size", "1", "--zero_stage", "3", "--skip_bad_samples"]
+    args.remove("--use_hyperbolic")  # ZeRO-3 trains without the hyperbolic branch
+    check_ok(launch_two(args))
+    record = read_log(two)[0]
+    assert record["train_skipped_samples"] == 1 and record["train_skipped_steps"] == 1
+    assert record["dev_skipped_samples"] == 1 and record["test_skipped_samples"] == 0
+    assert len(read_predictions(two / "dev_tmp_pres.txt")) == 2
+    one = tmp_path / "one"
+    eval_args = base_args(demo, one) + ["--batch_size", "1", "--skip_bad_samples", "--eval", "--finetune",
+                                        str(two / "checkpoint.pth")]
+    eval_args.remove("--use_hyperbolic")
+    result = check_ok(run([sys.executable, "fine_tuning.py", *eval_args]))
+    for split in ("dev", "test"):
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"{split}:"))
+        assert f"bleu4 {record[f'{split}_bleu4']:.2f}" in line and f"rouge {record[f'{split}_rouge']:.2f}" in line
+        assert read_predictions(two / f"{split}_tmp_pres.txt") == read_predictions(one / f"{split}_tmp_pres.txt")
