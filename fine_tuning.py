@@ -183,7 +183,7 @@ def evaluate(model, loader, args, split, synced=False):
         results.update(part)
     skipped = sum(count for _, count in parts)
     if skipped:
-        print(f"{split}: skipped {skipped} bad samples (--skip_bad_samples): scored {len(results)} of "
+        print(f"skipped {skipped} bad {split} samples (--skip_bad_samples): scored {len(results)} of "
               f"{len(loader.dataset)}")
     names = [s["name"] for s in loader.dataset.samples if s["name"] in results]
     hyps, refs = [results[n][0] for n in names], [results[n][1] for n in names]

@@ -163,8 +163,8 @@ def test_overwrite_replaces_the_run_and_skipped_eval_samples_are_counted_per_spl
     truncate(pose_file(demo, "test", 2))
     result = check_ok(fine_tune(demo, out, "--overwrite", "--skip_bad_samples"))
     assert "1 of the 4 dev pose files" in result.stdout and pose_file(demo, "dev", 1) in result.stdout
-    assert "dev: skipped 1 bad samples (--skip_bad_samples): scored 3 of 4" in result.stdout
-    assert "test: skipped 1 bad samples (--skip_bad_samples): scored 3 of 4" in result.stdout
+    assert "skipped 1 bad dev samples (--skip_bad_samples): scored 3 of 4" in result.stdout
+    assert "skipped 1 bad test samples (--skip_bad_samples): scored 3 of 4" in result.stdout
     log = read_log(out)
     assert [r["epoch"] for r in log] == [0]  # the earlier run's log is gone, not appended to
     assert log[0]["dev_skipped_samples"] == 1 and log[0]["test_skipped_samples"] == 1
