@@ -260,3 +260,9 @@ def test_two_processes_skip_together_and_zero3_evaluation_scores_like_one(demo_r
         line = next(line for line in result.stdout.splitlines() if line.startswith(f"{split}:"))
         assert f"bleu4 {record[f'{split}_bleu4']:.2f}" in line and f"rouge {record[f'{split}_rouge']:.2f}" in line
         assert read_predictions(two / f"{split}_tmp_pres.txt") == read_predictions(one / f"{split}_tmp_pres.txt")
+
+
+def test_runs_under_another_home_share_the_compiled_op_cache(tmp_path):
+    env = clean_env(HOME=str(tmp_path))
+    assert env["TORCH_EXTENSIONS_DIR"] == os.environ["TORCH_EXTENSIONS_DIR"]
+    assert not env["TORCH_EXTENSIONS_DIR"].startswith(str(tmp_path))

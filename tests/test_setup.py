@@ -49,3 +49,28 @@ def test_rtmlib_is_installed_without_its_opencv_dependencies_everywhere():
     assert f"pip install --no-deps {pin}" in read("env.yaml")
     assert pin in read("requirements.txt") and "rtmlib" not in " ".join(requirement_lines(read("requirements.txt")))
     assert "opencv-python-headless" in requirement_lines(read("requirements.txt"))
+
+
+def canonical(name):
+    """A package name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_requirement_is_pinned_in_constraints_within_its_range():
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in requirement_lines(read("constraints.txt")):
+        name, _, version = line.partition("==")
+        assert version, f"constraints.txt: {line!r} is not NAME==VERSION"
+        pins[canonical(name)] = version
+    setup = read("script/setup.sh")
+    assert "-r requirements.txt -c constraints.txt" in setup  # the pins are what setup.sh installs
+    rtmlib = re.search(r"^RTMLIB=(\S+)", setup, re.M).group(1)  # installed by setup.sh, not requirements.txt
+    requirements = [Requirement(line) for line in requirement_lines(read("requirements.txt")) + ["torch", rtmlib]]
+    missing = [r.name for r in requirements if canonical(r.name) not in pins]
+    assert not missing, (f"not pinned in constraints.txt: {', '.join(missing)}; add a line NAME==VERSION for each "
+                         "(the version `pip freeze` shows in the .venv the tests pass in)")
+    outside = [f"{r} (pinned {pins[canonical(r.name)]})" for r in requirements
+               if not r.specifier.contains(pins[canonical(r.name)], prereleases=True)]
+    assert not outside, f"constraints.txt pins versions that requirements.txt or setup.sh exclude: {outside}"
