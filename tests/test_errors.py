@@ -154,9 +154,11 @@ def test_rerun_into_a_finished_run_is_refused_and_leaves_it_unchanged(demo, tmp_
     assert digests(out) == before
 
 
+@pytest.mark.slow  # a training run: 60-90 s on the shared 2-core machine
 def test_overwrite_replaces_the_run_and_skipped_eval_samples_are_counted_per_split(demo, tmp_path):
     """--overwrite starts a fresh log; with --skip_bad_samples a missing dev file is announced before training,
-    and each split's skipped samples are printed and logged beside its scores."""
+    and each split's skipped samples are printed and logged beside its scores. The screen shows no third-party
+    notice a user cannot act on."""
     out = tmp_path / "finished"
     fake_finished_run(out)
     os.remove(pose_file(demo, "dev", 1))
@@ -173,6 +175,9 @@ def test_overwrite_replaces_the_run_and_skipped_eval_samples_are_counted_per_spl
     assert "skipped_samples 1" in epoch_line
     assert len(read_predictions(out / "dev_tmp_pres.txt")) == 3
     assert torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)["epoch"] == 0
+    screen = result.stdout + result.stderr  # none of the notices a newcomer cannot act on
+    for notice in ("Setting accelerator to CPU", "we will NOT tie them", "before it has started"):
+        assert notice not in screen, notice
     assert not os.path.exists(out / "deepspeed" / "epoch0" / "stale")  # the earlier resumable state is gone
 
 
