@@ -221,6 +221,20 @@ def test_bad_pose_file_read_by_a_worker_is_one_line_naming_it(demo, tmp_path):
     assert "DataLoader worker" not in line
 
 
+def test_an_epoch_that_trains_on_no_sample_stops_without_saving(demo_root, tmp_path):
+    """With --skip_bad_samples, an epoch (here its one step, --quick_break 1) whose every sample is bad must not
+    end in rc 0 with checkpoints of an untrained model. The bad samples are the first batch DistributedSampler
+    deals (seed 42, epoch 0); the other half of the split is readable, so the up-front check passes."""
+    demo = make_demo(demo_root, tmp_path / "demo", sizes=(8, 4, 4))
+    sampler = torch.utils.data.DistributedSampler(range(8), num_replicas=1, rank=0, shuffle=True, seed=42)
+    sampler.set_epoch(0)
+    for index in list(sampler)[:4]:
+        truncate(pose_file(demo, "train", index))
+    out = tmp_path / "out"
+    refused(fine_tune(demo, out, "--skip_bad_samples"), "epoch 0 trained on no sample", "4 samples")
+    assert trained_nothing(out)
+
+
 # ---------------------------------------------------------------------------- several processes
 
 def launch_two(args, timeout=600):
