@@ -124,7 +124,7 @@ def train_one_epoch(engine, loader, epoch, args, run=None):
     skipped = sum(utils.gather_objects(skipped))  # every rank's
     if count == 0:
         utils.fail(f"epoch {epoch} trained on no sample: all {skipped} samples it read were unreadable and skipped "
-                   "(--skip_bad_samples); fix or remove the bad pose files. Nothing was saved")
+                   "(--skip_bad_samples); fix or remove the bad pose files. Stopping without saving this epoch")
     stats = {key: value / max(count, 1) for key, value in sums.items()}
     stats["lr"] = engine.lr()
     if skipped:
