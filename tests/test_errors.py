@@ -17,7 +17,7 @@ import torch
 
 import datasets
 import fine_tuning
-from test_training import ROOT, base_args, check_ok, clean_env, read_log, read_predictions, run
+from e2e import ROOT, base_args, check_ok, clean_env, read_log, read_predictions, run
 
 
 def make_demo(demo_root, folder, sizes=(4, 4, 4)):
