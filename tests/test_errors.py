@@ -190,10 +190,13 @@ def test_missing_dev_pose_file_is_refused_before_training(capsys, demo, tmp_path
     assert missing in line and "1 of the 4 dev pose files" in line and "--skip_bad_samples" in line
 
 
-def test_empty_dev_split_is_refused_before_training(capsys, demo, tmp_path):
+def test_empty_dev_split_is_refused_before_training(demo, tmp_path):
+    """End to end: the label reader or preflight, whichever meets it first, stops with one line naming the file."""
     with gzip.open(demo["label_paths"]["dev"], "wb") as f:
         pickle.dump({}, f)
-    assert demo["label_paths"]["dev"] in preflight_refuses(capsys, demo, tmp_path / "out")
+    out = tmp_path / "out"
+    refused(fine_tune(demo, out), demo["label_paths"]["dev"])
+    assert trained_nothing(out)
 
 
 @pytest.mark.parametrize("phase", ["train", "dev"])
