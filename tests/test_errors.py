@@ -244,7 +244,7 @@ def launch_two(args, timeout=600):
     """fine_tuning.py under DeepSpeed's launcher with two CPU processes (gloo); on a timeout (a hang) the whole
     process group is killed, so that no rank lingers."""
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [launcher, "--num_gpus", "2", "--master_port", "29741", "fine_tuning.py", *args]
+    cmd = [launcher, "--num_gpus", "2", "--master_port", "29753", "fine_tuning.py", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(threads=1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
