@@ -154,7 +154,6 @@ def test_rerun_into_a_finished_run_is_refused_and_leaves_it_unchanged(demo, tmp_
     assert digests(out) == before
 
 
-@pytest.mark.slow  # a training run: 60-90 s on the shared 2-core machine
 def test_overwrite_replaces_the_run_and_skipped_eval_samples_are_counted_per_split(demo, tmp_path):
     """--overwrite starts a fresh log; with --skip_bad_samples a missing dev file is announced before training,
     and each split's skipped samples are printed and logged beside its scores. The screen shows no third-party
