@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The newcomer's first run: set up, build the built-in demo data, train Geo-Sign (token mode) on it
 # and evaluate dev and test after every epoch; then export the best model as a folder and draw its
-# embedding space. No download, no GPU needed (about 6 minutes on 2 CPU cores).
+# embedding space. No download, no GPU needed (about 9 minutes on 2 CPU cores).
 #   bash script/demo.sh [extra fine_tuning.py flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -241,6 +241,7 @@ def export(source, out_dir, mt5_path=None, license_name="other"):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    utils.silence_known_notices()
     try:
         out = export(args.checkpoint, args.out_dir, args.mt5_path, args.license)
     except (FileNotFoundError, model_io.ModelFileError) as err:

@@ -187,6 +187,7 @@ def save_coordinates(path_stem, names, xy, distances, weights, c, energy):
 
 def main(args):
     from datasets import DataConfig, PoseCollator, build_dataset
+    utils.silence_known_notices()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, read = model_io.load_model(args.finetune, args.mt5_path, device)
     if not model.use_hyperbolic:

@@ -39,6 +39,7 @@ def get_args_parser():
 
 
 def main(args):
+    utils.silence_known_notices()
     import torch
     import datasets
     torch.set_grad_enabled(False)
