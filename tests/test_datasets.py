@@ -460,6 +460,8 @@ def test_csl_news_json_split_99_1(tmp_path):
     train, dev, test = build("train"), build("dev"), build("test")
     assert len(train) == 297 and len(dev) == 3 and list(dev.samples) == list(test.samples)
     assert [s["name"] for s in dev.samples] == ["v297", "v298", "v299"]
+    assert train.samples.texts.data is dev.samples.texts.data  # one parse per process, two views
+    assert [s["text"] for s in list(train.samples) + list(dev.samples)] == [e["text"] for e in entries]
     assert train.samples[0] == {"name": "v0", "pose_path": str(tmp_path / "v0.pkl"), "text": "句子0"}
 
 

@@ -66,17 +66,6 @@ def test_sample_index_items_slices_and_iteration():
         index[3]
 
 
-def test_csl_news_index_is_read_once_per_process_and_sliced(tmp_path):
-    entries = [{"video": f"v{i}.mp4", "pose": f"v{i}.pkl", "text": f"句子{i}"} for i in range(200)]
-    path = tmp_path / "CSL_News_Labels.json"
-    path.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
-    build = lambda phase: datasets.build_dataset("CSL_News", phase, args(), label_path=str(path),  # noqa: E731
-                                                 pose_dir=str(tmp_path))
-    train, dev = build("train"), build("dev")
-    assert train.samples.texts.data is dev.samples.texts.data  # one parse, two views
-    assert [s["text"] for s in list(train.samples) + list(dev.samples)] == [e["text"] for e in entries]
-
-
 # ----------------------------------------------------------------------------- label files a user gets wrong
 def write_labels(path, labels):
     with gzip.open(path, "wb") as f:
