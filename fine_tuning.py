@@ -360,7 +360,9 @@ def preflight(args, datasets):
             if not args.skip_bad_samples:
                 utils.fail(f"{message}; check --pose_dir, or pass --skip_bad_samples to skip and count them")
             print(f"warning: {message}; --skip_bad_samples: they will be skipped and counted")
-        if args.skip_bad_samples:  # at least one readable sample, or every epoch would train or score nothing
+        if phase != "train" and not args.eval:  # evaluation reads them only after the first epoch
+            check_pose_files(dataset, phase, label_path, args.skip_bad_samples)
+        elif args.skip_bad_samples:  # at least one readable sample, or every epoch would train or score nothing
             first_error = None
             for sample in dataset.samples:
                 try:
@@ -382,6 +384,31 @@ def preflight(args, datasets):
                        f"training steps of an epoch ({len(datasets['train'])} samples, --batch_size {args.batch_size}"
                        + (f", --quick_break {args.quick_break}" if args.quick_break else "")
                        + "): no optimizer update would ever happen; lower --gradient_accumulation_steps")
+
+
+def check_pose_files(dataset, phase, label_path, skip_bad_samples):
+    """Read every pose file of an evaluation split once (what each evaluation will read), before training: a
+    corrupt or truncated file stops the run now, naming it, instead of after the first epoch. With
+    --skip_bad_samples the bad ones are counted and announced, and a split with none readable is refused."""
+    from datasets import BadSampleError, load_pose
+    bad = []
+    with tqdm(dataset.samples, desc=f"check {phase} poses", disable=not utils.is_main_process(), leave=False) as bar:
+        for sample in bar:
+            try:
+                load_pose(sample["pose_path"])
+            except BadSampleError as err:
+                bad.append(err)
+                if not skip_bad_samples:
+                    break
+    if bad and not skip_bad_samples:
+        utils.fail(f"{bad[0]} ({phase} split, labels {label_path}); replace the file, or pass --skip_bad_samples "
+                   "to skip and count it")
+    if len(bad) == len(dataset):
+        utils.fail(f"every {phase} sample is unreadable (labels {label_path}; the first: {bad[0]}): "
+                   "--skip_bad_samples would leave nothing to score")
+    if bad:
+        print(f"warning: {len(bad)} of the {len(dataset)} {phase} pose files are unreadable (the first: {bad[0]}); "
+              "--skip_bad_samples: they will be skipped and counted")
 
 
 # What an output folder holds once a run has saved in it.

@@ -189,6 +189,21 @@ def test_missing_dev_pose_file_is_refused_before_training(capsys, demo, tmp_path
     assert missing in line and "1 of the 4 dev pose files" in line and "--skip_bad_samples" in line
 
 
+def test_corrupt_dev_pose_file_is_refused_before_training(capsys, demo, tmp_path):
+    """Present but unreadable: found by reading every dev and test file before the first epoch, not after it."""
+    corrupt = pose_file(demo, "dev", 1)
+    truncate(corrupt)
+    line = preflight_refuses(capsys, demo, tmp_path / "out")
+    assert corrupt in line and "truncated or corrupt" in line and "--skip_bad_samples" in line
+
+
+def test_corrupt_test_pose_file_with_skip_bad_samples_is_announced_before_training(capsys, demo, tmp_path):
+    truncate(pose_file(demo, "test", 3))
+    args = fine_tuning.get_args_parser().parse_args(base_args(demo, tmp_path / "out") + ["--skip_bad_samples"])
+    fine_tuning.preflight(args, fine_tuning.load_splits(args))
+    assert "1 of the 4 test pose files are unreadable" in capsys.readouterr().out
+
+
 def test_empty_dev_split_is_refused_before_training(demo, tmp_path):
     """End to end: the label reader or preflight, whichever meets it first, stops with one line naming the file."""
     with gzip.open(demo["label_paths"]["dev"], "wb") as f:
