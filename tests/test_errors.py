@@ -2,6 +2,7 @@
 that names the file or flag, before any training where it can be checked up front; an earlier run is never
 overwritten by accident; skipped samples are counted; several processes with --skip_bad_samples or ZeRO-3
 evaluation finish and score like one."""
+import errno
 import gzip
 import hashlib
 import os
@@ -112,15 +113,24 @@ def test_output_dir_that_is_a_file_or_under_a_file_is_refused(capsys, demo, tmp_
     assert a_file.read_text() == "not a folder"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_output_dir_is_refused(capsys, demo, tmp_path):
+def test_read_only_output_dir_is_refused(capsys, demo, tmp_path, monkeypatch):
     out = tmp_path / "read_only"
     out.mkdir()
     out.chmod(0o500)
+    if os.geteuid() == 0:  # root writes into read-only folders (CI runs as root): the OS's refusal is simulated
+        real_open = open
+
+        def open_refusing_out(path, *args, **kwargs):
+            if str(path).startswith(str(out)):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_open(path, *args, **kwargs)
+        monkeypatch.setattr("builtins.open", open_refusing_out)
     try:
-        assert f"--output_dir {out} cannot be written" in preflight_refuses(capsys, demo, out)
+        line = preflight_refuses(capsys, demo, out)
     finally:
         out.chmod(0o700)
+    assert f"--output_dir {out} cannot be written (Permission denied)" in line
+    assert os.listdir(out) == []  # no probe file left behind
 
 
 # ---------------------------------------------------------------------------- an earlier run
