@@ -6,10 +6,11 @@
     python script/benchmark.py metrics      # scoring the 2,349 How2Sign pairs (target: under 2 s)
     python script/benchmark.py extract      # pose extraction: the pipeline's own cost per frame vs the models'
     python script/benchmark.py step --baseline REV   # training step: working tree vs a git revision
+    python script/benchmark.py convs        # the ST-GCN's convolutions against the machine's matrix-product rate
     python script/benchmark.py gpu          # bf16 ZeRO-2 step at the mT5-base shape (--tiny: CPU smoke run)
 
 Each prints its measurements; its last line is a JSON object (the side-by-side ones: the ratio under "ratio";
-index: "memory_ratio" and "startup_s"; extract: pipeline_ms_per_frame and model_ms_per_frame; gpu: ms per
+index: "memory_ratio" and "startup_s"; convs: GFLOP/s; extract: pipeline_ms_per_frame and model_ms_per_frame; gpu: ms per
 step, TFLOP/s, MFU, memory per configuration).
 """
 import argparse
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["data", "hyperbolic", "index", "metrics", "extract", "step", "gpu"])
+    parser.add_argument("which", choices=["data", "hyperbolic", "index", "metrics", "extract", "step", "convs", "gpu"])
     args, rest = parser.parse_known_args()
     if args.which == "metrics":
         return bench_metrics()
@@ -32,6 +33,8 @@ def main():
         import bench_extract as bench
     elif args.which == "step":
         import bench_step as bench
+    elif args.which == "convs":
+        import bench_convs as bench
     elif args.which == "gpu":
         import bench_gpu as bench
     elif args.which == "index":
