@@ -19,6 +19,7 @@ import torch
 import datasets
 import fine_tuning
 from e2e import ROOT, base_args, check_ok, clean_env, read_log, read_predictions, run
+from in_process import fine_tuning_refuses
 
 
 def make_demo(demo_root, folder, sizes=(4, 4, 4)):
@@ -156,11 +157,12 @@ def digests(folder):
     return found
 
 
-def test_rerun_into_a_finished_run_is_refused_and_leaves_it_unchanged(demo, tmp_path):
-    """End to end: main() runs the checks before it writes anything."""
+def test_rerun_into_a_finished_run_is_refused_and_leaves_it_unchanged(capsys, demo, tmp_path):
+    """The whole command line (in this process): main() runs the checks before it writes anything."""
     out = tmp_path / "finished"
     before = fake_finished_run(out)
-    refused(fine_tune(demo, out), str(out), "--resume", "--overwrite")
+    line = fine_tuning_refuses(capsys, base_args(demo, out, epochs=1, steps=1))[0]
+    assert str(out) in line and "--resume" in line and "--overwrite" in line
     assert digests(out) == before
 
 
@@ -214,12 +216,13 @@ def test_corrupt_test_pose_file_with_skip_bad_samples_is_announced_before_traini
     assert "1 of the 4 test pose files are unreadable" in capsys.readouterr().out
 
 
-def test_empty_dev_split_is_refused_before_training(demo, tmp_path):
-    """End to end: the label reader or preflight, whichever meets it first, stops with one line naming the file."""
+def test_empty_dev_split_is_refused_before_training(capsys, demo, tmp_path):
+    """The whole command line (in this process): the label reader or preflight, whichever meets it first, stops
+    with one line naming the file."""
     with gzip.open(demo["label_paths"]["dev"], "wb") as f:
         pickle.dump({}, f)
     out = tmp_path / "out"
-    refused(fine_tune(demo, out), demo["label_paths"]["dev"])
+    assert demo["label_paths"]["dev"] in fine_tuning_refuses(capsys, base_args(demo, out, epochs=1, steps=1))[0]
     assert trained_nothing(out)
 
 
@@ -248,7 +251,7 @@ def test_bad_pose_file_read_by_a_worker_is_one_line_naming_it(demo, tmp_path):
     assert "DataLoader worker" not in line
 
 
-def test_an_epoch_that_trains_on_no_sample_stops_without_saving(demo_root, tmp_path):
+def test_an_epoch_that_trains_on_no_sample_stops_without_saving(capsys, demo_root, tmp_path):
     """With --skip_bad_samples, an epoch (here its one step, --quick_break 1) whose every sample is bad must not
     end in rc 0 with checkpoints of an untrained model. The bad samples are the first batch DistributedSampler
     deals (seed 42, epoch 0); the other half of the split is readable, so the up-front check passes."""
@@ -258,7 +261,8 @@ def test_an_epoch_that_trains_on_no_sample_stops_without_saving(demo_root, tmp_p
     for index in list(sampler)[:4]:
         truncate(pose_file(demo, "train", index))
     out = tmp_path / "out"
-    refused(fine_tune(demo, out, "--skip_bad_samples"), "epoch 0 trained on no sample", "4 samples")
+    line = fine_tuning_refuses(capsys, base_args(demo, out, epochs=1, steps=1) + ["--skip_bad_samples"])[0]
+    assert "epoch 0 trained on no sample" in line and "4 samples" in line  # the whole command line, in this process
     assert trained_nothing(out)
 
 
