@@ -1,9 +1,13 @@
 """Model settings (one default each), model folders (export, load, refuse broken ones), --finetune checks
 and the Poincaré-disk plot."""
 import argparse
+import contextlib
 import dataclasses
+import gzip
+import io
 import json
 import os
+import pickle
 import shutil
 import sys
 from types import SimpleNamespace
@@ -12,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+import export_model
 import model_io
 from datasets import DataConfig
 from models import ModelConfig, Uni_Sign
 from e2e import base_args, check_ok, read_log, read_predictions, run  # small_demo: conftest.py
+from in_process import fine_tuning_refuses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,18 +72,40 @@ def test_shared_tensors_are_stored_once_and_every_name_comes_back(tmp_path):
 # ---------------------------------------------------------------------------- export and load
 
 @pytest.fixture(scope="module")
-def trained(small_demo, tmp_path_factory):
-    """Two quick epochs of token-mode Geo-Sign (ZeRO-2): checkpoint.pth, log.txt and deepspeed/ state."""
+def io_demo(small_demo, tmp_path_factory):
+    """small_demo with dev and test cut to 4 samples: the runs here check weights and files, not scores, and each
+    epoch's beam search over dev and test is most of a short run's time."""
+    out = tmp_path_factory.mktemp("io_demo")
+    paths = dict(small_demo["label_paths"])
+    for phase in ("dev", "test"):
+        with gzip.open(paths[phase], "rb") as f:
+            labels = pickle.load(f)
+        paths[phase] = str(out / f"labels.{phase}")
+        with gzip.open(paths[phase], "wb") as f:
+            pickle.dump(dict(list(labels.items())[:4]), f)
+    return dict(small_demo, label_paths=paths)
+
+
+@pytest.fixture(scope="module")
+def trained(io_demo, tmp_path_factory):
+    """One quick epoch (3 steps) of token-mode Geo-Sign (ZeRO-2), run as a user runs it: checkpoint.pth, log.txt
+    and deepspeed/ state."""
     out = tmp_path_factory.mktemp("io_run")
-    check_ok(run([sys.executable, "fine_tuning.py", *base_args(small_demo, out, epochs=1, steps=3)]))
+    check_ok(run([sys.executable, "fine_tuning.py", *base_args(io_demo, out, epochs=1, steps=3)]))
     return out
+
+
+def export(*argv):
+    """script/export_model.py's command line, in this process; returns what it printed."""
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        export_model.main([str(a) for a in argv])
+    return printed.getvalue()
 
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("io_export") / "model"
-    result = check_ok(run([sys.executable, "script/export_model.py", str(trained / "checkpoint.pth"), str(folder)]))
-    assert "exported" in result.stdout
+    assert "exported" in export(trained / "checkpoint.pth", folder)
     return folder
 
 
@@ -92,7 +120,7 @@ def no_pickles(folder):
     return files
 
 
-def test_export_round_trip_gives_the_same_model_and_translations(trained, exported, small_demo):
+def test_export_round_trip_gives_the_same_model_and_translations(trained, exported, io_demo):
     files = no_pickles(exported)
     assert {"config.json", "model.safetensors", "README.md"} <= {os.path.basename(f) for f in files}
     assert os.path.isfile(exported / "mt5" / "model.safetensors")
@@ -116,51 +144,55 @@ def test_export_round_trip_gives_the_same_model_and_translations(trained, export
     dev_bleu4 = read_log(trained)[-1]["dev_bleu4"]
     assert f"value: {round(dev_bleu4, 2)}" in front and "from_pretrained" in card and "@inproceedings" in card
 
-    from_pth, _ = model_io.load_model(str(trained / "checkpoint.pth"), mt5_path=small_demo["mt5_path"])
+    from_pth, _ = model_io.load_model(str(trained / "checkpoint.pth"), mt5_path=io_demo["mt5_path"])
     from datasets import PoseCollator, build_dataset
-    dataset = build_dataset("Demo", "dev", DataConfig(), label_path=small_demo["label_paths"]["dev"],
-                            pose_dir=small_demo["pose_dir"])
+    dataset = build_dataset("Demo", "dev", DataConfig(), label_path=io_demo["label_paths"]["dev"],
+                            pose_dir=io_demo["pose_dir"])
     batch = PoseCollator(model.mt5_tokenizer, "Demo")([dataset[i] for i in range(4)])
     assert model.generate(batch, num_beams=2, max_new_tokens=12) == from_pth.generate(batch, num_beams=2, max_new_tokens=12)
 
 
-@pytest.mark.slow  # two evaluations of dev and test
-def test_eval_of_a_folder_scores_exactly_like_the_checkpoint(trained, exported, small_demo, tmp_path):
+def test_eval_of_a_folder_scores_exactly_like_the_checkpoint(trained, exported, io_demo, tmp_path, capsys):
+    """Two evaluations of dev and test (4 samples each), each the whole command line run in this process."""
+    import fine_tuning
     outputs = {}
     for name, source in (("pth", trained / "checkpoint.pth"), ("folder", exported)):
-        args = base_args(small_demo, tmp_path / name) + ["--eval", "--finetune", str(source)]
+        args = base_args(io_demo, tmp_path / name) + ["--eval", "--finetune", str(source)]
         if name == "folder":  # the folder brings its own mT5
             index = args.index("--mt5_path")
             del args[index:index + 2]
-        result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
-        outputs[name] = [line for line in result.stdout.splitlines() if line.startswith(("dev:", "test:"))]
+        capsys.readouterr()
+        fine_tuning.run(fine_tuning.get_args_parser().parse_args(args))
+        outputs[name] = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("dev:", "test:"))]
         assert len(outputs[name]) == 2
+        assert len(read_predictions(tmp_path / name / "dev_tmp_pres.txt")) == 4
     assert outputs["pth"] == outputs["folder"]
     for split in ("dev", "test"):
         assert read_predictions(tmp_path / "pth" / f"{split}_tmp_pres.txt") == \
             read_predictions(tmp_path / "folder" / f"{split}_tmp_pres.txt")
 
 
-def test_release_format_checkpoint_exports_and_loads(trained, small_demo, tmp_path):
+def test_release_format_checkpoint_exports_and_loads(trained, io_demo, tmp_path, capsys):
     saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)
     release = {"model": saved["model"], "epoch": 39, "max_accuracy": 27.4,
                "args": argparse.Namespace(**{**saved["args"], "mt5_path": "/the/release/machine/mt5-base"})}
     torch.save(release, tmp_path / "best.pth")
     folder = tmp_path / "release_model"
-    check_ok(run([sys.executable, "script/export_model.py", str(tmp_path / "best.pth"), str(folder),
-                  "--mt5_path", small_demo["mt5_path"]]))
+    export(tmp_path / "best.pth", folder, "--mt5_path", io_demo["mt5_path"])
     no_pickles(folder)
     model = Uni_Sign.from_pretrained(str(folder))
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, saved["model"][name]), name
     assert json.loads((folder / "config.json").read_text())["training"]["epoch"] == 39
-    again = run([sys.executable, "script/export_model.py", str(tmp_path / "best.pth"), str(folder)])
-    assert again.returncode == 1 and "exists" in again.stderr  # nothing is overwritten
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as again:
+        export(tmp_path / "best.pth", folder)
+    assert again.value.code == 1 and "exists" in capsys.readouterr().err  # nothing is overwritten
 
 
 def test_deepspeed_state_exports_its_fp32_master_weights(trained, tmp_path):
     folder = tmp_path / "from_zero"
-    check_ok(run([sys.executable, "script/export_model.py", str(trained / "deepspeed"), str(folder)]))
+    export(trained / "deepspeed", folder)
     saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
     state = Uni_Sign.from_pretrained(str(folder)).state_dict()
     for name, tensor in state.items():  # fp32 training: the master weights are the module's weights
@@ -198,23 +230,22 @@ def test_safetensors_errors_are_named(tmp_path):
 
 # ---------------------------------------------------------------------------- --finetune checks (issue 12)
 
-def test_finetune_with_another_shape_is_one_error_line_naming_the_flag(trained, small_demo, tmp_path):
-    args = base_args(small_demo, tmp_path, epochs=1, steps=1) + ["--finetune", str(trained / "checkpoint.pth"),
-                                                                 "--hyp_dim", "32"]
-    result = run([sys.executable, "fine_tuning.py", *args])
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: --finetune") and str(trained / "checkpoint.pth") in lines[-1]
-    assert "hyp_attn_W (256, 256) vs (32, 32)" in lines[-1] and "--hyp_dim 256 (this run: 32)" in lines[-1]
+def test_finetune_with_another_shape_is_one_error_line_naming_the_flag(trained, io_demo, tmp_path, capsys):
+    """The whole command line, in this process (as are the next test's)."""
+    args = base_args(io_demo, tmp_path, epochs=1, steps=1) + ["--finetune", str(trained / "checkpoint.pth"),
+                                                              "--hyp_dim", "32"]
+    line, _, err = fine_tuning_refuses(capsys, args)
+    assert err.strip().splitlines()[-1] == line  # the last thing said
+    assert line.startswith("error: --finetune") and str(trained / "checkpoint.pth") in line
+    assert "hyp_attn_W (256, 256) vs (32, 32)" in line and "--hyp_dim 256 (this run: 32)" in line
 
 
-def test_finetune_with_an_unrelated_checkpoint_is_refused(small_demo, tmp_path):
+def test_finetune_with_an_unrelated_checkpoint_is_refused(io_demo, tmp_path, capsys):
     torch.save({"model": {f"encoder.layer{i}.weight": torch.zeros(2, 2) for i in range(5)}, "args": {}},
                tmp_path / "other.pth")
-    args = base_args(small_demo, tmp_path / "out", epochs=1, steps=1) + ["--eval", "--finetune", str(tmp_path / "other.pth")]
-    result = run([sys.executable, "fine_tuning.py", *args])
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "not a checkpoint of this model" in result.stderr and str(tmp_path / "other.pth") in result.stderr
+    args = base_args(io_demo, tmp_path / "out", epochs=1, steps=1) + ["--eval", "--finetune", str(tmp_path / "other.pth")]
+    line = fine_tuning_refuses(capsys, args)[0]
+    assert "not a checkpoint of this model" in line and str(tmp_path / "other.pth") in line
     assert not os.path.exists(tmp_path / "out" / "dev_tmp_pres.txt")  # nothing was scored
 
 
@@ -245,12 +276,15 @@ def test_projection_keeps_the_origin_and_each_distance_to_it(c):
     assert abs(float(np.dot(xy_flat[0], xy_flat[1]))) < 1e-9
 
 
-def test_plot_script_draws_every_sample_from_a_folder(exported, small_demo, tmp_path):
+def test_plot_script_draws_every_sample_from_a_folder(exported, small_demo, tmp_path, capsys):
+    """plot_embeddings.py's command line, in this process (the next test runs it as a user does)."""
+    import plot_embeddings
     out = tmp_path / "plot"
-    result = check_ok(run([sys.executable, "script/plot_embeddings.py", "--finetune", str(exported), "--split", "dev",
-                           "--output_dir", str(out), "--label_path", small_demo["label_paths"]["dev"],
-                           "--pose_dir", small_demo["pose_dir"]]))
-    assert "12 samples x 5 points" in result.stdout  # the dataset comes from the folder's config
+    capsys.readouterr()
+    plot_embeddings.main(plot_embeddings.get_args_parser().parse_args([
+        "--finetune", str(exported), "--split", "dev", "--output_dir", str(out),
+        "--label_path", small_demo["label_paths"]["dev"], "--pose_dir", small_demo["pose_dir"]]))
+    assert "12 samples x 5 points" in capsys.readouterr().out  # the dataset comes from the folder's config
     for name in ("poincare_disk.png", "poincare_disk.pdf", "embeddings_2d.npz", "embeddings_2d.csv"):
         assert os.path.getsize(out / name) > 1000, name
     saved = np.load(out / "embeddings_2d.npz")
@@ -273,15 +307,15 @@ def test_plot_script_refuses_a_model_without_the_hyperbolic_branch(trained, smal
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, zero_stage, hyperbolic", [("bf16", 2, True), ("fp32", 3, False)])
-def test_deepspeed_state_of_bf16_and_zero3_runs_exports(small_demo, tmp_path, dtype, zero_stage, hyperbolic):
+def test_deepspeed_state_of_bf16_and_zero3_runs_exports(io_demo, tmp_path, dtype, zero_stage, hyperbolic):
     """bf16: the folder holds DeepSpeed's fp32 master weights, of which checkpoint.pth holds the bf16 rounding
     (on CPUs DeepSpeed's master partitions were seen to hold bf16 values themselves: then both are equal).
     ZeRO-3: the partitions are gathered into whole tensors."""
-    args = base_args(small_demo, tmp_path / "run", epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage)]
+    args = base_args(io_demo, tmp_path / "run", epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage)]
     if not hyperbolic:
         args.remove("--use_hyperbolic")
     check_ok(run([sys.executable, "fine_tuning.py", *args]))
-    check_ok(run([sys.executable, "script/export_model.py", str(tmp_path / "run" / "deepspeed"), str(tmp_path / "model")]))
+    export(tmp_path / "run" / "deepspeed", tmp_path / "model")
     saved = torch.load(tmp_path / "run" / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
     state = Uni_Sign.from_pretrained(str(tmp_path / "model")).state_dict()
     assert set(saved) <= set(state)
