@@ -283,7 +283,7 @@ def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- end to end (fine_tuning.py)
 
-from e2e import ROOT, base_args, check_ok, clean_env, read_log, run  # noqa: E402
+from e2e import ROOT, base_args, check_ok, clean_env, read_log, read_predictions, run  # noqa: E402
 
 STOP_AT = """
 import os, signal, sys, models, fine_tuning
@@ -305,9 +305,25 @@ def no_temporary_files(folder):
     return not [name for _, _, names in os.walk(folder) for name in names if ".tmp-" in name]
 
 
+@pytest.fixture(scope="module")
+def resume_demo(small_demo, tmp_path_factory):
+    """small_demo with dev and test cut to 4 samples: every epoch of these runs beam-searches both, and what is
+    compared is the training state (and the predictions, line for line), not how good the scores are."""
+    import gzip
+    out = tmp_path_factory.mktemp("resume_demo")
+    paths = dict(small_demo["label_paths"])
+    for phase in ("dev", "test"):
+        with gzip.open(paths[phase], "rb") as f:
+            labels = pickle.load(f)
+        paths[phase] = str(out / f"labels.{phase}")
+        with gzip.open(paths[phase], "wb") as f:
+            pickle.dump(dict(list(labels.items())[:4]), f)
+    return dict(small_demo, label_paths=paths)
+
+
 @pytest.mark.slow
-def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(small_demo, tmp_path):
-    args = lambda out: base_args(small_demo, out, epochs=2, steps=2) + ["--num_workers", "2"]  # noqa: E731
+def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(resume_demo, tmp_path):
+    args = lambda out: base_args(resume_demo, out, epochs=2, steps=2) + ["--num_workers", "2"]  # noqa: E731
     check_ok(run([sys.executable, "fine_tuning.py", *args(tmp_path / "whole")]))
     stopped = run([sys.executable, "-c", STOP_AT.format(call=3), *args(tmp_path / "parts")])  # epoch 1, step 0
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
@@ -323,6 +339,9 @@ def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(small
                 assert a[key] == b[key], key
             elif key not in TIMING:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    for split in ("dev", "test"):  # the last epoch's translations, line for line
+        whole_lines = read_predictions(tmp_path / "whole" / f"{split}_tmp_pres.txt")
+        assert len(whole_lines) == 4 and whole_lines == read_predictions(tmp_path / "parts" / f"{split}_tmp_pres.txt")
 
 
 def launch_nodes(script, args_per_rank, port):
@@ -341,11 +360,11 @@ def epoch_tags(output_dir):
 
 
 @pytest.mark.slow
-def test_resume_on_another_number_of_ranks_and_pruning_on_each_node(small_demo, tmp_path):
+def test_resume_on_another_number_of_ranks_and_pruning_on_each_node(resume_demo, tmp_path):
     """1 rank -> 2 ranks on two "nodes", each writing its shards to its own folder -> 1 rank. The epoch,
     alpha's update counter, the best score and the schedule continue; each node prunes its own folder."""
     node0, node1 = tmp_path / "node0", tmp_path / "node1"
-    args = lambda out: base_args(small_demo, out, epochs=3, steps=2)  # noqa: E731
+    args = lambda out: base_args(resume_demo, out, epochs=3, steps=2)  # noqa: E731
     stopped = run([sys.executable, "-c", STOP_AT.format(call=3), *args(node0)])  # stops in epoch 1
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     shutil.copytree(node0, node1)  # the second node's copy of the run
