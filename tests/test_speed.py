@@ -70,3 +70,30 @@ def test_compiled_pose_encoder_keeps_keys_and_outputs(tiny_mt5_path):
         compiled = model.encode_pose(batch)[0]
     assert list(model.state_dict()) == keys
     assert torch.allclose(compiled, eager, atol=1e-5, rtol=1e-4)
+
+
+def test_convolution_benchmark_runs_tiny(capsys):
+    """benchmark.py convs: each encoder convolution shape timed as nn.Conv2d and as a matrix product, in process."""
+    import bench_convs
+    bench_convs.main(["--tiny"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["mm_gflops"] > 0 and len(summary["convs"]) == len(bench_convs.SHAPES)
+    assert all(r["conv_gflops"] > 0 and r["matmul_gflops"] > 0 for r in summary["convs"])
+    assert summary["ratio"] == max(r["ratio"] for r in summary["convs"])
+
+
+@pytest.mark.parametrize("kernel", [1, 5])
+def test_convolution_as_a_matrix_product_matches_conv2d_with_gradients(kernel):
+    """The benchmark's matrix-product form computes what nn.Conv2d computes (forward and every gradient)."""
+    import torch
+
+    import bench_convs
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, (kernel, 1), padding=((kernel - 1) // 2, 0)).double()
+    x = torch.randn(2, 6, 7, 3, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 5, 7, 3, dtype=torch.float64)
+    wanted = [x, conv.weight, conv.bias]
+    expected = torch.autograd.grad(conv(x), wanted, grad_out)
+    got = torch.autograd.grad(bench_convs.conv_as_matmul(x, conv.weight, conv.bias), wanted, grad_out)
+    for e, g in zip(expected, got):
+        assert torch.allclose(e, g, atol=1e-10)
