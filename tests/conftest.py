@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from e2e import TINY_EVAL_SAMPLES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for folder in (ROOT, os.path.join(ROOT, "script")):
     if folder not in sys.path:
@@ -31,15 +33,26 @@ def tiny_mt5_path(demo_root):
     return demo_root["mt5_path"]
 
 
-@pytest.fixture(scope="session")
-def small_demo(demo_root, tmp_path_factory):
-    """The demo with dev and test cut to 12 samples each, so that every epoch's beam search is quick."""
-    out = tmp_path_factory.mktemp("small_demo")
+def cut_demo(demo_root, folder, size):
+    """The demo with its dev and test label files cut to their first `size` samples (train, poses, mT5 shared)."""
     paths = {"train": demo_root["label_paths"]["train"]}
     for phase in ("dev", "test"):
         with gzip.open(demo_root["label_paths"][phase], "rb") as f:
             labels = pickle.load(f)
-        paths[phase] = str(out / f"labels.{phase}")
+        paths[phase] = str(folder / f"labels.{phase}")
         with gzip.open(paths[phase], "wb") as f:
-            pickle.dump(dict(list(labels.items())[:12]), f)
+            pickle.dump(dict(list(labels.items())[:size]), f)
     return {"mt5_path": demo_root["mt5_path"], "pose_dir": demo_root["pose_dir"], "label_paths": paths}
+
+
+@pytest.fixture(scope="session")
+def small_demo(demo_root, tmp_path_factory):
+    """The demo with dev and test cut to 12 samples each, so that every epoch's beam search is quick."""
+    return cut_demo(demo_root, tmp_path_factory.mktemp("small_demo"), 12)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(demo_root, tmp_path_factory):
+    """The demo with dev and test cut to 6 samples each, for runs whose scores are not the point: with
+    --batch_size 4 that is two evaluation batches of unequal size (one per rank in a 2-process run)."""
+    return cut_demo(demo_root, tmp_path_factory.mktemp("tiny_demo"), TINY_EVAL_SAMPLES)

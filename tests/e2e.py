@@ -1,6 +1,6 @@
 """Helpers for end-to-end tests that run fine_tuning.py / pretraining.py as a user does (in a subprocess).
 
-The fixture they go with, small_demo, is in conftest.py.
+The fixtures they go with, small_demo and tiny_demo, are in conftest.py.
 """
 import json
 import os
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_EVAL_SAMPLES = 6  # dev and test samples of the tiny_demo fixture
 LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from e2e import ROOT, assert_scores_like_one_process, base_args, clean_env, read_log, read_predictions
+from e2e import (ROOT, TINY_EVAL_SAMPLES, assert_scores_like_one_process, base_args, clean_env, read_log,
+                 read_predictions)
 
 VENV_BIN = os.path.dirname(sys.executable)  # where the deepspeed launcher is
 
@@ -28,12 +29,12 @@ def launch(script_args, threads=1, **env):
 
 
 @pytest.mark.slow
-def test_two_nodes_train_once_and_score_like_one_process(small_demo, tmp_path):
+def test_two_nodes_train_once_and_score_like_one_process(tiny_demo, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n", encoding="utf-8")
     out = tmp_path / "two_nodes"  # both nodes write here: the shared file system a cluster needs
     nodes_env = dict(HOSTFILE=str(hostfile), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    nodes = [launch(base_args(small_demo, out, epochs=1, steps=3), NODE_RANK=str(rank), **nodes_env)
+    nodes = [launch(base_args(tiny_demo, out, epochs=1, steps=2), NODE_RANK=str(rank), **nodes_env)
              for rank in (0, 1)]
     results = []
     for node in nodes:
@@ -49,12 +50,12 @@ def test_two_nodes_train_once_and_score_like_one_process(small_demo, tmp_path):
     assert "2 process(es)" not in results[1][0]  # node 1's rank prints nothing of its own
     # written once, by global rank 0 only (not once per node): one log line, one prediction per sample
     assert [r["epoch"] for r in read_log(out)] == [0]
-    assert len(read_predictions(out / "dev_tmp_pres.txt")) == 12
+    assert len(read_predictions(out / "dev_tmp_pres.txt")) == TINY_EVAL_SAMPLES
     assert [name for name in os.listdir(out / "deepspeed") if name.startswith("epoch")] == ["epoch0"]
     assert not [name for name in os.listdir(out) if ".tmp-" in name]
     ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 3
-    assert_scores_like_one_process(small_demo, out, tmp_path / "one")
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 2
+    assert_scores_like_one_process(tiny_demo, out, tmp_path / "one")
 
 
 def test_launch_refuses_node_settings_without_a_hostfile(tmp_path):

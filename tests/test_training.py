@@ -14,16 +14,16 @@ import time
 import pytest
 import torch
 
-from e2e import (LAUNCH_ENV, ROOT, assert_scores_like_one_process, base_args, check_ok, clean_env,  # noqa: F401
-                 read_log, read_predictions, run)
+from e2e import (LAUNCH_ENV, ROOT, TINY_EVAL_SAMPLES, assert_scores_like_one_process, base_args,  # noqa: F401
+                 check_ok, clean_env, read_log, read_predictions, run)
 
 
 @pytest.fixture(scope="module")
-def trained_run(small_demo, tmp_path_factory):
-    """Two epochs in token mode, logging to wandb with no credentials (HOME without a .netrc)."""
+def trained_run(tiny_demo, tmp_path_factory):
+    """Two epochs of two steps in token mode, logging to wandb with no credentials (HOME without a .netrc)."""
     out = tmp_path_factory.mktemp("run")
     home = tmp_path_factory.mktemp("home")
-    result = check_ok(run([sys.executable, "fine_tuning.py", *base_args(small_demo, out), "--wandb"],
+    result = check_ok(run([sys.executable, "fine_tuning.py", *base_args(tiny_demo, out, epochs=2, steps=2), "--wandb"],
                           HOME=str(home), WANDB_MODE=None, WANDB_SILENT="true"))
     (out / "stdout.txt").write_text(result.stdout, encoding="utf-8")
     return out
@@ -53,27 +53,27 @@ def test_two_epoch_token_mode_run_writes_everything(trained_run):
     for name in ("checkpoint.pth", "best_checkpoint.pth", "training_curves.png"):
         assert os.path.isfile(trained_run / name), name
     for split in ("dev", "test"):
-        assert len(read_predictions(trained_run / f"{split}_tmp_pres.txt")) == 12
+        assert len(read_predictions(trained_run / f"{split}_tmp_pres.txt")) == TINY_EVAL_SAMPLES
     ckpt = torch.load(trained_run / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1
-    assert ckpt["global_step"] == 8  # 2 epochs x 4 updates: counted per optimizer update
-    assert int(ckpt["model"]["global_step"]) == 8
+    assert ckpt["global_step"] == 4  # 2 epochs x 2 updates: counted per optimizer update
+    assert int(ckpt["model"]["global_step"]) == 4
     assert "hyp_attn_W" in ckpt["model"] and "mt5_model.shared.weight" in ckpt["model"]
     assert not [name for name in os.listdir(trained_run) if ".tmp-" in name]  # no half-written files
 
 
-def test_eval_of_best_checkpoint_reproduces_its_dev_scores(trained_run, small_demo, tmp_path):
+def test_eval_of_best_checkpoint_reproduces_its_dev_scores(trained_run, tiny_demo, tmp_path):
     log = read_log(trained_run)
     best = max(log, key=lambda r: r["dev_bleu4"])  # the first epoch reaching the best score is the one saved
     best = next(r for r in log if r["dev_bleu4"] == best["dev_bleu4"])
-    args = base_args(small_demo, tmp_path) + ["--eval", "--finetune", str(trained_run / "best_checkpoint.pth")]
+    args = base_args(tiny_demo, tmp_path) + ["--eval", "--finetune", str(trained_run / "best_checkpoint.pth")]
     result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
     dev_line = next(line for line in result.stdout.splitlines() if line.startswith("dev:"))
     assert f"bleu4 {best['dev_bleu4']:.2f}" in dev_line and f"rouge {best['dev_rouge']:.2f}" in dev_line
 
 
-def test_resume_after_kill_continues_at_the_next_epoch(small_demo, tmp_path):
-    args = base_args(small_demo, tmp_path, epochs=3)
+def test_resume_after_kill_continues_at_the_next_epoch(tiny_demo, tmp_path):
+    args = base_args(tiny_demo, tmp_path, epochs=2, steps=2)
     proc = subprocess.Popen([sys.executable, "fine_tuning.py", *args], cwd=ROOT, env=clean_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -85,9 +85,9 @@ def test_resume_after_kill_continues_at_the_next_epoch(small_demo, tmp_path):
     result = check_ok(run([sys.executable, "fine_tuning.py", *args, "--resume"]))
     assert "continuing at epoch" in result.stdout
     epochs = [r["epoch"] for r in read_log(tmp_path)]
-    assert epochs == sorted(set(epochs)) and epochs[-1] == 2  # nothing trained twice, nothing lost
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 1  # nothing trained twice, nothing lost
     ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 12
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
 
 
 PLANT_NAN = """
@@ -107,9 +107,9 @@ fine_tuning.main(parser.parse_args(sys.argv[1:]))
 """
 
 
-def test_planted_nan_stops_the_run_and_keeps_the_last_checkpoint(small_demo, tmp_path):
-    args = base_args(small_demo, tmp_path, epochs=3)
-    result = run([sys.executable, "-c", PLANT_NAN.format(steps=4), *args])
+def test_planted_nan_stops_the_run_and_keeps_the_last_checkpoint(tiny_demo, tmp_path):
+    args = base_args(tiny_demo, tmp_path, epochs=2, steps=1)
+    result = run([sys.executable, "-c", PLANT_NAN.format(steps=1), *args])
     assert result.returncode != 0
     assert "non-finite loss" in result.stderr and "epoch 1, step 0" in result.stderr
     ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
@@ -119,16 +119,16 @@ def test_planted_nan_stops_the_run_and_keeps_the_last_checkpoint(small_demo, tmp
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_score_like_one(small_demo, tmp_path):
+def test_two_processes_train_and_score_like_one(tiny_demo, tmp_path):
     two = tmp_path / "two"
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")  # DeepSpeed's CPU launcher (gloo)
     cmd = [launcher, "--num_gpus", "2", "--master_port", "29731", "fine_tuning.py",
-           *base_args(small_demo, two, epochs=1, steps=3)]
+           *base_args(tiny_demo, two, epochs=1, steps=2)]
     check_ok(run(cmd, threads=1))  # two processes share the two cores
-    assert_scores_like_one_process(small_demo, two, tmp_path / "one")
+    assert_scores_like_one_process(tiny_demo, two, tmp_path / "one")
 
 
-def test_pretraining_checkpoint_loads_into_fine_tuning(demo_root, small_demo, tmp_path):
+def test_pretraining_checkpoint_loads_into_fine_tuning(demo_root, tiny_demo, tmp_path):
     with gzip.open(demo_root["label_paths"]["train"], "rb") as f:
         labels = pickle.load(f)
     news = [{"video": v["video_path"], "pose": v["video_path"].replace(".mp4", ".pkl"), "text": v["text"]}
@@ -136,13 +136,13 @@ def test_pretraining_checkpoint_loads_into_fine_tuning(demo_root, small_demo, tm
     news_path = tmp_path / "CSL_News_Labels.json"
     news_path.write_text(json.dumps(news, ensure_ascii=False), encoding="utf-8")
     pre = tmp_path / "pre"
-    check_ok(run([sys.executable, "pretraining.py", "--mt5_path", small_demo["mt5_path"], "--pose_dir",
-                  small_demo["pose_dir"], "--train_label_path", str(news_path), "--dev_label_path", str(news_path),
+    check_ok(run([sys.executable, "pretraining.py", "--mt5_path", tiny_demo["mt5_path"], "--pose_dir",
+                  tiny_demo["pose_dir"], "--train_label_path", str(news_path), "--dev_label_path", str(news_path),
                   "--output_dir", str(pre), "--epochs", "1", "--quick_break", "2", "--batch_size", "4",
                   "--gradient_accumulation_steps", "1", "--num_workers", "0", "--num_beams", "1", "--max_tgt_len", "10"]))
     assert [r["epoch"] for r in read_log(pre)] == [0] and "dev_bleu4" in read_log(pre)[0]
     assert not any(k.startswith("test_") for k in read_log(pre)[0])  # CSL-News: one held-out split
-    args = base_args(small_demo, tmp_path / "ft", epochs=1, steps=1) + ["--finetune", str(pre / "checkpoint.pth")]
+    args = base_args(tiny_demo, tmp_path / "ft", epochs=1, steps=1) + ["--finetune", str(pre / "checkpoint.pth")]
     result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
     assert "missing keys" in result.stdout
     missing = [line for line in result.stdout.splitlines() if line.strip().startswith("missing:")]
@@ -163,40 +163,37 @@ def test_training_clearly_learns(small_demo, tmp_path):
     assert trained_bleu4 > untrained_bleu4 + 15.0, (untrained_bleu4, trained_bleu4)
 
 
-@pytest.mark.parametrize("dtype, zero_stage, hyperbolic", [("bf16", 2, True), ("bf16", 0, True), ("fp32", 3, False)])
-def test_deepspeed_precisions_and_zero_stages_train(small_demo, tmp_path, dtype, zero_stage, hyperbolic):
-    args = base_args(small_demo, tmp_path, epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage),
-                                                                 "--gradient_accumulation_steps", "2"]
+# One run per DeepSpeed set-up, each with another task: every precision and ZeRO stage trains, and every task
+# reports its own metric (CSLR: word error rate, ISLR: per-instance top-1, SLT: BLEU).
+@pytest.mark.parametrize("dtype, zero_stage, hyperbolic, task, metric", [
+    ("bf16", 2, True, "SLT", "bleu4"), ("bf16", 0, True, "CSLR", "wer"), ("fp32", 3, False, "ISLR", "top1_per_instance")])
+def test_deepspeed_precisions_zero_stages_and_tasks_train(tiny_demo, tmp_path, dtype, zero_stage, hyperbolic, task,
+                                                           metric):
+    args = base_args(tiny_demo, tmp_path, epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage),
+                                                                "--gradient_accumulation_steps", "2", "--task", task]
     if not hyperbolic:
         args.remove("--use_hyperbolic")
     check_ok(run([sys.executable, "fine_tuning.py", *args]))
     record = read_log(tmp_path)[0]
-    assert math.isfinite(record["train_loss"]) and record["dev_bleu4"] >= 0
+    assert math.isfinite(record["train_loss"]) and record[f"dev_{metric}"] >= 0
+    assert f"best_dev_{metric}" in record and ("dev_bleu4" in record) == (task == "SLT")
     ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # saved in float32 for any precision
     assert ckpt["global_step"] == 1  # 2 micro-batches with accumulation 2: one optimizer update
 
 
-def test_zero3_with_the_hyperbolic_branch_is_refused_clearly(small_demo, tmp_path):
-    result = run([sys.executable, "fine_tuning.py", *base_args(small_demo, tmp_path), "--zero_stage", "3"])
+def test_zero3_with_the_hyperbolic_branch_is_refused_clearly(tiny_demo, tmp_path):
+    result = run([sys.executable, "fine_tuning.py", *base_args(tiny_demo, tmp_path), "--zero_stage", "3"])
     assert result.returncode != 0 and "--zero_stage 2" in result.stderr
 
 
-@pytest.mark.parametrize("task, metric", [("CSLR", "wer"), ("ISLR", "top1_per_instance")])
-def test_recognition_tasks_train_and_report_their_metric(small_demo, tmp_path, task, metric):
-    args = base_args(small_demo, tmp_path, epochs=1, steps=1) + ["--task", task]
-    check_ok(run([sys.executable, "fine_tuning.py", *args]))
-    record = read_log(tmp_path)[0]
-    assert f"dev_{metric}" in record and f"best_dev_{metric}" in record and "dev_bleu4" not in record
-
-
-def test_finetune_loads_a_release_style_checkpoint(small_demo, trained_run, tmp_path):
+def test_finetune_loads_a_release_style_checkpoint(tiny_demo, trained_run, tmp_path):
     """The release stores args as an argparse.Namespace; weights_only loading must still accept it, and
     fine-tuning drops the curvature so that --init_c takes effect."""
     ckpt = torch.load(trained_run / "checkpoint.pth", map_location="cpu", weights_only=True)
     release = {"model": ckpt["model"], "epoch": 39, "args": argparse.Namespace(**ckpt["args"]), "max_accuracy": 27.4}
     torch.save(release, tmp_path / "best.pth")
-    args = base_args(small_demo, tmp_path / "out", epochs=1, steps=1) + ["--finetune", str(tmp_path / "best.pth"),
+    args = base_args(tiny_demo, tmp_path / "out", epochs=1, steps=1) + ["--finetune", str(tmp_path / "best.pth"),
                                                                          "--init_c", "1.5"]
     result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
     assert "missing keys 0, unexpected keys 0" in result.stdout
@@ -205,17 +202,17 @@ def test_finetune_loads_a_release_style_checkpoint(small_demo, trained_run, tmp_
     assert abs(float(curvature) - 1.5) < 0.05  # from --init_c, not the loaded run's curvature
 
 
-def test_broken_pose_file_stops_with_its_name_or_is_skipped_and_counted(small_demo, tmp_path):
-    with gzip.open(small_demo["label_paths"]["train"], "rb") as f:
-        labels = dict(list(pickle.load(f).items())[:8])
+def test_broken_pose_file_stops_with_its_name_or_is_skipped_and_counted(tiny_demo, tmp_path):
+    with gzip.open(tiny_demo["label_paths"]["train"], "rb") as f:
+        labels = dict(list(pickle.load(f).items())[:4])  # one training step of --batch_size 4
     train_path = tmp_path / "labels.train"
     with gzip.open(train_path, "wb") as f:
         pickle.dump(labels, f)
     pose_dir = tmp_path / "poses"
-    shutil.copytree(small_demo["pose_dir"], pose_dir)
+    shutil.copytree(tiny_demo["pose_dir"], pose_dir)
     victim = pose_dir / next(iter(labels.values()))["video_path"].replace(".mp4", ".pkl")
     victim.write_bytes(victim.read_bytes()[:200])  # a truncated download
-    demo = dict(small_demo, pose_dir=str(pose_dir), label_paths=dict(small_demo["label_paths"], train=str(train_path)))
+    demo = dict(tiny_demo, pose_dir=str(pose_dir), label_paths=dict(tiny_demo["label_paths"], train=str(train_path)))
     args = base_args(demo, tmp_path / "out", epochs=1, steps=0)
     stopped = run([sys.executable, "fine_tuning.py", *args])
     assert stopped.returncode != 0 and str(victim) in stopped.stderr and "--skip_bad_samples" in stopped.stderr
