@@ -167,7 +167,8 @@ def test_training_clearly_learns(small_demo, tmp_path):
 # One run per DeepSpeed set-up, each with another task: every precision and ZeRO stage trains, and every task
 # reports its own metric (CSLR: word error rate, ISLR: per-instance top-1, SLT: BLEU).
 @pytest.mark.parametrize("dtype, zero_stage, hyperbolic, task, metric", [
-    ("bf16", 2, True, "SLT", "bleu4"), ("bf16", 0, True, "CSLR", "wer"), ("fp32", 3, False, "ISLR", "top1_per_instance")])
+    ("bf16", 2, True, "SLT", "bleu4"), ("bf16", 0, True, "CSLR", "wer"),
+    ("fp32", 3, False, "ISLR", "top1_per_instance")])
 def test_deepspeed_precisions_zero_stages_and_tasks_train(tiny_demo, tmp_path, dtype, zero_stage, hyperbolic, task,
                                                            metric):
     args = base_args(tiny_demo, tmp_path, epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage),
