@@ -13,12 +13,33 @@ import torch.distributed as dist
 
 # ---------------------------------------------------------------------------- processes
 
+def use_environment_extension_cache():
+    """Keep the C++ ops DeepSpeed compiles on first use (on CPU its communication op, a minute or two) in this
+    Python environment's own folder, `<sys.prefix>/torch_extensions`, unless TORCH_EXTENSIONS_DIR is set: one
+    cache per environment whatever HOME is, built once by script/setup.sh. (torch's default, under HOME, is
+    shared by every environment of the user, and a build from another environment's paths replaces it.)"""
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
+
+
+def build_communication_op():
+    """Compile (or find in the cache) the communication op DeepSpeed loads at start-up on this machine's
+    accelerator (CPU: its shared-memory all-reduce); nothing where it uses none. script/setup.sh runs this."""
+    use_environment_extension_cache()
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        builder.load(verbose=False)
+
+
 def init_distributed():
     """Start torch.distributed through DeepSpeed; works under `deepspeed`, `torchrun` and plain `python`.
 
     A plain process has no launcher environment, so we give it a one-rank world on a free local port.
     Returns (rank, world_size)."""
     silence_known_notices()
+    use_environment_extension_cache()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 

@@ -33,5 +33,7 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 pip install -r requirements.txt -c constraints.txt
 pip install --no-deps "$RTMLIB" -c constraints.txt
+echo "setup: compiling DeepSpeed's communication op for this machine (once per environment)"
+python -c "import utils; utils.build_communication_op()"
 echo "$want" > "$stamp"
 echo "setup: done (.venv)"

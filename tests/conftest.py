@@ -12,9 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for folder in (ROOT, os.path.join(ROOT, "script")):
     if folder not in sys.path:
         sys.path.insert(0, folder)
-# DeepSpeed compiles its CPU communication op (a minute or two) into TORCH_EXTENSIONS_DIR, by default under HOME;
-# runs under another HOME (the wandb tests) would compile it again. Every run the tests start shares this cache.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions"))
+import utils  # noqa: E402  (from ROOT, put on the path just above)
+# DeepSpeed compiles its CPU communication op (a minute or two) on first use; every run the tests start (some
+# under another HOME) uses this environment's one cache, which script/setup.sh has filled.
+utils.use_environment_extension_cache()
 
 
 @pytest.fixture(scope="session")
