@@ -276,6 +276,7 @@ def main(args):
     utils.set_seed(args.seed + rank)  # different random frames per rank
     if args.finetune:
         model_io.load_weights(model, args.finetune, drop_curvature=not args.eval, read=finetuned)
+        del finetuned  # its tensors were copied into the model: not a second copy of the weights for the whole run
     collator = PoseCollator(model.mt5_tokenizer, args.dataset)
     eval_loaders = {split: build_loader(datasets[split], collator, args, train=False)
                     for split in datasets if split != "train"}
@@ -494,4 +495,7 @@ def error_message(err):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser("Geo-Sign fine-tuning", parents=[get_args_parser()])
-    run(parser.parse_args())
+    try:
+        run(parser.parse_args())
+    finally:
+        utils.freeze_long_lived_objects()  # a quick exit

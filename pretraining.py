@@ -9,6 +9,7 @@ The loops are fine_tuning.py's; only the defaults differ (Uni-Sign's stage-1 rec
 import argparse
 
 import fine_tuning
+import utils
 
 
 def get_args_parser():
@@ -19,4 +20,7 @@ def get_args_parser():
 
 
 if __name__ == "__main__":
-    fine_tuning.run(get_args_parser().parse_args())
+    try:
+        fine_tuning.run(get_args_parser().parse_args())
+    finally:
+        utils.freeze_long_lived_objects()  # a quick exit

@@ -8,6 +8,7 @@
     python script/benchmark.py step --baseline REV   # training step: working tree vs a git revision
     python script/benchmark.py convs        # the ST-GCN's convolutions against the machine's matrix-product rate
     python script/benchmark.py gpu          # bf16 ZeRO-2 step at the mT5-base shape (--tiny: CPU smoke run)
+    python script/benchmark.py run --baseline REV    # a whole 1-step fine_tuning.py run: working tree vs a revision
 
 Each prints its measurements; its last line is a JSON object (the side-by-side ones: the ratio under "ratio";
 index: "memory_ratio" and "startup_s"; convs: GFLOP/s; extract: pipeline_ms_per_frame and model_ms_per_frame; gpu: ms per
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["data", "hyperbolic", "index", "metrics", "extract", "step", "convs", "gpu"])
+    parser.add_argument("which", choices=["data", "hyperbolic", "index", "metrics", "extract", "step", "convs", "gpu", "run"])
     args, rest = parser.parse_known_args()
     if args.which == "metrics":
         return bench_metrics()
@@ -37,6 +38,8 @@ def main():
         import bench_convs as bench
     elif args.which == "gpu":
         import bench_gpu as bench
+    elif args.which == "run":
+        import bench_run as bench
     elif args.which == "index":
         import bench_index as bench
     else:

@@ -252,4 +252,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        utils.freeze_long_lived_objects()  # a quick exit

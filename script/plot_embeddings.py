@@ -219,3 +219,5 @@ if __name__ == "__main__":
         main(parsed)
     except (FileNotFoundError, model_io.ModelFileError) as err:
         utils.fail(str(err))
+    finally:
+        utils.freeze_long_lived_objects()  # a quick exit

@@ -88,4 +88,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    try:
+        sys.exit(main(get_args_parser().parse_args()))
+    finally:
+        utils.freeze_long_lived_objects()  # a quick exit

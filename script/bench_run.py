@@ -1,0 +1,102 @@
+"""Wall time of a whole short fine_tuning.py run (start-up, one training step, dev + test beam search, saving,
+plot, exit) of the working tree against a git revision, in alternating processes.
+
+    python script/benchmark.py run --baseline 955c2d8 [--rounds 5] [--steps 1]
+
+The revision is checked out in a temporary `git worktree`; the demo (script/make_demo.py, dev and test cut
+to 12 samples each) is built once in a temporary folder. Each round runs `fine_tuning.py` once per tree,
+the order alternating, with the flags the test suite's end-to-end runs use (1 epoch, --quick_break
+--steps, token-mode Geo-Sign, batch 4, 2 beams), and reads the process's wall and CPU seconds. The
+medians over rounds give `ratio` = baseline / working tree (> 1: the working tree is faster); the
+median of per-round ratios and the CPU-time ratio are printed too, since other jobs on the machine
+move both sides. Last line: JSON {"ratio", "paired_ratio", "cpu_ratio", "baseline_s", "work_s", ...}.
+"""
+import argparse
+import gzip
+import json
+import os
+import pickle
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (default: HEAD)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1, help="training steps of the one epoch (--quick_break)")
+    parser.add_argument("--threads", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def build_demo(folder):
+    """The demo under `folder`, dev and test cut to 12 samples (as the suite's small_demo); returns its flags."""
+    import make_demo
+    from datasets import safe_pickle_load
+    demo = make_demo.build_demo(folder, seed=0)
+    labels = {"train": demo["label_paths"]["train"]}
+    for phase in ("dev", "test"):
+        with gzip.open(demo["label_paths"][phase], "rb") as f:
+            items = safe_pickle_load(f)
+        labels[phase] = os.path.join(folder, f"labels.{phase}")
+        with gzip.open(labels[phase], "wb") as f:
+            pickle.dump(dict(list(items.items())[:12]), f)
+    return ["--dataset", "Demo", "--task", "SLT", "--mt5_path", demo["mt5_path"], "--pose_dir", demo["pose_dir"],
+            *(flag for phase in ("train", "dev", "test") for flag in (f"--{phase}_label_path", labels[phase]))]
+
+
+def run_once(code_root, demo_flags, output_dir, args):
+    """(wall s, CPU s) of one fine_tuning.py process on `code_root`'s code."""
+    flags = demo_flags + ["--output_dir", output_dir, "--overwrite", "--epochs", "1", "--quick_break", str(args.steps),
+                          "--batch_size", "4", "--lr", "1e-3", "--warmup-epochs", "0", "--num_workers", "0",
+                          "--num_beams", "2", "--max_tgt_len", "20", "--use_hyperbolic", "--hyp_text_cmp", "token",
+                          "--hyp_text_emb_src", "decoder"]
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV and not k.startswith("WANDB")}
+    env.update(OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "fine_tuning.py", *flags], cwd=code_root, env=env, capture_output=True,
+                            text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        sys.exit(f"error: the run on {code_root} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main(argv=None):
+    from bench_step import git_worktree
+    args = parse(argv)
+    times = {"baseline": [], "work": []}
+    cpu = {"baseline": [], "work": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        demo_flags = build_demo(os.path.join(tmp, "demo"))
+        with git_worktree(args.baseline, os.path.join(tmp, "baseline")) as baseline_root:
+            roots = {"baseline": baseline_root, "work": ROOT}
+            for round_index in range(args.rounds):
+                for tree in (("baseline", "work") if round_index % 2 == 0 else ("work", "baseline")):
+                    wall, cpu_s = run_once(roots[tree], demo_flags, os.path.join(tmp, f"out_{tree}"), args)
+                    times[tree].append(wall)
+                    cpu[tree].append(cpu_s)
+                print(f"round {round_index + 1}/{args.rounds}: baseline {times['baseline'][-1]:.2f} s, "
+                      f"working tree {times['work'][-1]:.2f} s", flush=True)
+    base, work = statistics.median(times["baseline"]), statistics.median(times["work"])
+    paired = statistics.median(b / w for b, w in zip(times["baseline"], times["work"]))
+    base_cpu, work_cpu = statistics.median(cpu["baseline"]), statistics.median(cpu["work"])
+    print(f"baseline {args.baseline}: {base:.2f} s, working tree {work:.2f} s per run (medians of {args.rounds}): "
+          f"ratio {base / work:.3f} (median of per-round ratios {paired:.3f}; CPU time ratio {base_cpu / work_cpu:.3f})")
+    print(json.dumps({"ratio": round(base / work, 4), "paired_ratio": round(paired, 4),
+                      "cpu_ratio": round(base_cpu / work_cpu, 4), "baseline_s": round(base, 2),
+                      "work_s": round(work, 2), "baseline_cpu_s": round(base_cpu, 2), "work_cpu_s": round(work_cpu, 2),
+                      "rounds": args.rounds}))
+
+
+if __name__ == "__main__":
+    main()
