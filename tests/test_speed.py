@@ -97,3 +97,11 @@ def test_convolution_as_a_matrix_product_matches_conv2d_with_gradients(kernel):
     got = torch.autograd.grad(bench_convs.conv_as_matmul(x, conv.weight, conv.bias), wanted, grad_out)
     for e, g in zip(expected, got):
         assert torch.allclose(e, g, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_whole_run_benchmark_runs_one_round():
+    """benchmark.py run: one short fine_tuning.py run per tree (working tree, HEAD in a temporary worktree)."""
+    _, summary = run_benchmark("run", "--baseline", "HEAD", "--rounds", "1")
+    assert summary["baseline_s"] > 0 and summary["work_s"] > 0
+    assert summary["ratio"] == pytest.approx(summary["baseline_s"] / summary["work_s"], rel=1e-2)
