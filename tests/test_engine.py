@@ -15,6 +15,7 @@ import torch
 
 import engine
 import utils
+from conftest import cut_demo
 
 
 class TinyModel(torch.nn.Module):
@@ -309,16 +310,7 @@ def no_temporary_files(folder):
 def resume_demo(small_demo, tmp_path_factory):
     """small_demo with dev and test cut to 4 samples: every epoch of these runs beam-searches both, and what is
     compared is the training state (and the predictions, line for line), not how good the scores are."""
-    import gzip
-    out = tmp_path_factory.mktemp("resume_demo")
-    paths = dict(small_demo["label_paths"])
-    for phase in ("dev", "test"):
-        with gzip.open(paths[phase], "rb") as f:
-            labels = pickle.load(f)
-        paths[phase] = str(out / f"labels.{phase}")
-        with gzip.open(paths[phase], "wb") as f:
-            pickle.dump(dict(list(labels.items())[:4]), f)
-    return dict(small_demo, label_paths=paths)
+    return cut_demo(small_demo, tmp_path_factory.mktemp("resume_demo"), 4)
 
 
 @pytest.mark.slow

@@ -3,11 +3,9 @@ and the Poincaré-disk plot."""
 import argparse
 import contextlib
 import dataclasses
-import gzip
 import io
 import json
 import os
-import pickle
 import shutil
 import sys
 from types import SimpleNamespace
@@ -22,6 +20,7 @@ from datasets import DataConfig
 from models import ModelConfig, Uni_Sign
 from e2e import base_args, check_ok, read_log, read_predictions, run  # small_demo: conftest.py
 from in_process import fine_tuning_refuses
+from conftest import cut_demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,15 +74,7 @@ def test_shared_tensors_are_stored_once_and_every_name_comes_back(tmp_path):
 def io_demo(small_demo, tmp_path_factory):
     """small_demo with dev and test cut to 4 samples: the runs here check weights and files, not scores, and each
     epoch's beam search over dev and test is most of a short run's time."""
-    out = tmp_path_factory.mktemp("io_demo")
-    paths = dict(small_demo["label_paths"])
-    for phase in ("dev", "test"):
-        with gzip.open(paths[phase], "rb") as f:
-            labels = pickle.load(f)
-        paths[phase] = str(out / f"labels.{phase}")
-        with gzip.open(paths[phase], "wb") as f:
-            pickle.dump(dict(list(labels.items())[:4]), f)
-    return dict(small_demo, label_paths=paths)
+    return cut_demo(small_demo, tmp_path_factory.mktemp("io_demo"), 4)
 
 
 @pytest.fixture(scope="module")
