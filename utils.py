@@ -21,6 +21,13 @@ def use_environment_extension_cache():
     shared by every environment of the user, and a build from another environment's paths replaces it.)"""
     if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
         os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
+    # torch runs the `ninja` first on PATH, and ninja versions hash build commands differently (1.11 and 1.12+): a
+    # machine's own ninja and the environment's pip one each saw the other's build as stale and compiled the op
+    # again (45 s each time). The environment's own ninja, where it has one, for every process.
+    scripts = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if os.access(os.path.join(scripts, "ninja"), os.X_OK) and path[0] != scripts:
+        os.environ["PATH"] = os.pathsep.join([scripts, *path])
 
 
 def build_communication_op():
@@ -157,10 +164,17 @@ def all_ranks_true(flag):
 # ---------------------------------------------------------------------------- precision
 
 def resolve_dtype(requested):
-    """bf16 on GPUs, fp32 on CPUs unless asked otherwise."""
-    if requested:
-        return requested
-    return "bf16" if torch.cuda.is_available() else "fp32"
+    """bf16 on GPUs, fp32 on CPUs unless asked otherwise; a 16-bit type DeepSpeed finds unsupported on this
+    machine's accelerator (fp16 on CPUs without oneDNN fp16 kernels, e.g. many AMD ones) is refused up front."""
+    dtype = requested or ("bf16" if torch.cuda.is_available() else "fp32")
+    from deepspeed.accelerator import get_accelerator
+    accelerator = get_accelerator()
+    supported = {"fp16": accelerator.is_fp16_supported, "bf16": accelerator.is_bf16_supported}.get(dtype)
+    if supported is not None and not supported():
+        others = " or ".join(f"--dtype {name}" for name in ("bf16", "fp32") if name != dtype)
+        fail(f"--dtype {dtype}: DeepSpeed finds no {dtype} support on this machine's "
+             f"{accelerator.device_name()} accelerator; use {others}")
+    return dtype
 
 
 # Dense bf16/fp16 peak FLOP/s of the GPUs the paper's recipe runs on, for model FLOPs utilisation.

@@ -86,7 +86,11 @@ def train(eng, steps=3):
 
 # ---------------------------------------------------------------------------- fp16, bf16
 
-def test_fp16_riemannian_adam_sees_unscaled_gradients_and_skips_with_deepspeed():
+def test_fp16_riemannian_adam_sees_unscaled_gradients_and_skips_with_deepspeed(monkeypatch):
+    # DeepSpeed refuses fp16 on CPUs without oneDNN fp16 kernels (many AMD ones); its loss scaling, the subject
+    # here, is plain torch and runs on any CPU, so the test says the kernels are there.
+    from deepspeed.accelerator import get_accelerator
+    monkeypatch.setattr(get_accelerator(), "is_fp16_supported", lambda: True)
     reference = build(dtype="fp32")
     reference.step(reference(batch())["loss"])
     half = build(dtype="fp16")
@@ -105,6 +109,18 @@ def test_fp16_riemannian_adam_sees_unscaled_gradients_and_skips_with_deepspeed()
     assert point.grad is None and int(half.module.global_step) == 1
     half.step(half(batch())["loss"])  # and carries on
     assert half.ds.was_step_applied() and torch.isfinite(point).all() and not torch.equal(point.detach(), before)
+
+
+def test_a_precision_the_accelerator_lacks_is_one_clear_line(monkeypatch, capsys):
+    from deepspeed.accelerator import get_accelerator
+    monkeypatch.setattr(get_accelerator(), "is_fp16_supported", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        utils.resolve_dtype("fp16")
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == ("error: --dtype fp16: DeepSpeed finds no fp16 support on this machine's "
+                                       f"{get_accelerator().device_name()} accelerator; use --dtype bf16 or --dtype fp32\n")
+    monkeypatch.setattr(get_accelerator(), "is_fp16_supported", lambda: True)
+    assert utils.resolve_dtype("fp16") == "fp16" and utils.resolve_dtype("fp32") == "fp32"
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])

@@ -2,6 +2,8 @@
 import os
 import re
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = ".." + "/shared"  # spelled in two pieces so that this guard does not flag itself
 
@@ -74,3 +76,20 @@ def test_every_requirement_is_pinned_in_constraints_within_its_range():
     outside = [f"{r} (pinned {pins[canonical(r.name)]})" for r in requirements
                if not r.specifier.contains(pins[canonical(r.name)], prereleases=True)]
     assert not outside, f"constraints.txt pins versions that requirements.txt or setup.sh exclude: {outside}"
+
+
+def test_every_process_builds_deepspeeds_op_with_the_environments_own_ninja(monkeypatch, tmp_path):
+    """Two ninja versions (a machine's 1.11, pip's 1.13) hash commands differently, so each rebuilt the op the
+    other had built: the environment's ninja goes first on PATH, once."""
+    import shutil
+    import sys
+
+    import utils
+    scripts = os.path.dirname(sys.executable)
+    if not os.access(os.path.join(scripts, "ninja"), os.X_OK):
+        pytest.skip("this environment has no ninja of its own")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path), "/usr/bin", "/bin"]))
+    utils.use_environment_extension_cache()
+    utils.use_environment_extension_cache()
+    assert shutil.which("ninja") == os.path.join(scripts, "ninja")
+    assert os.environ["PATH"].split(os.pathsep) == [scripts, str(tmp_path), "/usr/bin", "/bin"]
