@@ -1,11 +1,14 @@
-"""Helpers for end-to-end tests that run fine_tuning.py / pretraining.py as a user does (in a subprocess).
+"""Helpers for end-to-end tests that run fine_tuning.py / pretraining.py as a user does (in a process of their own:
+a child of fork_server.py, which has done the imports, or a fresh interpreter).
 
 The fixtures they go with, small_demo and tiny_demo, are in conftest.py.
 """
+import atexit
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EVAL_SAMPLES = 6  # dev and test samples of the tiny_demo fixture
@@ -27,9 +30,59 @@ def clean_env(threads=2, **extra):
     return {k: v for k, v in env.items() if v is not None}
 
 
-def run(cmd, timeout=600, threads=2, **env):
-    return subprocess.run(cmd, cwd=ROOT, env=clean_env(threads, **env), capture_output=True, text=True,
-                          timeout=timeout)
+def run(cmd, timeout=600, threads=2, fresh=False, **env):
+    """subprocess.run(cmd) from the repository root with clean_env(threads, **env), output captured as text.
+    `python SCRIPT ...` and `python -c CODE ...` go through the fork server (the same run without the 4 s of
+    imports); fresh=True starts a new interpreter, for a test about what happens while Python starts."""
+    env = clean_env(threads, **env)
+    if not fresh and len(cmd) > 1 and cmd[0] == sys.executable and (cmd[1] == "-c" or cmd[1].endswith(".py")):
+        return _fork_server().run(cmd, env, timeout)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class ForkServer:
+    """The test session's fork_server.py process (started on first use, ended with the session)."""
+
+    def __init__(self):
+        self.log = tempfile.NamedTemporaryFile(prefix="fork-server-", suffix=".log", delete=False)
+        self.process = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "fork_server.py")], cwd=ROOT,
+                                        env=clean_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.log, text=True)
+        atexit.register(self.close)
+
+    def run(self, cmd, env, timeout):
+        with tempfile.TemporaryDirectory(prefix="fork-run-") as folder:
+            outputs = [os.path.join(folder, name) for name in ("stdout", "stderr")]
+            for path in outputs:
+                open(path, "w").close()
+            request = {"argv": [str(a) for a in cmd[1:]], "cwd": ROOT, "env": env, "stdout": outputs[0],
+                       "stderr": outputs[1], "timeout": timeout}
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            reply = self.process.stdout.readline()
+            if not reply:
+                with open(self.log.name, encoding="utf-8", errors="replace") as f:
+                    raise RuntimeError(f"the fork server ended:\n{f.read()[-3000:]}")
+            reply = json.loads(reply)
+            stdout, stderr = (open(path, encoding="utf-8", errors="replace").read() for path in outputs)
+        if reply["timed_out"]:
+            raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
+        return subprocess.CompletedProcess(cmd, reply["returncode"], stdout, stderr)
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+        os.unlink(self.log.name)
+
+
+_server = []
+
+
+def _fork_server():
+    if not _server or _server[0].process.poll() is not None:
+        _server[:] = [ForkServer()]
+    return _server[0]
 
 
 def check_ok(result):

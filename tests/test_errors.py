@@ -69,8 +69,9 @@ def refused(result, *needles):
     return errors[0]
 
 
-def fine_tune(demo, output_dir, *extra, epochs=1, steps=1):
-    return run([sys.executable, "fine_tuning.py", *base_args(demo, output_dir, epochs=epochs, steps=steps), *extra])
+def fine_tune(demo, output_dir, *extra, epochs=1, steps=1, fresh=False):
+    return run([sys.executable, "fine_tuning.py", *base_args(demo, output_dir, epochs=epochs, steps=steps), *extra],
+               fresh=fresh)
 
 
 def trained_nothing(output_dir):
@@ -174,7 +175,7 @@ def test_overwrite_replaces_the_run_and_skipped_eval_samples_are_counted_per_spl
     fake_finished_run(out)
     os.remove(pose_file(demo, "dev", 1))
     truncate(pose_file(demo, "test", 2))
-    result = check_ok(fine_tune(demo, out, "--overwrite", "--skip_bad_samples"))
+    result = check_ok(fine_tune(demo, out, "--overwrite", "--skip_bad_samples", fresh=True))  # start-up notices too
     assert "1 of the 4 dev pose files" in result.stdout and pose_file(demo, "dev", 1) in result.stdout
     assert "skipped 1 bad dev samples (--skip_bad_samples): scored 3 of 4" in result.stdout
     assert "skipped 1 bad test samples (--skip_bad_samples): scored 3 of 4" in result.stdout

@@ -1,0 +1,142 @@
+"""Runs `python SCRIPT ARGS...` and `python -c CODE ARGS...` for the tests without paying for the imports each time.
+
+    python tests/fork_server.py    # then one JSON request a line on stdin, one JSON reply a line on stdout
+
+A Python process that imports torch, transformers and DeepSpeed spends about 4 s before the script's first line
+on these 2 cores; the end-to-end tests start dozens. This server imports them once, then forks a child per
+request. The child is what the interpreter would have been: its own working folder, environment, sys.argv,
+sys.path[0], stdin from /dev/null, stdout and stderr into the files the request names, the script run as
+`__main__`, exit handlers run and the exit code returned; only the imports were done before the fork. So the
+notices third-party packages print while being imported are not in a child's output: a test about those runs
+a fresh interpreter (e2e.run(..., fresh=True)).
+
+The server itself must never run a parallel torch operation: GNU OpenMP's thread pool does not survive fork
+(a child of a process that used it hangs at its first matrix product), so it only imports.
+
+Request: {"argv": [script or "-c", ...], "cwd": ..., "env": {...}, "stdout": path, "stderr": path, "timeout": s}
+Reply:   {"returncode": n, "timed_out": bool}   (a child killed by a signal: minus the signal's number)
+"""
+import atexit
+import importlib
+import json
+import os
+import runpy
+import signal
+import sys
+import threading
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# What a run imports after its first line, beyond `import fine_tuning`: transformers' mT5 and tokenizer modules
+# (lazy attributes, 3 s), DeepSpeed's Muon module (its ZeRO optimizer check imports it, and torch.compile's
+# inductor with it: 3 s), matplotlib for the training curves, the metrics, the export formats.
+LAZY_IMPORTS = ("transformers.models.mt5.modeling_mt5", "transformers.models.t5.tokenization_t5",
+                "transformers.models.t5.tokenization_t5_fast", "deepspeed.runtime.zero.muon.muon_optimizer",
+                "matplotlib.pyplot", "SLRT_metrics", "safetensors.torch", "geoopt", "model_io", "datasets")
+
+
+def preload():
+    """Import what fine_tuning.py, pretraining.py and the scripts import, without running any of it."""
+    sys.path[:0] = [ROOT, os.path.join(ROOT, "script")]
+    import utils
+    utils.silence_known_notices()  # before DeepSpeed's import, as the commands do
+    utils.use_environment_extension_cache()
+    import deepspeed  # noqa: F401
+    import fine_tuning  # noqa: F401  (models, engine, model_io with it)
+    import matplotlib
+    matplotlib.use("Agg")  # as utils.plot_curves does: no screen here
+    for name in LAZY_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # another version's layout: the child imports what it needs, as usual
+            pass
+    sys.path[:2] = []
+
+
+def exit_code(stop):
+    """The process exit code of a SystemExit, as the interpreter computes it."""
+    if stop.code is None:
+        return 0
+    if isinstance(stop.code, int):
+        return stop.code
+    print(stop.code, file=sys.stderr)
+    return 1
+
+
+def child(request):
+    """In the forked child: become the requested interpreter run, then leave with its exit code."""
+    code = 1
+    try:
+        os.setpgid(0, 0)  # its own process group, so that a timeout also ends its DataLoader workers
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY | os.O_TRUNC),
+                                (2, request["stderr"], os.O_WRONLY | os.O_TRUNC)):
+            os.dup2(os.open(path, flags), fd)
+        import torch
+        torch.set_num_threads(int(request["env"].get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+        first, *rest = request["argv"]
+        if first == "-c":
+            code_text, *rest = rest
+            sys.argv, sys.path[0] = ["-c", *rest], ""
+            exec(compile(code_text, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        else:
+            script = os.path.abspath(first)
+            sys.argv, sys.path[0] = [first, *rest], os.path.dirname(script)
+            runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = exit_code(stop)
+    except BaseException:  # what the interpreter does with an uncaught exception: print it, exit 1
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            for thread in threading.enumerate():  # the interpreter waits for non-daemon threads at exit
+                if thread is not threading.main_thread() and not thread.daemon:
+                    thread.join()
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def wait(pid, timeout):
+    """The child's exit code, or minus the number of the signal that ended it; (code, timed_out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), False
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return -signal.SIGKILL, True
+        time.sleep(0.02)
+
+
+def serve():
+    replies = os.fdopen(os.dup(1), "w")  # children replace fd 1; replies keep their own copy of the pipe
+    requests = sys.stdin
+    for line in requests:
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            replies.close()
+            child(request)
+        code, timed_out = wait(pid, request["timeout"])
+        replies.write(json.dumps({"returncode": code, "timed_out": timed_out}) + "\n")
+        replies.flush()
+
+
+if __name__ == "__main__":
+    preload()
+    serve()
