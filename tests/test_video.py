@@ -3,7 +3,6 @@ import argparse
 import json
 import os
 import pickle
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import datasets
+import e2e
 import model_io
 import pose_extraction
 import tiny_pose_models as tiny
@@ -36,8 +36,7 @@ def moving_person(frames=24, empty=()):
 
 
 def run(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return e2e.run([sys.executable, *args], timeout=300, threads=1)
 
 
 def test_keypoints_land_where_the_picture_puts_them(estimator, tmp_path):
