@@ -57,3 +57,11 @@ def tiny_demo(demo_root, tmp_path_factory):
     """The demo with dev and test cut to 6 samples each, for runs whose scores are not the point: with
     --batch_size 4 that is two evaluation batches of unequal size (one per rank in a 2-process run)."""
     return cut_demo(demo_root, tmp_path_factory.mktemp("tiny_demo"), TINY_EVAL_SAMPLES)
+
+
+@pytest.fixture(scope="session")
+def micro_demo(demo_root, tmp_path_factory):
+    """The demo with dev and test cut to 2 samples each, for runs that check that a set-up trains, evaluates and
+    saves (with --batch_size 2: one evaluation batch a split). bf16 on CPUs without bf16 instructions (AVX2 only)
+    runs at about a sample a second, so each sample counts."""
+    return cut_demo(demo_root, tmp_path_factory.mktemp("micro_demo"), 2)

@@ -298,11 +298,12 @@ def test_plot_script_refuses_a_model_without_the_hyperbolic_branch(trained, smal
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, zero_stage, hyperbolic", [("bf16", 2, True), ("fp32", 3, False)])
-def test_deepspeed_state_of_bf16_and_zero3_runs_exports(io_demo, tmp_path, dtype, zero_stage, hyperbolic):
+def test_deepspeed_state_of_bf16_and_zero3_runs_exports(micro_demo, tmp_path, dtype, zero_stage, hyperbolic):
     """bf16: the folder holds DeepSpeed's fp32 master weights, of which checkpoint.pth holds the bf16 rounding
     (on CPUs DeepSpeed's master partitions were seen to hold bf16 values themselves: then both are equal).
     ZeRO-3: the partitions are gathered into whole tensors."""
-    args = base_args(io_demo, tmp_path / "run", epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage)]
+    args = base_args(micro_demo, tmp_path / "run", epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage",
+                                                                         str(zero_stage), "--batch_size", "2"]
     if not hyperbolic:
         args.remove("--use_hyperbolic")
     check_ok(run([sys.executable, "fine_tuning.py", *args]))

@@ -169,10 +169,11 @@ def test_training_clearly_learns(small_demo, tmp_path):
 @pytest.mark.parametrize("dtype, zero_stage, hyperbolic, task, metric", [
     ("bf16", 2, True, "SLT", "bleu4"), ("bf16", 0, True, "CSLR", "wer"),
     ("fp32", 3, False, "ISLR", "top1_per_instance")])
-def test_deepspeed_precisions_zero_stages_and_tasks_train(tiny_demo, tmp_path, dtype, zero_stage, hyperbolic, task,
+def test_deepspeed_precisions_zero_stages_and_tasks_train(micro_demo, tmp_path, dtype, zero_stage, hyperbolic, task,
                                                            metric):
-    args = base_args(tiny_demo, tmp_path, epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage),
-                                                                "--gradient_accumulation_steps", "2", "--task", task]
+    args = base_args(micro_demo, tmp_path, epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage),
+                                                                 "--gradient_accumulation_steps", "2", "--task", task,
+                                                                 "--batch_size", "2"]
     if not hyperbolic:
         args.remove("--use_hyperbolic")
     check_ok(run([sys.executable, "fine_tuning.py", *args]))
