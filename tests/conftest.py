@@ -34,15 +34,16 @@ def tiny_mt5_path(demo_root):
     return demo_root["mt5_path"]
 
 
-def cut_demo(demo_root, folder, size):
-    """The demo with its dev and test label files cut to their first `size` samples (train, poses, mT5 shared)."""
+def cut_demo(demo_root, folder, size, keep=None):
+    """The demo with its dev and test label files cut to their first `size` samples (train, poses, mT5 shared);
+    with `keep` (a test on a label), every split keeps only the samples it passes, train included."""
     paths = {"train": demo_root["label_paths"]["train"]}
-    for phase in ("dev", "test"):
+    for phase in ("train", "dev", "test") if keep else ("dev", "test"):
         with gzip.open(demo_root["label_paths"][phase], "rb") as f:
-            labels = pickle.load(f)
+            labels = [(name, label) for name, label in pickle.load(f).items() if keep is None or keep(label)]
         paths[phase] = str(folder / f"labels.{phase}")
         with gzip.open(paths[phase], "wb") as f:
-            pickle.dump(dict(list(labels.items())[:size]), f)
+            pickle.dump(dict(labels if phase == "train" else labels[:size]), f)
     return {"mt5_path": demo_root["mt5_path"], "pose_dir": demo_root["pose_dir"], "label_paths": paths}
 
 
