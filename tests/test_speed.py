@@ -2,21 +2,18 @@
 whole path on CPU."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+
+import e2e
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_benchmark(*argv, timeout=900):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                            "MASTER_PORT", "LOCAL_WORLD_SIZE")}
-    env.update(OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "script", "benchmark.py"), *argv], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=timeout)
+    result = e2e.run([sys.executable, os.path.join("script", "benchmark.py"), *argv], timeout=timeout)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
 
