@@ -6,7 +6,6 @@ prompt_for, BadSampleError, LabelFileError, UnsafePickleError.
 import dataclasses
 import functools
 import gzip
-import json
 import operator
 import os
 import pickle

@@ -34,10 +34,12 @@ def run(cmd, timeout=600, threads=2, fresh=False, **env):
     """subprocess.run(cmd) from the repository root with clean_env(threads, **env), output captured as text.
     `python SCRIPT ...` and `python -c CODE ...` go through the fork server (the same run without the 4 s of
     imports); fresh=True starts a new interpreter, for a test about what happens while Python starts."""
-    env = clean_env(threads, **env)
     if not fresh and len(cmd) > 1 and cmd[0] == sys.executable and (cmd[1] == "-c" or cmd[1].endswith(".py")):
-        return _fork_server().run(cmd, env, timeout)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        process = start(cmd, threads, **env)
+        stdout, stderr = process.communicate(timeout)
+        return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+    return subprocess.run(cmd, cwd=ROOT, env=clean_env(threads, **env), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 class ForkServer:
@@ -50,30 +52,61 @@ class ForkServer:
                                         stderr=self.log, text=True)
         atexit.register(self.close)
 
-    def run(self, cmd, env, timeout):
-        with tempfile.TemporaryDirectory(prefix="fork-run-") as folder:
-            outputs = [os.path.join(folder, name) for name in ("stdout", "stderr")]
-            for path in outputs:
-                open(path, "w").close()
-            request = {"argv": [str(a) for a in cmd[1:]], "cwd": ROOT, "env": env, "stdout": outputs[0],
-                       "stderr": outputs[1], "timeout": timeout}
-            self.process.stdin.write(json.dumps(request) + "\n")
-            self.process.stdin.flush()
-            reply = self.process.stdout.readline()
-            if not reply:
-                with open(self.log.name, encoding="utf-8", errors="replace") as f:
-                    raise RuntimeError(f"the fork server ended:\n{f.read()[-3000:]}")
-            reply = json.loads(reply)
-            stdout, stderr = (open(path, encoding="utf-8", errors="replace").read() for path in outputs)
-        if reply["timed_out"]:
-            raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
-        return subprocess.CompletedProcess(cmd, reply["returncode"], stdout, stderr)
+    def ask(self, request):
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        reply = self.process.stdout.readline()
+        if not reply:
+            with open(self.log.name, encoding="utf-8", errors="replace") as f:
+                raise RuntimeError(f"the fork server ended:\n{f.read()[-3000:]}")
+        return json.loads(reply)
 
     def close(self):
         if self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait(timeout=30)
         os.unlink(self.log.name)
+
+
+class ForkedProcess:
+    """A command running as a child of the fork server, used like subprocess.Popen with captured text output:
+    pid, send_signal, wait, communicate."""
+
+    def __init__(self, server, cmd, env):
+        self.server, self.args = server, cmd
+        self.folder = tempfile.TemporaryDirectory(prefix="fork-run-")
+        self.outputs = [os.path.join(self.folder.name, name) for name in ("stdout", "stderr")]
+        for path in self.outputs:
+            open(path, "w").close()
+        self.pid = server.ask({"op": "start", "argv": [str(a) for a in cmd[1:]], "cwd": ROOT, "env": env,
+                               "stdout": self.outputs[0], "stderr": self.outputs[1]})["pid"]
+        self.returncode = None
+
+    def send_signal(self, sig):
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout=600):
+        if self.returncode is None:
+            reply = self.server.ask({"op": "wait", "pid": self.pid, "timeout": timeout})
+            self.returncode = reply["returncode"]
+            if reply["timed_out"]:
+                raise subprocess.TimeoutExpired(self.args, timeout, *self.read())
+        return self.returncode
+
+    def read(self):
+        return tuple(open(path, encoding="utf-8", errors="replace").read() for path in self.outputs)
+
+    def communicate(self, timeout=600):
+        self.wait(timeout)
+        output = self.read()
+        self.folder.cleanup()
+        return output
+
+
+def start(cmd, threads=2, **env):
+    """`python SCRIPT ...` or `python -c CODE ...` started as a child of the fork server (see run), not waited for."""
+    return ForkedProcess(_fork_server(), cmd, clean_env(threads, **env))
 
 
 _server = []

@@ -13,8 +13,12 @@ a fresh interpreter (e2e.run(..., fresh=True)).
 The server itself must never run a parallel torch operation: GNU OpenMP's thread pool does not survive fork
 (a child of a process that used it hangs at its first matrix product), so it only imports.
 
-Request: {"argv": [script or "-c", ...], "cwd": ..., "env": {...}, "stdout": path, "stderr": path, "timeout": s}
-Reply:   {"returncode": n, "timed_out": bool}   (a child killed by a signal: minus the signal's number)
+Requests, one at a time, each answered at once but for a wait:
+  {"op": "start", "argv": [script or "-c", ...], "cwd": ..., "env": {...}, "stdout": path, "stderr": path}
+      -> {"pid": n}    (the child runs on; the test may signal it)
+  {"op": "wait", "pid": n, "timeout": s}
+      -> {"returncode": n, "timed_out": bool}    (killed by a signal: minus its number; on a timeout the
+                                                   child's process group is killed)
 """
 import atexit
 import importlib
@@ -123,17 +127,20 @@ def wait(pid, timeout):
 
 def serve():
     replies = os.fdopen(os.dup(1), "w")  # children replace fd 1; replies keep their own copy of the pipe
-    requests = sys.stdin
-    for line in requests:
+    for line in sys.stdin:
         request = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            replies.close()
-            child(request)
-        code, timed_out = wait(pid, request["timeout"])
-        replies.write(json.dumps({"returncode": code, "timed_out": timed_out}) + "\n")
+        if request["op"] == "start":
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                replies.close()
+                child(request)
+            reply = {"pid": pid}
+        else:  # "wait"
+            code, timed_out = wait(request["pid"], request["timeout"])
+            reply = {"returncode": code, "timed_out": timed_out}
+        replies.write(json.dumps(reply) + "\n")
         replies.flush()
 
 

@@ -5,7 +5,6 @@ import os
 import pickle
 import shutil
 import signal
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -300,7 +299,7 @@ def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- end to end (fine_tuning.py)
 
-from e2e import ROOT, base_args, check_ok, clean_env, read_log, read_predictions, run  # noqa: E402
+from e2e import base_args, check_ok, read_log, read_predictions, run, start  # noqa: E402
 
 STOP_AT = """
 import os, signal, sys, models, fine_tuning
@@ -354,10 +353,9 @@ def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(resum
 
 def launch_nodes(script, args_per_rank, port):
     """One process per "node" (LOCAL_RANK 0 on each), started as a cluster starts them, with gloo on CPU."""
-    procs = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env=clean_env(1, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(len(args_per_rank)),
-                                            LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+    procs = [start([sys.executable, "-c", script, *args], threads=1, RANK=str(rank), LOCAL_RANK="0",
+                   WORLD_SIZE=str(len(args_per_rank)), LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
              for rank, args in enumerate(args_per_rank)]
     return [(proc.wait(timeout=900), *proc.communicate()) for proc in procs]
 

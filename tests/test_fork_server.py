@@ -1,4 +1,5 @@
 """tests/fork_server.py: a forked child behaves as `python ...` would (argv, path, environment, output, exit code)."""
+import signal
 import subprocess
 import sys
 
@@ -38,3 +39,10 @@ def test_a_child_that_runs_too_long_is_killed_and_the_server_carries_on():
     with pytest.raises(subprocess.TimeoutExpired):
         e2e.run([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], timeout=1)
     assert e2e.run([sys.executable, "-c", "print('next')"]).stdout == "next\n"
+
+
+def test_a_started_child_runs_on_until_signalled():
+    process = e2e.start([sys.executable, "-c", "import time; time.sleep(60)"])
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL  # not a TimeoutExpired after 30 s
+    assert process.communicate() == ("", "")

@@ -7,15 +7,14 @@ import os
 import pickle
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import torch
 
-from e2e import (LAUNCH_ENV, ROOT, TINY_EVAL_SAMPLES, assert_scores_like_one_process, base_args,  # noqa: F401
-                 check_ok, clean_env, read_log, read_predictions, run)
+from e2e import (TINY_EVAL_SAMPLES, assert_scores_like_one_process, base_args, check_ok, read_log,
+                 read_predictions, run, start)
 from conftest import cut_demo
 from in_process import fine_tuning_refuses
 
@@ -76,8 +75,7 @@ def test_eval_of_best_checkpoint_reproduces_its_dev_scores(trained_run, tiny_dem
 
 def test_resume_after_kill_continues_at_the_next_epoch(tiny_demo, tmp_path):
     args = base_args(tiny_demo, tmp_path, epochs=2, steps=2)
-    proc = subprocess.Popen([sys.executable, "fine_tuning.py", *args], cwd=ROOT, env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start([sys.executable, "fine_tuning.py", *args])
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(tmp_path / "log.txt") and read_log(tmp_path)):
         time.sleep(0.5)
