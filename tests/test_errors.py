@@ -9,6 +9,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ import torch
 
 import datasets
 import fine_tuning
-from e2e import ROOT, base_args, check_ok, clean_env, read_log, read_predictions, run
+from e2e import base_args, check_ok, clean_env, read_log, read_predictions, run, start
 from in_process import fine_tuning_refuses
 
 
@@ -270,19 +271,25 @@ def test_an_epoch_that_trains_on_no_sample_stops_without_saving(capsys, demo_roo
 # ---------------------------------------------------------------------------- several processes
 
 def launch_two(args, timeout=600):
-    """fine_tuning.py under DeepSpeed's launcher with two CPU processes (gloo); on a timeout (a hang) the whole
-    process group is killed, so that no rank lingers."""
-    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [launcher, "--num_gpus", "2", "--master_port", "29753", "fine_tuning.py", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(threads=1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    """fine_tuning.py as two ranks (gloo, a thread each) with the environment DeepSpeed's launcher gives them
+    (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT; the launcher itself is tested in test_multinode.py and
+    test_training.py). On a timeout (a hang) both are killed. Returns rank 0's output, both ranks' stderr and
+    the first non-zero exit code."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ranks = [start([sys.executable, "fine_tuning.py", *args], threads=1, RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+             for rank in (0, 1)]
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        codes = [rank.wait(timeout) for rank in ranks]
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        for rank in ranks:
+            rank.send_signal(signal.SIGKILL)
+            rank.wait()
         pytest.fail(f"two processes still running after {timeout} s (a hang)")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    (stdout, stderr0), (_, stderr1) = (rank.communicate() for rank in ranks)
+    return subprocess.CompletedProcess(args, next((code for code in codes if code), 0), stdout, stderr0 + stderr1)
 
 
 @pytest.mark.slow
