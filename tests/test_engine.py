@@ -120,6 +120,15 @@ def test_a_precision_the_accelerator_lacks_is_one_clear_line(monkeypatch, capsys
                                        f"{get_accelerator().device_name()} accelerator; use --dtype bf16 or --dtype fp32\n")
     monkeypatch.setattr(get_accelerator(), "is_fp16_supported", lambda: True)
     assert utils.resolve_dtype("fp16") == "fp16" and utils.resolve_dtype("fp32") == "fp32"
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_that_it_is_slow(monkeypatch, capsys, native):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    assert utils.resolve_dtype("bf16") == "bf16"
+    out = capsys.readouterr().out
+    assert ("warning: --dtype bf16 on a CPU without bf16 instructions" in out) == (not native)
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])
