@@ -32,7 +32,7 @@ def clean_env(threads=2, **extra):
 
 def run(cmd, timeout=600, threads=2, fresh=False, **env):
     """subprocess.run(cmd) from the repository root with clean_env(threads, **env), output captured as text.
-    `python SCRIPT ...` and `python -c CODE ...` go through the fork server (the same run without the 4 s of
+    `python SCRIPT ...` and `python -c CODE ...` go through the fork server (the same run without the ~8 s of
     imports); fresh=True starts a new interpreter, for a test about what happens while Python starts."""
     if not fresh and len(cmd) > 1 and cmd[0] == sys.executable and (cmd[1] == "-c" or cmd[1].endswith(".py")):
         process = start(cmd, threads, **env)

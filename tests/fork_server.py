@@ -2,8 +2,9 @@
 
     python tests/fork_server.py    # then one JSON request a line on stdin, one JSON reply a line on stdout
 
-A Python process that imports torch, transformers and DeepSpeed spends about 4 s before the script's first line
-on these 2 cores; the end-to-end tests start dozens. This server imports them once, then forks a child per
+A `python fine_tuning.py ...` run spends about 8 s on imports on these 2 cores (torch, transformers' mT5,
+DeepSpeed with the Muon module and torch.compile's inductor it imports, matplotlib); the end-to-end tests start
+dozens. This server imports them once, then forks a child per
 request. The child is what the interpreter would have been: its own working folder, environment, sys.argv,
 sys.path[0], stdin from /dev/null, stdout and stderr into the files the request names, the script run as
 `__main__`, exit handlers run and the exit code returned; only the imports were done before the fork. So the
@@ -34,12 +35,12 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# What a run imports after its first line, beyond `import fine_tuning`: transformers' mT5 and tokenizer modules
-# (lazy attributes, 3 s), DeepSpeed's Muon module (its ZeRO optimizer check imports it, and torch.compile's
-# inductor with it: 3 s), matplotlib for the training curves, the metrics, the export formats.
+# What a run imports later than `import fine_tuning` does: transformers' mT5 and tokenizer modules (lazy
+# attributes, 3 s), DeepSpeed's Muon module (its ZeRO optimizer check imports it, and torch.compile's inductor
+# with it: 3 s), matplotlib for the training curves, the metrics, safetensors for model folders.
 LAZY_IMPORTS = ("transformers.models.mt5.modeling_mt5", "transformers.models.t5.tokenization_t5",
                 "transformers.models.t5.tokenization_t5_fast", "deepspeed.runtime.zero.muon.muon_optimizer",
-                "matplotlib.pyplot", "SLRT_metrics", "safetensors.torch", "geoopt", "model_io", "datasets")
+                "matplotlib.pyplot", "SLRT_metrics", "safetensors.torch")
 
 
 def preload():
@@ -49,7 +50,7 @@ def preload():
     utils.silence_known_notices()  # before DeepSpeed's import, as the commands do
     utils.use_environment_extension_cache()
     import deepspeed  # noqa: F401
-    import fine_tuning  # noqa: F401  (models, engine, model_io with it)
+    import fine_tuning  # noqa: F401  (models, hyperbolic, geoopt, engine, model_io, datasets with it)
     import matplotlib
     matplotlib.use("Agg")  # as utils.plot_curves does: no screen here
     for name in LAZY_IMPORTS:
