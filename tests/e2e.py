@@ -6,6 +6,7 @@ The fixtures they go with, small_demo and tiny_demo, are in conftest.py.
 import atexit
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,22 @@ class ForkedProcess:
 def start(cmd, threads=2, **env):
     """`python SCRIPT ...` or `python -c CODE ...` started as a child of the fork server (see run), not waited for."""
     return ForkedProcess(_fork_server(), cmd, clean_env(threads, **env))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(commands, one_node=True):
+    """One command per rank, started as DeepSpeed's launcher starts ranks (RANK, LOCAL_RANK, WORLD_SIZE,
+    LOCAL_WORLD_SIZE, MASTER_ADDR/PORT; gloo on CPU, a thread each): on one node, or each on a "node" of its own
+    (LOCAL_RANK 0 everywhere). The launcher itself is tested in test_multinode.py and test_training.py."""
+    port, world = free_port(), len(commands)
+    return [start(cmd, threads=1, RANK=str(rank), LOCAL_RANK=str(rank if one_node else 0), WORLD_SIZE=str(world),
+                  LOCAL_WORLD_SIZE=str(world if one_node else 1), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            for rank, cmd in enumerate(commands)]
 
 
 _server = []

@@ -308,7 +308,7 @@ def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- end to end (fine_tuning.py)
 
-from e2e import base_args, check_ok, read_log, read_predictions, run, start  # noqa: E402
+from e2e import base_args, check_ok, read_log, read_predictions, run, start_ranks  # noqa: E402
 
 STOP_AT = """
 import os, signal, sys, models, fine_tuning
@@ -360,12 +360,9 @@ def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(resum
         assert len(whole_lines) == 4 and whole_lines == read_predictions(tmp_path / "parts" / f"{split}_tmp_pres.txt")
 
 
-def launch_nodes(script, args_per_rank, port):
+def launch_nodes(script, args_per_rank):
     """One process per "node" (LOCAL_RANK 0 on each), started as a cluster starts them, with gloo on CPU."""
-    procs = [start([sys.executable, "-c", script, *args], threads=1, RANK=str(rank), LOCAL_RANK="0",
-                   WORLD_SIZE=str(len(args_per_rank)), LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port))
-             for rank, args in enumerate(args_per_rank)]
+    procs = start_ranks([[sys.executable, "-c", script, *args] for args in args_per_rank], one_node=False)
     return [(proc.wait(timeout=900), *proc.communicate()) for proc in procs]
 
 
@@ -384,7 +381,7 @@ def test_resume_on_another_number_of_ranks_and_pruning_on_each_node(resume_demo,
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     shutil.copytree(node0, node1)  # the second node's copy of the run
 
-    results = launch_nodes(STOP_AT.format(call=3), [args(node0) + ["--resume"], args(node1) + ["--resume"]], 29741)
+    results = launch_nodes(STOP_AT.format(call=3), [args(node0) + ["--resume"], args(node1) + ["--resume"]])
     for code, out, err in results:
         assert code == 128 + signal.SIGTERM, err[-3000:]
     assert "saved by 1 ranks and this run has 2" in results[0][1] and "AdamW's moments restart" in results[0][1]

@@ -9,7 +9,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ import torch
 
 import datasets
 import fine_tuning
-from e2e import base_args, check_ok, clean_env, read_log, read_predictions, run, start
+from e2e import base_args, check_ok, clean_env, read_log, read_predictions, run, start_ranks
 from in_process import fine_tuning_refuses
 
 
@@ -271,16 +270,9 @@ def test_an_epoch_that_trains_on_no_sample_stops_without_saving(capsys, demo_roo
 # ---------------------------------------------------------------------------- several processes
 
 def launch_two(args, timeout=600):
-    """fine_tuning.py as two ranks (gloo, a thread each) with the environment DeepSpeed's launcher gives them
-    (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT; the launcher itself is tested in test_multinode.py and
-    test_training.py). On a timeout (a hang) both are killed. Returns rank 0's output, both ranks' stderr and
-    the first non-zero exit code."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ranks = [start([sys.executable, "fine_tuning.py", *args], threads=1, RANK=str(rank), LOCAL_RANK=str(rank),
-                   WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-             for rank in (0, 1)]
+    """fine_tuning.py as two ranks on one node (e2e.start_ranks); on a timeout (a hang) both are killed. Returns
+    rank 0's output, both ranks' stderr and the first non-zero exit code."""
+    ranks = start_ranks([[sys.executable, "fine_tuning.py", *args]] * 2)
     try:
         codes = [rank.wait(timeout) for rank in ranks]
     except subprocess.TimeoutExpired:

@@ -1,23 +1,16 @@
 """Several nodes: two "nodes" on this machine, one process each, started the way a cluster starts them
 (script/launch.sh -> deepspeed --hostfile ... --no_ssh --node_rank N), gloo on CPU."""
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from e2e import (ROOT, TINY_EVAL_SAMPLES, assert_scores_like_one_process, base_args, clean_env, read_log,
-                 read_predictions)
+from e2e import (ROOT, TINY_EVAL_SAMPLES, assert_scores_like_one_process, base_args, clean_env, free_port,
+                 read_log, read_predictions)
 
 VENV_BIN = os.path.dirname(sys.executable)  # where the deepspeed launcher is
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(script_args, threads=1, **env):

@@ -9,9 +9,6 @@ import pytest
 import e2e
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def run_benchmark(*argv, timeout=900):
     result = e2e.run([sys.executable, os.path.join("script", "benchmark.py"), *argv], timeout=timeout)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

@@ -16,7 +16,6 @@ import model_io
 import pose_extraction
 import tiny_pose_models as tiny
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (320, 240)
 PERSON = (50, 100)  # w, h of a drawn person: the pose crop magnifies it about 2x
 
