@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The newcomer's first run: set up, build the built-in demo data, train Geo-Sign (token mode) on it
 # and evaluate dev and test after every epoch; then export the best model as a folder and draw its
-# embedding space. No download, no GPU needed (about 9 minutes on 2 CPU cores).
+# embedding space. No download, no GPU needed (about 5 minutes on 2 CPU cores).
 #   bash script/demo.sh [extra fine_tuning.py flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ if [ ! -f data/demo/labels.train ] || [ ! -f pretrained_weight/mt5-demo/config.j
 fi
 args=(--dataset Demo --task SLT --mt5_path pretrained_weight/mt5-demo --output_dir out/demo --overwrite
       --use_hyperbolic --hyp_text_cmp token --hyp_text_emb_src decoder --alpha 0.7
-      --epochs ${DEMO_EPOCHS:-12} --batch_size 8 --lr 1e-3 --warmup-epochs 1 --min-lr 1e-5
+      --epochs ${DEMO_EPOCHS:-7} --batch_size 8 --lr 1e-3 --warmup-epochs 1 --min-lr 1e-5
       --num_workers 0 --num_beams 4 --max_tgt_len 40 --seed 42)
 if command -v nvidia-smi >/dev/null 2>&1; then
     deepspeed --num_gpus 1 fine_tuning.py "${args[@]}" "$@"
