@@ -64,5 +64,5 @@ def tiny_demo(demo_root, tmp_path_factory):
 def micro_demo(demo_root, tmp_path_factory):
     """The demo with dev and test cut to 2 samples each, for runs that check that a set-up trains, evaluates and
     saves (with --batch_size 2: one evaluation batch a split). bf16 on CPUs without bf16 instructions (AVX2 only)
-    runs at about a sample a second, so each sample counts."""
+    runs at about a sample a second, so each sample counts (and those runs read 4 frames a video: --max_length 4)."""
     return cut_demo(demo_root, tmp_path_factory.mktemp("micro_demo"), 2)

@@ -303,7 +303,8 @@ def test_deepspeed_state_of_bf16_and_zero3_runs_exports(micro_demo, tmp_path, dt
     (on CPUs DeepSpeed's master partitions were seen to hold bf16 values themselves: then both are equal).
     ZeRO-3: the partitions are gathered into whole tensors."""
     args = base_args(micro_demo, tmp_path / "run", epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage",
-                                                                         str(zero_stage), "--batch_size", "2"]
+                                                                         str(zero_stage), "--batch_size", "2",
+                                                                         "--max_length", "4"]
     if not hyperbolic:
         args.remove("--use_hyperbolic")
     check_ok(run([sys.executable, "fine_tuning.py", *args]))

@@ -181,7 +181,7 @@ def test_deepspeed_precisions_zero_stages_and_tasks_train(micro_demo, tmp_path, 
                                                            metric):
     args = base_args(micro_demo, tmp_path, epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage),
                                                                  "--gradient_accumulation_steps", "2", "--task", task,
-                                                                 "--batch_size", "2"]
+                                                                 "--batch_size", "2", "--max_length", "4"]
     if not hyperbolic:
         args.remove("--use_hyperbolic")
     check_ok(run([sys.executable, "fine_tuning.py", *args]))
