@@ -190,9 +190,9 @@ def token_model(tiny_mt5_path):
     return model
 
 
-def small_batch(model, seed=0):
+def small_batch(model, seed=0, frames=12):
     from bench_hyperbolic import random_batch
-    return random_batch(model.mt5_tokenizer, batch_size=3, frames=12, text_len=7, seed=seed)
+    return random_batch(model.mt5_tokenizer, batch_size=3, frames=frames, text_len=7, seed=seed)
 
 
 def test_gradients_reach_every_hyperbolic_parameter(token_model):
@@ -215,7 +215,7 @@ def test_finite_under_bf16_autocast(token_model):
     token_model.train()
     token_model.zero_grad(set_to_none=True)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        out = token_model(small_batch(token_model, seed=1))
+        out = token_model(small_batch(token_model, seed=1, frames=4))  # bf16 is emulated on AVX2-only CPUs: slow
     out["loss"].backward()
     assert all(torch.isfinite(value).all() for value in out.values())
     assert out["hyp_loss"].dtype == torch.float32
