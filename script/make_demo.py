@@ -29,8 +29,8 @@ if ROOT not in sys.path:
 PROMPT_TEXTS = ("Translate sign language video to Chinese: ", "Translate sign language video to English: ")
 SOURCE_LABELS = os.path.join(ROOT, "data", "CSL_Daily", "labels.train")
 NUM_GLOSSES = 60           # the most frequent CSL-Daily glosses the demo sentences may use
-GLOSSES_PER_SENTENCE = (2, 4)  # inclusive; with (2, 6) and (3, 4) frames a gloss the demo learnt as well in 12
-FRAMES_PER_GLOSS = (2, 3)      # epochs as it does now in 7: short videos keep the 256-channel ST-GCNs cheap on CPU
+GLOSSES_PER_SENTENCE = (2, 4)  # inclusive, as is FRAMES_PER_GLOSS. Short videos keep the 256-channel ST-GCNs
+FRAMES_PER_GLOSS = (2, 3)      # cheap on CPU: 7 epochs learn what 12 did with 2-6 glosses of 3-4 frames
 SAMPLES_PER_PHASE = {"train": 300, "dev": 50, "test": 50}
 HELD_OUT_FRACTION = 0.12   # sentences never seen in training, shared out to dev and test
 
