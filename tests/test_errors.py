@@ -18,6 +18,7 @@ import torch
 
 import datasets
 import fine_tuning
+import preflight
 from e2e import base_args, check_ok, clean_env, read_log, read_predictions, run, start_ranks
 from in_process import fine_tuning_refuses
 
@@ -79,11 +80,11 @@ def trained_nothing(output_dir):
 
 
 def preflight_refuses(capsys, demo, output_dir, *extra):
-    """fine_tuning.preflight (what main() runs before building the model) on these flags, in this process: it
+    """preflight.preflight (what main() runs before building the model) on these flags, in this process: it
     must stop with exit code 1 and exactly one `error:` line, which is returned."""
     args = fine_tuning.get_args_parser().parse_args(base_args(demo, output_dir, epochs=1, steps=1) + list(extra))
     with pytest.raises(SystemExit) as stop:
-        fine_tuning.preflight(args, fine_tuning.load_splits(args))
+        preflight.preflight(args, fine_tuning.load_splits(args))
     assert stop.value.code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, errors
@@ -213,7 +214,7 @@ def test_corrupt_dev_pose_file_is_refused_before_training(capsys, demo, tmp_path
 def test_corrupt_test_pose_file_with_skip_bad_samples_is_announced_before_training(capsys, demo, tmp_path):
     truncate(pose_file(demo, "test", 3))
     args = fine_tuning.get_args_parser().parse_args(base_args(demo, tmp_path / "out") + ["--skip_bad_samples"])
-    fine_tuning.preflight(args, fine_tuning.load_splits(args))
+    preflight.preflight(args, fine_tuning.load_splits(args))
     assert "1 of the 4 test pose files are unreadable" in capsys.readouterr().out
 
 
