@@ -1,12 +1,11 @@
 """Pose datasets: loading, normalisation, frame selection and batching (SPEC section 1).
 
-Public: build_dataset, DataConfig, PoseDataset, PoseCollator, safe_pickle_load, load_pose, normalise_pose, select_frames,
-prompt_for, BadSampleError, LabelFileError, UnsafePickleError.
+Public: build_dataset, DataConfig, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
+BadSampleError, LabelFileError. Pickles are read by safe_pickle.py's unpicklers, which run no code.
 """
 import dataclasses
 import functools
 import gzip
-import operator
 import os
 import pickle
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 import config
+from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
 from sample_index import SampleIndex, StringTableBuilder, json_array_blocks
 
 CONFIDENCE_THRESHOLD = 0.3
@@ -50,101 +50,6 @@ class BadSampleError(ValueError):
     """A pose or label file that is missing, unreadable or holds unusable data; the message names the file."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle that references a global outside the numpy/plain-container whitelist (it could run code)."""
-
-
-# The only globals a pose or label pickle may reference: numpy array/scalar reconstruction and bytes decoding.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),  # protocol-2 pickles store array bytes as latin-1 text
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    source = "<stream>"
-
-    def find_class(self, module, name):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise UnsafePickleError(f"{self.source}: refused to load global '{module}.{name}': pose and label "
-                                    "pickles may only hold numpy arrays, lists, dicts and plain scalars")
-        if module.startswith("numpy.core."):  # files written by numpy 1.x; numpy 2 moved it to numpy._core
-            module = "numpy._core." + module[len("numpy.core."):]
-        return super().find_class(module, name)
-
-
-def safe_pickle_load(path_or_fileobj):
-    """Unpickle with a whitelist (numpy arrays, lists, dicts, plain scalars); anything else raises UnsafePickleError."""
-    return _load_restricted(path_or_fileobj, _RestrictedUnpickler)
-
-
-def _load_restricted(path_or_fileobj, unpickler_class):
-    if isinstance(path_or_fileobj, (str, bytes)) or hasattr(path_or_fileobj, "__fspath__"):
-        with open(path_or_fileobj, "rb") as f:
-            return _load_restricted(f, unpickler_class)
-    unpickler = unpickler_class(path_or_fileobj)
-    unpickler.source = getattr(path_or_fileobj, "name", "<stream>")
-    return unpickler.load()
-
-
-class _RawArray:
-    """A pickled numpy array not built yet: its pickled state (version, shape, dtype, Fortran order, bytes).
-
-    A pose file holds two arrays per frame; building hundreds of tiny arrays costs more than everything
-    else in loading, so the pose reader keeps their states and joins each sequence's bytes once.
-    """
-    __slots__ = ("state",)
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-def _raw_array(cls, shape, dtype):
-    """Stands in for numpy's _reconstruct(ndarray, shape, dtype) while reading pose files."""
-    if cls is not np.ndarray:
-        raise UnsafePickleError(f"refused to reconstruct {cls!r}: only numpy arrays are allowed")
-    return _RawArray()
-
-
-class _PoseUnpickler(_RestrictedUnpickler):
-    def find_class(self, module, name):
-        found = super().find_class(module, name)  # the whitelist check
-        return _raw_array if name == "_reconstruct" else found
-
-
-_STATE = operator.attrgetter("state")
-_STATE_HEADER, _STATE_BYTES = operator.itemgetter(0, 1, 2, 3), operator.itemgetter(4)
-
-
-def _build_array(item):
-    """A real array from a _RawArray (or the item itself when it already is one)."""
-    if not isinstance(item, _RawArray):
-        return item
-    state = item.state if len(item.state) == 5 else (1,) + tuple(item.state)  # very old pickles lack the version
-    _, shape, dtype, fortran_order, data = state
-    if dtype.hasobject or not isinstance(data, (bytes, bytearray)):
-        raise ValueError("array of Python objects")
-    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran_order else "C")
-
-
-def _build_frames(frames):
-    """A sequence of per-frame arrays as one (T, ...) array when all frames share shape and dtype (the usual
-    case: a single bytes join), else as a list of arrays; a single stored array is built as it is."""
-    if not isinstance(frames, (list, tuple)):
-        return _build_array(frames)
-    if frames and set(map(type, frames)) == {_RawArray}:
-        states = list(map(_STATE, frames))
-        headers = set(map(_STATE_HEADER, states))
-        if len(headers) == 1:
-            version, shape, dtype, fortran_order = headers.pop()
-            if version == 1 and not fortran_order and not dtype.hasobject:
-                return np.frombuffer(b"".join(map(_STATE_BYTES, states)), dtype).reshape((len(frames),) + shape)
-    return [_build_array(frame) for frame in frames]
-
-
 # ----------------------------------------------------------------------------- one pose file
 def load_pose(path):
     """Read a pose pickle; returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32 arrays
@@ -155,7 +60,7 @@ def load_pose(path):
     Anything unusable raises BadSampleError naming the file and the problem (UnsafePickleError is never softened).
     """
     try:
-        data = _load_restricted(path, _PoseUnpickler)
+        data = load_restricted(path, PoseUnpickler)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
         raise BadSampleError(f"{path}: pose file is missing") from error
     except UnsafePickleError as error:
@@ -170,7 +75,7 @@ def load_pose(path):
         raise BadSampleError(f"{path}: expected a dict with 'keypoints' and 'scores', got {type(data).__name__}"
                              + (f" with keys {sorted(map(str, data))}" if isinstance(data, dict) else ""))
     try:
-        keypoints, scores = _build_frames(data["keypoints"]), _build_frames(data["scores"])
+        keypoints, scores = build_frames(data["keypoints"]), build_frames(data["scores"])
     except (TypeError, ValueError, AttributeError) as error:
         raise BadSampleError(f"{path}: malformed arrays ({type(error).__name__}: {error})") from error
     if len(keypoints) != len(scores):

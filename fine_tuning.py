@@ -350,7 +350,8 @@ def format_metrics(stats):
 
 def run(args):
     """main() with the errors a user can fix reported as one clear line instead of a traceback."""
-    from datasets import BadSampleError, LabelFileError, UnsafePickleError
+    from datasets import BadSampleError, LabelFileError
+    from safe_pickle import UnsafePickleError
     try:
         with stop_on_signals():
             main(args)

@@ -39,7 +39,7 @@ def parse(argv):
 def build_demo(folder):
     """The demo under `folder`, dev and test cut to 12 samples (as the suite's small_demo); returns its flags."""
     import make_demo
-    from datasets import safe_pickle_load
+    from safe_pickle import safe_pickle_load
     demo = make_demo.build_demo(folder, seed=0)
     labels = {"train": demo["label_paths"]["train"]}
     for phase in ("dev", "test"):

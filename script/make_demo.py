@@ -236,7 +236,7 @@ def write_pose(path, video, rng):
 def choose_sentences(source_labels=SOURCE_LABELS):
     """Distinct real CSL-Daily (gloss tuple, text) pairs whose glosses are all among the NUM_GLOSSES most frequent."""
     with gzip.open(source_labels, "rb") as f:
-        from datasets import safe_pickle_load
+        from safe_pickle import safe_pickle_load
         labels = safe_pickle_load(f)
     counts = Counter(g for item in labels.values() for g in item["gloss"])
     frequent = {g for g, _ in counts.most_common(NUM_GLOSSES)}
@@ -343,7 +343,7 @@ def main(argv=None):
 
 
 def safe_load_labels(path):
-    from datasets import safe_pickle_load
+    from safe_pickle import safe_pickle_load
     with gzip.open(path, "rb") as f:
         return safe_pickle_load(f)
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import datasets
-from datasets import BadSampleError, UnsafePickleError
+from datasets import BadSampleError
+import safe_pickle
+from safe_pickle import UnsafePickleError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = datasets.PART_INDICES["body"]
@@ -193,7 +195,7 @@ def test_pickle_protocols_and_numpy1_module_names(tmp_path, protocol):
     path = tmp_path / "p.pkl"
     path.write_bytes(payload)
     np.testing.assert_array_equal(datasets.load_pose(str(path))[0], keypoints)
-    assert np.array_equal(datasets.safe_pickle_load(str(path))["keypoints"][1], keypoints[1:2])
+    assert np.array_equal(safe_pickle.safe_pickle_load(str(path))["keypoints"][1], keypoints[1:2])
 
 
 def test_float64_and_mixed_dtypes_are_converted(tmp_path):
@@ -311,7 +313,7 @@ def test_code_running_pickle_is_refused_and_nothing_runs(tmp_path):
     label_path = tmp_path / "labels.dev"
     with gzip.open(label_path, "wb") as f:
         pickle.dump({"x": {"name": "x", "gloss": [], "text": _PlantedPayload(marker), "video_path": "x.mp4"}}, f)
-    for load in (lambda: datasets.load_pose(str(pose_path)), lambda: datasets.safe_pickle_load(str(pose_path))):
+    for load in (lambda: datasets.load_pose(str(pose_path)), lambda: safe_pickle.safe_pickle_load(str(pose_path))):
         with pytest.raises(UnsafePickleError) as error:
             load()
         assert "posix.mkdir" in str(error.value) and "evil_pose.pkl" in str(error.value)
@@ -427,7 +429,7 @@ def test_real_label_files_load_with_the_restricted_unpickler(tmp_path):
     assert first["pose_path"] == os.path.join(str(pose_dir), first["name"] + ".pkl") and first["text"]
     cslr = datasets.build_dataset("CSL_Daily", "dev", args(task="CSLR"), pose_dir=str(pose_dir))
     with gzip.open(os.path.join(ROOT, "data", "CSL_Daily", "labels.dev"), "rb") as f:
-        labels = datasets.safe_pickle_load(f)
+        labels = safe_pickle.safe_pickle_load(f)
     assert cslr.samples[0]["text"] == " ".join(labels[first["name"]]["gloss"])
     wlasl = datasets.build_dataset("WLASL", "dev", args(task="ISLR"), pose_dir=str(pose_dir))
     assert wlasl.samples[0]["pose_path"].startswith(os.path.join(str(pose_dir), "dev") + os.sep)

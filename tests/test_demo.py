@@ -10,11 +10,12 @@ import torch
 
 import datasets
 import make_demo
+import safe_pickle
 
 
 def labels_of(path):
     with gzip.open(path, "rb") as f:
-        return datasets.safe_pickle_load(f)
+        return safe_pickle.safe_pickle_load(f)
 
 
 def digest_tree(folder):
@@ -79,7 +80,7 @@ def test_sentences_are_real_csl_daily_sentences_of_frequent_glosses(demo_root):
 def test_pose_files_look_like_rtmpose_output(demo_root):
     lengths, low_confidence_hand_frames, multi_person_files = [], 0, 0
     for name in sorted(os.listdir(demo_root["pose_dir"])):
-        data = datasets.safe_pickle_load(os.path.join(demo_root["pose_dir"], name))
+        data = safe_pickle.safe_pickle_load(os.path.join(demo_root["pose_dir"], name))
         assert set(data) == {"keypoints", "scores"} and isinstance(data["keypoints"], list)
         people = {k.shape[0] for k in data["keypoints"]}
         multi_person_files += max(people) > 1
