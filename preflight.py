@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 import config
 import utils
+from datasets import BadSampleError, load_pose
 
 
 def preflight(args, datasets):
@@ -16,8 +17,6 @@ def preflight(args, datasets):
     disk (with --skip_bad_samples: the missing ones announced, and at least one readable sample per split),
     and an output folder that can be written and holds no earlier run (unless --resume or --overwrite).
     `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the first problem."""
-    from datasets import BadSampleError, load_pose
-
     if args.batch_size < 1:
         utils.fail(f"--batch_size must be at least 1 (got {args.batch_size})")
     if not args.eval:
@@ -72,7 +71,6 @@ def check_pose_files(dataset, phase, label_path, skip_bad_samples):
     """Read every pose file of an evaluation split once (what each evaluation will read), before training: a
     corrupt or truncated file stops the run now, naming it, instead of after the first epoch. With
     --skip_bad_samples the bad ones are counted and announced, and a split with none readable is refused."""
-    from datasets import BadSampleError, load_pose
     bad = []
     with tqdm(dataset.samples, desc=f"check {phase} poses", disable=not utils.is_main_process(), leave=False) as bar:
         for sample in bar:
