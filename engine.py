@@ -127,7 +127,17 @@ class Engine:
                                       betas=tuple(args.opt_betas))
         hyp_params = model.hyperbolic_parameters() if args.use_hyperbolic else []
         hyp_values = [p.data.float().clone() for p in hyp_params]
-        self.ds, _ = deepspeed_initialize(model, optimizer, deepspeed_config(args, total_updates, warmup_updates))
+        ds_config = deepspeed_config(args, total_updates, warmup_updates)
+        # DeepSpeed's fp32 path without ZeRO steps the torch optimizer as it is: its clipping takes every parameter
+        # of the module (the hyperbolic ones too, which Riemannian Adam clips itself) and fails on 0-d gradients,
+        # and its step clears every gradient of the module, the hyperbolic ones before Riemannian Adam has used
+        # them. On that path we clip AdamW's parameters ourselves, as DeepSpeed's other paths clip only theirs,
+        # and keep the hyperbolic gradients across DeepSpeed's step.
+        self.fp32_without_zero = args.zero_stage == 0 and args.dtype == "fp32"
+        self.euclidean_params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.fp32_without_zero:
+            ds_config["gradient_clipping"] = 0.0
+        self.ds, _ = deepspeed_initialize(model, optimizer, ds_config)
         for p, value in zip(hyp_params, hyp_values):  # the geometry stays in float32 whatever DeepSpeed's
             p.data = value.to(p.device)  # precision, from its float32 values (not their 16-bit rounding)
         self.hyp_optimizer = (geoopt.optim.RiemannianAdam(hyp_params, lr=args.hyp_lr, stabilize=100)
@@ -150,8 +160,16 @@ class Engine:
         overflow; it then lowers the scale and does not advance its schedule) Riemannian Adam skips it too."""
         boundary = self.ds.is_gradient_accumulation_boundary()
         scale = self.loss_scale()  # read before step(), which lowers it after an overflow
-        self.ds.backward(loss)
+        self.ds.backward(loss)  # at a boundary, the gradients are averaged over ranks here
+        kept = []
+        if boundary and self.fp32_without_zero:
+            if self.args.gradient_clipping > 0:
+                torch.nn.utils.clip_grad_norm_(self.euclidean_params, self.args.gradient_clipping)
+            if self.hyp_optimizer is not None:
+                kept = [(p, p.grad) for group in self.hyp_optimizer.param_groups for p in group["params"]]
         self.ds.step()
+        for p, grad in kept:
+            p.grad = grad
         if not boundary:
             return
         applied = self.ds.was_step_applied()

@@ -22,7 +22,7 @@ class TinyModel(torch.nn.Module):
     The hyperbolic loss term depends on the ManifoldParameter alone, in float32, so its gradient does not
     depend on the Euclidean part's precision."""
 
-    def __init__(self, hyperbolic=True):
+    def __init__(self, hyperbolic=True, scalar=False):
         super().__init__()
         generator = torch.Generator().manual_seed(0)
         self.lin = torch.nn.Linear(8, 8)
@@ -36,12 +36,16 @@ class TinyModel(torch.nn.Module):
             self.ball = geoopt.PoincareBall(c=1.0)
             self.point = geoopt.ManifoldParameter(self.ball.expmap0(torch.randn(4, generator=generator) * 0.3),
                                                   manifold=self.ball)
+        if hyperbolic and scalar:  # a 0-d parameter, as Uni_Sign's temperature, margin and curvature are
+            self.log_scale = torch.nn.Parameter(torch.tensor(0.2))
 
     def forward(self, batch):
         x = batch["x"].to(self.lin.weight.dtype)
         loss = 1e-3 * self.out(self.norm(self.lin(x))).float().pow(2).mean()
         if hasattr(self, "point"):
             loss = loss + self.ball.dist0(self.point).pow(2)
+        if hasattr(self, "log_scale"):
+            loss = loss + self.log_scale.exp()
         return {"loss": loss}
 
     def euclidean_param_groups(self, weight_decay):
@@ -49,7 +53,7 @@ class TinyModel(torch.nn.Module):
                  "weight_decay": weight_decay}]
 
     def hyperbolic_parameters(self):
-        return [self.point]
+        return [self.point] + ([self.log_scale] if hasattr(self, "log_scale") else [])
 
     def count_update(self):
         self.global_step += 1
@@ -72,15 +76,29 @@ def one_rank():
     utils.init_distributed()
 
 
-def build(**overrides):
+def build(scalar=False, **overrides):
     args = make_args(**overrides)
-    return engine.Engine(TinyModel(hyperbolic=args.use_hyperbolic), args, total_updates=10, warmup_updates=1)
+    return engine.Engine(TinyModel(hyperbolic=args.use_hyperbolic, scalar=scalar), args, total_updates=10,
+                         warmup_updates=1)
 
 
 def train(eng, steps=3):
     eng.train()
     for step in range(steps):
         eng.step(eng(batch(seed=step))["loss"])
+
+
+def test_fp32_without_zero_clips_like_zero_2():
+    """--zero_stage 0 under fp32: DeepSpeed's own clipping there takes every parameter of the module (the
+    hyperbolic ones too, which Riemannian Adam clips itself) and fails on 0-d gradients; the Euclidean
+    parameters are clipped as ZeRO-2 clips them, and both runs end with the same weights. The clipping
+    threshold is small enough that AdamW's eps makes its update depend on how the gradients were scaled."""
+    engines = [build(zero_stage=stage, gradient_clipping=1e-6, scalar=True) for stage in (0, 2)]
+    for eng in engines:
+        train(eng)
+    zero0, zero2 = (dict(eng.module.named_parameters()) for eng in engines)
+    for name, value in zero0.items():
+        torch.testing.assert_close(value, zero2[name], rtol=1e-5, atol=1e-8, msg=name)
 
 
 # ---------------------------------------------------------------------------- fp16, bf16
