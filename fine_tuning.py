@@ -24,7 +24,7 @@ import utils
 from datasets import DataConfig
 from engine import CheckpointError, Engine, Stopped, latest_tag, stop_on_signals
 from models import ModelConfig
-from preflight import preflight
+from preflight import check_flags, preflight
 
 MODEL, DATA = ModelConfig(), DataConfig()  # the flags' defaults: one place for each setting
 
@@ -254,15 +254,11 @@ def main(args):
     if rank != 0:
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
+    check_flags(args)
     # read (and, for a model folder, verified) before anything is built from it
     finetuned = model_io.read_model(args.finetune) if args.finetune else None
     args.mt5_path = args.mt5_path or model_io.folder_mt5_path(args.finetune) or config.mt5_path
     args.num_workers = min(args.num_workers, os.cpu_count() or 1)
-    if args.zero_stage == 3 and args.use_hyperbolic and not args.eval:
-        utils.fail("--zero_stage 3 partitions every parameter, but Riemannian Adam needs the hyperbolic branch's "
-                   "ManifoldParameters whole: use --zero_stage 2 (or 0/1) with --use_hyperbolic")
-    if args.rgb_support:
-        utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
     if args.eval and not args.finetune:
         print("--eval without --finetune: scoring the untrained model (a baseline)")
     datasets = load_splits(args)
@@ -305,7 +301,9 @@ def main(args):
         try:
             train_stats = train_one_epoch(engine, train_loader, epoch, args, run)
         except NonFiniteLoss as err:
-            utils.fail(f"{err}; stopping. The last good checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth')}")
+            kept = (f"the last good checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth')}" if epoch > 0
+                    else "this run saved no checkpoint (it stopped in its first epoch)")
+            utils.fail(f"{err}; stopping: {kept}")
         utils.broadcast_buffers(engine.module)
         synced = args.zero_stage == 3 and world > 1  # generation on partitioned parameters
         scores = {split: evaluate(engine.module, eval_loader, args, split, synced)

@@ -1,5 +1,6 @@
-"""What fine_tuning.py checks before training starts, so that a set-up mistake costs no epoch: the numbers,
-every split's labels and pose files, and the output folder. Each check stops with one `error:` line."""
+"""What fine_tuning.py checks before training starts, so that a set-up mistake costs no epoch: the flags
+(check_flags), every split's labels and pose files, and the output folder (preflight). Each check stops with
+one `error:` line."""
 import math
 import os
 import shutil
@@ -11,23 +12,78 @@ import utils
 from datasets import BadSampleError, load_pose
 
 
-def preflight(args, datasets):
-    """Everything that can be checked before training starts, so that a set-up mistake costs no epoch: the
-    numbers (epochs, batch size, optimizer updates per epoch), every split non-empty with its pose files on
-    disk (with --skip_bad_samples: the missing ones announced, and at least one readable sample per split),
-    and an output folder that can be written and holds no earlier run (unless --resume or --overwrite).
-    `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the first problem."""
-    if args.batch_size < 1:
-        utils.fail(f"--batch_size must be at least 1 (got {args.batch_size})")
+def _at_least(low):
+    return lambda value: value >= low  # False for NaN
+
+
+def _finite_at_least(low):
+    return lambda value: math.isfinite(value) and value >= low
+
+
+def _between(low, high):
+    return lambda value: low <= value <= high
+
+
+# Every number flag of fine_tuning.py / pretraining.py: (flag, its argparse name, valid?, what is valid). Out of
+# range, each failed deep inside torch, DeepSpeed or transformers (a traceback), some only after an epoch of
+# training (--num_beams 0, --max_tgt_len 0), and some trained on silently (--alpha 2, --warmup-epochs -1).
+FLAG_RULES = (
+    ("--batch_size", "batch_size", _at_least(1), "at least 1"),
+    ("--max_length", "max_length", _at_least(1), "at least 1 (frames read per video)"),
+    ("--num_workers", "num_workers", _at_least(0), "0 (load in the main process) or more"),
+    ("--num_beams", "num_beams", _at_least(1), "at least 1 (1: greedy decoding)"),
+    ("--max_tgt_len", "max_tgt_len", _at_least(1), "at least 1 (new tokens at generation)"),
+    ("--hyp_dim", "hyp_dim", _at_least(1), "at least 1 (the Poincaré ball's dimension)"),
+    ("--init_c", "init_c", lambda value: math.isfinite(value) and value > 0, "a number above 0 (the ball's curvature)"),
+    ("--alpha", "alpha", _between(0, 1), "between 0 and 1 (the cross-entropy's share of the loss)"),
+    ("--label_smoothing", "label_smoothing", _between(0, 1), "between 0 and 1"),
+    ("--label_smoothing_hyp", "label_smoothing_hyp", _between(0, 1), "between 0 and 1"),
+)
+# The same for the flags only training reads (not checked under --eval).
+TRAINING_FLAG_RULES = (
+    ("--epochs", "epochs", _at_least(1), "at least 1; to only evaluate, pass --eval"),
+    ("--gradient_accumulation_steps", "gradient_accumulation_steps", _at_least(1), "at least 1"),
+    ("--quick_break", "quick_break", _at_least(0), "0 (no cap) or a number of steps"),
+    ("--lr", "lr", _finite_at_least(0), "a number of at least 0"),
+    ("--min-lr", "min_lr", _finite_at_least(0), "a number of at least 0"),
+    ("--hyp_lr", "hyp_lr", _finite_at_least(0), "a number of at least 0"),
+    ("--warmup-epochs", "warmup_epochs", _finite_at_least(0), "0 (no warm-up) or more"),
+    ("--weight-decay", "weight_decay", _finite_at_least(0), "a number of at least 0"),
+    ("--gradient_clipping", "gradient_clipping", _finite_at_least(0), "0 (no clipping) or a positive norm"),
+)
+
+
+def check_flags(args):
+    """Every number flag in its valid range (FLAG_RULES, and TRAINING_FLAG_RULES unless --eval), --opt-betas in
+    [0, 1), --min-lr at most --lr, and no contradictory or unsupported switches: checked first, before any file is read.
+    Stops with one `error:` line naming the flag and what it takes."""
+    rules = FLAG_RULES + (() if args.eval else TRAINING_FLAG_RULES)
+    for flag, name, valid, allowed in rules:
+        value = getattr(args, name)
+        if not valid(value):
+            utils.fail(f"{flag} must be {allowed} (got {value})")
     if not args.eval:
-        if args.epochs < 1:
-            utils.fail(f"--epochs must be at least 1 (got {args.epochs}); to only evaluate, pass --eval")
-        if args.gradient_accumulation_steps < 1:
-            utils.fail(f"--gradient_accumulation_steps must be at least 1 (got {args.gradient_accumulation_steps})")
-        if args.quick_break < 0:
-            utils.fail(f"--quick_break must be 0 (no cap) or a number of steps (got {args.quick_break})")
+        if not all(0 <= beta < 1 for beta in args.opt_betas):
+            utils.fail(f"--opt-betas must be two numbers in [0, 1) (got {' '.join(map(str, args.opt_betas))})")
+        if args.min_lr > args.lr:
+            utils.fail(f"--min-lr {args.min_lr} is above --lr {args.lr}: the schedule decays from --lr down to "
+                       "--min-lr; lower --min-lr")
     if args.resume and args.overwrite:
         utils.fail("--resume continues the run in --output_dir and --overwrite replaces it: pass one of them")
+    if args.zero_stage == 3 and args.use_hyperbolic and not args.eval:
+        utils.fail("--zero_stage 3 partitions every parameter, but Riemannian Adam needs the hyperbolic branch's "
+                   "ManifoldParameters whole: use --zero_stage 2 (or 0/1) with --use_hyperbolic")
+    if args.rgb_support:
+        utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
+
+
+def preflight(args, datasets):
+    """Everything about the files that can be checked before training starts (after check_flags), so that a
+    set-up mistake costs no epoch: every split non-empty with its pose files on disk (with --skip_bad_samples:
+    the missing ones announced, and at least one readable sample per split), an output folder that can be
+    written and holds no earlier run (unless --resume or --overwrite), and at least one optimizer update per
+    epoch. `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the
+    first problem."""
     check_output_dir(args)
 
     for phase, dataset in datasets.items():

@@ -188,6 +188,9 @@ def save_coordinates(path_stem, names, xy, distances, weights, c, energy):
 def main(args):
     from datasets import DataConfig, PoseCollator, build_dataset
     utils.silence_known_notices()
+    if args.batch_size < 1 or args.max_samples < 0:
+        utils.fail(f"--batch_size must be at least 1 and --max_samples 0 (all) or more (got {args.batch_size} and "
+                   f"{args.max_samples})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, read = model_io.load_model(args.finetune, args.mt5_path, device)
     if not model.use_hyperbolic:

@@ -43,6 +43,9 @@ def main(args):
     import torch
     import datasets
     torch.set_grad_enabled(False)
+    for flag, value in (("--num_beams", args.num_beams), ("--max_tgt_len", args.max_tgt_len)):
+        if value is not None and value < 1:
+            utils.fail(f"{flag} must be at least 1 (got {value}); leave it out to use the checkpoint's")
     for video in args.videos:
         if not os.path.isfile(video):
             utils.fail(f"{video}: no such video file")
@@ -58,8 +61,8 @@ def main(args):
     collator = datasets.PoseCollator(model.mt5_tokenizer, dataset_name)
     if args.language:
         collator.prompt = datasets.PROMPTS[args.language]
-    num_beams = args.num_beams or getattr(train_args, "num_beams", 4)
-    max_new_tokens = args.max_tgt_len or getattr(train_args, "max_tgt_len", 100)
+    num_beams = args.num_beams if args.num_beams is not None else getattr(train_args, "num_beams", 4)
+    max_new_tokens = args.max_tgt_len if args.max_tgt_len is not None else getattr(train_args, "max_tgt_len", 100)
     failed = 0
     with tempfile.TemporaryDirectory() as scratch:
         pose_dir = args.save_pose or scratch

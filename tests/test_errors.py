@@ -80,10 +80,11 @@ def trained_nothing(output_dir):
 
 
 def preflight_refuses(capsys, demo, output_dir, *extra):
-    """preflight.preflight (what main() runs before building the model) on these flags, in this process: it
-    must stop with exit code 1 and exactly one `error:` line, which is returned."""
+    """preflight.check_flags, then preflight.preflight (what main() runs before building the model) on these
+    flags, in this process: they must stop with exit code 1 and exactly one `error:` line, which is returned."""
     args = fine_tuning.get_args_parser().parse_args(base_args(demo, output_dir, epochs=1, steps=1) + list(extra))
     with pytest.raises(SystemExit) as stop:
+        preflight.check_flags(args)
         preflight.preflight(args, fine_tuning.load_splits(args))
     assert stop.value.code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -103,9 +104,49 @@ def demo(demo_root, tmp_path):
     (["--batch_size", "0"], "--batch_size"),
     (["--gradient_accumulation_steps", "4", "--quick_break", "2"], "no optimizer update"),
     (["--resume", "--overwrite"], "--overwrite"),
+    # each of these was a traceback from torch, DeepSpeed or transformers, --num_beams 0 and --max_tgt_len 0
+    # only after an epoch of training; --alpha 2, --warmup-epochs -1 and --min-lr above --lr trained silently
+    (["--num_beams", "0"], "--num_beams must be at least 1"),
+    (["--max_tgt_len", "0"], "--max_tgt_len must be at least 1"),
+    (["--max_length", "0"], "--max_length must be at least 1"),
+    (["--num_workers", "-1"], "--num_workers must be 0"),
+    (["--quick_break", "-1"], "--quick_break must be 0"),
+    (["--lr", "nan"], "--lr must be a number of at least 0 (got nan)"),
+    (["--lr", "-1"], "--lr must be"),
+    (["--hyp_lr", "inf"], "--hyp_lr must be"),
+    (["--min-lr", "1"], "--min-lr 1.0 is above --lr"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be"),
+    (["--gradient_clipping", "-1"], "--gradient_clipping must be"),
+    (["--opt-betas", "1", "0.999"], "--opt-betas must be two numbers in [0, 1)"),
+    (["--hyp_dim", "0"], "--hyp_dim must be at least 1"),
+    (["--init_c", "0"], "--init_c must be a number above 0"),
+    (["--alpha", "2"], "--alpha must be between 0 and 1"),
+    (["--label_smoothing", "1.5"], "--label_smoothing must be between 0 and 1"),
+    (["--label_smoothing_hyp", "-0.1"], "--label_smoothing_hyp must be between 0 and 1"),
 ])
 def test_impossible_numbers_are_refused_before_training(capsys, demo, tmp_path, flags, needle):
     assert needle in preflight_refuses(capsys, demo, tmp_path / "out", *flags)
+
+
+def test_every_number_flag_has_a_range_and_the_defaults_are_in_it():
+    """A new number flag of fine_tuning.py / pretraining.py gets a rule in preflight.py, or a reason here."""
+    import pretraining
+    unchecked = {"seed", "local_rank", "zero_stage", "opt_betas"}  # any int; launcher's; choices; checked apart
+    ruled = {name for _, name, _, _ in preflight.FLAG_RULES + preflight.TRAINING_FLAG_RULES}
+    for parser in (fine_tuning.get_args_parser(), pretraining.get_args_parser()):
+        numbers = {a.dest for a in parser._actions if a.type in (int, float)}
+        assert numbers - unchecked == ruled, numbers ^ ruled
+        preflight.check_flags(parser.parse_args([]))  # the defaults pass (no SystemExit)
+
+
+def test_evaluation_ignores_the_training_flags(capsys):
+    """--eval reads no training flag, so a training-only value it cannot use is not refused; generation's are."""
+    parser = fine_tuning.get_args_parser()
+    preflight.check_flags(parser.parse_args(["--eval", "--epochs", "0", "--lr", "-1", "--min-lr", "1"]))
+    with pytest.raises(SystemExit):
+        preflight.check_flags(parser.parse_args(["--eval", "--num_beams", "0"]))
+    assert "--num_beams must be at least 1" in capsys.readouterr().err
 
 
 def test_output_dir_that_is_a_file_or_under_a_file_is_refused(capsys, demo, tmp_path):
@@ -189,7 +230,7 @@ def test_overwrite_replaces_the_run_and_skipped_eval_samples_are_counted_per_spl
     assert len(read_predictions(out / "dev_tmp_pres.txt")) == 3
     assert torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)["epoch"] == 0
     screen = result.stdout + result.stderr  # none of the notices a newcomer cannot act on
-    for notice in ("Setting accelerator to CPU", "we will NOT tie them", "before it has started"):
+    for notice in ("Setting accelerator to CPU", "we will NOT tie them", "before it has started", "built successfully"):
         assert notice not in screen, notice
     assert not os.path.exists(out / "deepspeed" / "epoch0" / "stale")  # the earlier resumable state is gone
 

@@ -296,6 +296,14 @@ def test_plot_script_refuses_a_model_without_the_hyperbolic_branch(trained, smal
     assert result.returncode == 1 and "no hyperbolic branch" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_plot_script_checks_its_numbers_first(tmp_path):
+    for flags in (["--batch_size", "0"], ["--max_samples", "-1"]):
+        result = run([sys.executable, "script/plot_embeddings.py", "--finetune", str(tmp_path / "model"),
+                      "--output_dir", str(tmp_path / "plot"), *flags])
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert "error: --batch_size must be at least 1 and --max_samples 0 (all) or more" in result.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, zero_stage, hyperbolic", [("bf16", 2, True), ("fp32", 3, False)])
 def test_deepspeed_state_of_bf16_and_zero3_runs_exports(micro_demo, tmp_path, dtype, zero_stage, hyperbolic):
