@@ -116,6 +116,13 @@ def test_planted_nan_stops_the_run_and_keeps_the_last_checkpoint(tiny_demo, tmp_
     assert ckpt["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert [r["epoch"] for r in read_log(tmp_path)] == [0]
+    assert "the last good checkpoint is " + str(tmp_path / "checkpoint.pth") in result.stderr
+
+
+def test_planted_nan_in_the_first_epoch_names_no_checkpoint(tiny_demo, tmp_path):
+    result = run([sys.executable, "-c", PLANT_NAN.format(steps=0), *base_args(tiny_demo, tmp_path, epochs=1, steps=1)])
+    assert result.returncode == 1 and "epoch 0, step 0" in result.stderr and "Traceback" not in result.stderr
+    assert "this run saved no checkpoint" in result.stderr and not os.path.exists(tmp_path / "checkpoint.pth")
 
 
 @pytest.mark.slow
