@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 import utils
+from safe_pickle import refusal_reason
 
 # Flags that say where and how a run is watched, not what it trains: they may differ on --resume.
 RUN_ONLY_FLAGS = {"resume", "output_dir", "local_rank", "num_workers", "wandb", "wandb_project", "wandb_run_name",
@@ -325,9 +326,8 @@ def check_resumable_state(tag_dir):
         try:
             content = load_trusted(path)
         except Exception as err:  # noqa: BLE001 -- any failure means the file is not what save() wrote
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             utils.fail(f"--resume: refusing {path}: it is not a checkpoint file holding only tensors and "
-                       f"DeepSpeed's own types ({reason[:200]}). Resumable state is never unpickled beyond that; "
+                       f"DeepSpeed's own types ({refusal_reason(err, 200)}). Resumable state is never unpickled beyond that; "
                        f"if this folder is not yours, start a new run")
         if os.path.basename(path) == "mp_rank_00_model_states.pt":
             model_states = content

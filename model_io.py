@@ -26,6 +26,7 @@ import sys
 import torch
 
 from models import ModelConfig, Uni_Sign
+from safe_pickle import refusal_reason
 
 FORMAT = "geo-sign-model"
 FORMAT_VERSION = 1
@@ -145,7 +146,7 @@ def read_checkpoint_file(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OSError) as err:  # what torch.load
         # raises on truncated, foreign or code-running files
-        raise ModelFileError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:300]})") from None
+        raise ModelFileError(f"{path} is not a readable checkpoint ({type(err).__name__}: {refusal_reason(err)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ModelFileError(f"{path} is not a Geo-Sign/Uni-Sign checkpoint: expected a dict with a 'model' entry")
     return ckpt

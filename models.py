@@ -53,18 +53,40 @@ class ModelConfig:
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
+class MT5FolderError(FileNotFoundError):
+    """An mT5 folder that is missing, incomplete or unreadable; the message names it and the fix. A
+    FileNotFoundError, so that every command reports it as it reports a missing --mt5_path: one error line."""
+
+
 def load_mt5(path, safetensors_only=False):
-    """Tokenizer and MT5ForConditionalGeneration from a save_pretrained folder, or a FileNotFoundError
-    that says which path was tried and how to get google/mt5-base. safetensors_only: never read a
-    pickled weight file (model folders)."""
+    """Tokenizer and MT5ForConditionalGeneration from a save_pretrained folder, or an MT5FolderError that
+    says which path was tried, what is wrong with it and how to get google/mt5-base. safetensors_only: never
+    read a pickled weight file (model folders)."""
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, MT5ForConditionalGeneration
+    fix = ("It is part of a model folder: copy the folder anew or export it again (script/export_model.py)."
+           if safetensors_only else
+           f"Download google/mt5-base with `huggingface-cli download google/mt5-base --local-dir {path}` or set "
+           "--mt5_path / config.mt5_path; for the demo run `python script/make_demo.py`.")
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(
-            f"mT5 not found at {os.path.abspath(path)} (no config.json there). Download google/mt5-base with "
-            f"`huggingface-cli download google/mt5-base --local-dir {path}` or set --mt5_path / config.mt5_path; "
-            "for the demo run `python script/make_demo.py`.")
+        raise MT5FolderError(f"mT5 not found at {os.path.abspath(path)} (no config.json there). {fix}")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in ("spiece.model", "tokenizer.json")):
+        # transformers would build a 4-token tokenizer that reads every word as <unk>, and training would go on
+        raise MT5FolderError(f"mT5 at {os.path.abspath(path)} has no tokenizer (neither spiece.model nor "
+                             f"tokenizer.json). {fix}")
     extra = {"use_safetensors": True} if safetensors_only else {}
-    return AutoTokenizer.from_pretrained(path), MT5ForConditionalGeneration.from_pretrained(path, **extra)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = MT5ForConditionalGeneration.from_pretrained(path, **extra)
+    except (OSError, ValueError, SafetensorError) as err:  # a broken config, tokenizer or weight file
+        reason = " ".join(str(err).split())[:200]
+        raise MT5FolderError(f"mT5 at {os.path.abspath(path)} cannot be loaded ({type(err).__name__}: {reason}). "
+                             f"{fix}") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise MT5FolderError(f"mT5 at {os.path.abspath(path)}: its tokenizer has {len(tokenizer)} tokens but the "
+                             f"model embeds {model.get_input_embeddings().num_embeddings}: the two come from "
+                             f"different models. {fix}")
+    return tokenizer, model
 
 
 def shift_right(labels, start_id, pad_id):

@@ -34,6 +34,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def refusal_reason(err, limit=300):
+    """What torch.load(weights_only=True) refused, in one line: its error is mostly advice to load again with
+    weights_only=False or to allowlist the global, either of which would run the file's code, so only the
+    unpickler's own words are kept (e.g. "Unsupported global: GLOBAL io.open was not an allowed global by
+    default.", "Unsupported operand 103")."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation of torch.load", 1)[0]
+    text = " ".join(text.split()).split(" Please use `torch.serialization.add_safe_globals", 1)[0]
+    return (text or type(err).__name__)[:limit]
+
+
 def safe_pickle_load(path_or_fileobj):
     """Unpickle with a whitelist (numpy arrays, lists, dicts, plain scalars); anything else raises UnsafePickleError."""
     return load_restricted(path_or_fileobj, _RestrictedUnpickler)

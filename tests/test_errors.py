@@ -5,6 +5,7 @@ evaluation finish and score like one."""
 import errno
 import gzip
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -275,6 +276,37 @@ def test_skip_bad_samples_with_every_sample_of_a_split_bad_is_refused_before_tra
         truncate(pose_file(demo, phase, index))
     line = preflight_refuses(capsys, demo, tmp_path / "out", "--skip_bad_samples")
     assert f"every {phase} sample is unreadable" in line and demo["label_paths"][phase] in line
+
+
+def break_mt5(folder, how):
+    """A copy of a working mT5 folder, broken one way."""
+    if how == "config.json":
+        (folder / "config.json").write_text("{not json")
+    elif how == "tokenizer.json":
+        (folder / "tokenizer.json").write_text("not a tokenizer")
+    elif how == "weights":
+        (folder / "model.safetensors").write_bytes(b"\xff" * 64)
+    elif how == "no tokenizer":  # transformers then built a 4-token tokenizer that read every word as <unk>
+        os.remove(folder / "spiece.model")
+        os.remove(folder / "tokenizer.json")
+    elif how == "another tokenizer":  # more tokens than the model embeds: an index error at the first step
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 8}))
+        (folder / "model.safetensors").unlink()  # random weights of that shape, saved as the folder's own
+        from transformers import MT5Config, MT5ForConditionalGeneration
+        MT5ForConditionalGeneration(MT5Config.from_pretrained(folder)).save_pretrained(folder)
+
+
+@pytest.mark.parametrize("how, needle", [
+    ("config.json", "cannot be loaded (OSError"), ("tokenizer.json", "cannot be loaded (JSONDecodeError"),
+    ("weights", "cannot be loaded (SafetensorError"), ("no tokenizer", "has no tokenizer"),
+    ("another tokenizer", "tokens but the model embeds 8")])
+def test_a_broken_mt5_folder_is_one_line_naming_it(capsys, demo, tmp_path, how, needle):
+    mt5 = tmp_path / "mt5"
+    shutil.copytree(demo["mt5_path"], mt5)
+    break_mt5(mt5, how)
+    line = fine_tuning_refuses(capsys, base_args(demo, tmp_path / "out", epochs=1, steps=1) + ["--mt5_path", mt5])[0]
+    assert f"mT5 at {mt5}" in line and needle in line and "huggingface-cli download" in line
 
 
 # ---------------------------------------------------------------------------- bad files met while training
