@@ -156,16 +156,7 @@ def check_output_dir(args):
     run (its checkpoints and log would be replaced). With --overwrite the earlier run's log and resumable
     state are removed here; its checkpoints are replaced by the new run's first save."""
     out = args.output_dir
-    if os.path.exists(out) and not os.path.isdir(out):
-        utils.fail(f"--output_dir {out} is a file, not a folder: choose another --output_dir")
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        os.remove(probe)
-    except OSError as err:
-        utils.fail(f"--output_dir {out} cannot be written ({err.strerror}): choose another --output_dir")
+    utils.ensure_writable_dir(out, "--output_dir")
     if args.eval or args.resume:
         return
     earlier = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]

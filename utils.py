@@ -272,6 +272,21 @@ def plot_curves(output_dir, metric):
     return path
 
 
+def ensure_writable_dir(path, flag):
+    """Create the folder `path` (the value of `flag`) if needed and check that a file can be written in it,
+    before any work whose result would go there; else stop with one `error:` line naming the flag."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"{flag} {path} is a file, not a folder: choose another {flag}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        fail(f"{flag} {path} cannot be written ({err.strerror}): choose another {flag}")
+
+
 def fail(message):
     """Stop with a clear message (no traceback); every rank says it, since any rank may be the one that failed."""
     sys.stderr.write(f"error: {message}\n")

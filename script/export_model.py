@@ -15,10 +15,13 @@ or `--finetune OUT_DIR`.
 import argparse
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import shutil
 import sys
+
+from safetensors import SafetensorError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -233,6 +236,12 @@ def export(source, out_dir, mt5_path=None, license_name="other"):
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
         os.replace(tmp, out_dir)
+    except (OSError, SafetensorError) as err:  # an unwritable place, or a full disk (safetensors says so in words)
+        full = getattr(err, "errno", None) == errno.ENOSPC or "StorageFull" in str(err) or "No space left" in str(err)
+        raise model_io.ModelFileError(
+            f"could not write {out_dir}: " + ("the disk is full; free some space" if full else
+                                              f"{getattr(err, 'strerror', None) or err}; choose another output folder")
+            + " (nothing was left behind)") from None
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)

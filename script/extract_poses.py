@@ -87,6 +87,7 @@ def main(args):
     videos = pose_extraction.find_videos(args.src)
     if not videos:
         utils.fail(f"--src {args.src}: no videos ({', '.join(pose_extraction.VIDEO_EXTENSIONS)}) found there")
+    utils.ensure_writable_dir(args.out, "--out")  # else every video would fail, one by one, after its extraction
     jobs = [(video, pose_extraction.pose_path_for(video, args.src, args.out)) for video in videos]
     todo = [job for job in jobs if args.overwrite or not os.path.isfile(job[1])]
     existing = len(jobs) - len(todo)

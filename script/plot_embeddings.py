@@ -191,6 +191,7 @@ def main(args):
     if args.batch_size < 1 or args.max_samples < 0:
         utils.fail(f"--batch_size must be at least 1 and --max_samples 0 (all) or more (got {args.batch_size} and "
                    f"{args.max_samples})")
+    utils.ensure_writable_dir(args.output_dir, "--output_dir")  # before the model runs, not after
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, read = model_io.load_model(args.finetune, args.mt5_path, device)
     if not model.use_hyperbolic:

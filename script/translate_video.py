@@ -46,6 +46,8 @@ def main(args):
     for flag, value in (("--num_beams", args.num_beams), ("--max_tgt_len", args.max_tgt_len)):
         if value is not None and value < 1:
             utils.fail(f"{flag} must be at least 1 (got {value}); leave it out to use the checkpoint's")
+    if args.save_pose:
+        utils.ensure_writable_dir(args.save_pose, "--save_pose")
     for video in args.videos:
         if not os.path.isfile(video):
             utils.fail(f"{video}: no such video file")

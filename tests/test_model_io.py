@@ -2,6 +2,7 @@
 and the Poincaré-disk plot."""
 import argparse
 import contextlib
+import errno
 import dataclasses
 import io
 import json
@@ -179,6 +180,23 @@ def test_release_format_checkpoint_exports_and_loads(trained, io_demo, tmp_path,
     with pytest.raises(SystemExit) as again:
         export(tmp_path / "best.pth", folder)
     assert again.value.code == 1 and "exists" in capsys.readouterr().err  # nothing is overwritten
+
+
+def test_export_that_cannot_write_is_one_line_and_leaves_nothing(trained, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(SystemExit):  # was a NotADirectoryError traceback
+        export(trained / "checkpoint.pth", a_file / "model")
+    assert f"error: could not write {a_file / 'model'}: Not a directory" in capsys.readouterr().err
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(model_io, "save_tensors", disk_full)
+    with pytest.raises(SystemExit):
+        export(trained / "checkpoint.pth", tmp_path / "model")
+    err = capsys.readouterr().err
+    assert f"error: could not write {tmp_path / 'model'}: the disk is full" in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # no half-written folder, no temporary one
 
 
 def test_deepspeed_state_exports_its_fp32_master_weights(trained, tmp_path):

@@ -173,6 +173,24 @@ def test_generation_flags_are_checked_first(tmp_path):
         assert f"error: {flag} must be at least 1 (got 0)" in result.stderr
 
 
+@pytest.mark.parametrize("script, flag", [("script/extract_poses.py", "--out"),
+                                          ("script/translate_video.py", "--save_pose"),
+                                          ("script/plot_embeddings.py", "--output_dir")])
+def test_an_output_folder_under_a_file_is_refused_before_any_work(tmp_path, script, flag):
+    """Was a traceback after the work (translate_video, plot_embeddings), or every video extracted and then
+    skipped one by one (extract_poses)."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "clip.mp4").write_bytes(b"")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    inputs = {"script/extract_poses.py": ["--src", str(tmp_path / "videos")],
+              "script/translate_video.py": [str(tmp_path / "videos" / "clip.mp4"), "--finetune", str(tmp_path)],
+              "script/plot_embeddings.py": ["--finetune", str(tmp_path)]}[script]
+    result = run(script, *inputs, flag, str(a_file / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"error: {flag} {a_file / 'out'} cannot be written" in result.stderr and a_file.read_text() == "not a folder"
+
+
 def test_pose_paths_mirror_the_video_tree(tmp_path):
     (tmp_path / "v" / "s1").mkdir(parents=True)
     for name in ("v/s1/a.mp4", "v/b.MOV", "v/notes.txt"):
