@@ -365,6 +365,13 @@ def run(args):
         utils.fail(f"{error_message(err)}; pass --skip_bad_samples to skip and count such samples instead")
     except (UnsafePickleError, FileNotFoundError, model_io.ModelFileError) as err:
         utils.fail(error_message(err))
+    except torch.OutOfMemoryError as err:  # a GPU's allocator: the batch, the videos or the beams are too large
+        tag = latest_tag(os.path.join(args.output_dir, "deepspeed"))
+        resume = (f"; then continue with --resume (epoch {tag[len('epoch'):]} is the last resumable one)" if tag
+                  and not args.eval else "")
+        utils.fail(f"out of accelerator memory ({str(err).splitlines()[0][:160]}): lower --batch_size (raise "
+                   "--gradient_accumulation_steps to keep the batch each update sees), --max_length (frames per "
+                   f"video) or, if it happened while evaluating, --num_beams{resume}")
 
 
 def error_message(err):

@@ -341,6 +341,17 @@ def test_an_epoch_that_trains_on_no_sample_stops_without_saving(capsys, demo_roo
     assert trained_nothing(out)
 
 
+def test_out_of_accelerator_memory_is_one_line_with_the_flags_that_help(capsys, demo, tmp_path, monkeypatch):
+    import models
+
+    def out_of_memory(self, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore of the allocator's text")
+    monkeypatch.setattr(models.Uni_Sign, "forward", out_of_memory)
+    line = fine_tuning_refuses(capsys, base_args(demo, tmp_path / "out", epochs=1, steps=1))[0]
+    assert "out of accelerator memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in line
+    assert "--batch_size" in line and "--gradient_accumulation_steps" in line and "--resume" not in line
+
+
 # ---------------------------------------------------------------------------- several processes
 
 def launch_two(args, timeout=600):
