@@ -219,14 +219,18 @@ def _read_labels(dataset_name, phase, label_path, pose_dir, task):
 def _read_news_index(label_path, size, mtime, pose_dir):
     """The whole CSL-News list as one SampleIndex, parsed once per process (dev and train slice it; size and
     mtime in the key re-read a changed file). Streamed: memory is the index plus one block of entries."""
-    poses, texts = StringTableBuilder(), StringTableBuilder()
+    poses, texts, count = StringTableBuilder(), StringTableBuilder(), 0
     try:
         for block in json_array_blocks(label_path):
             block_poses, block_texts = [entry["pose"] for entry in block], [entry["text"] for entry in block]
             if set(map(type, block_poses)) != {str} or set(map(type, block_texts)) != {str}:
                 raise TypeError("'pose' and 'text' must be strings")
+            empty = next((i for i, text in enumerate(block_texts) if not text.strip()), None)
+            if empty is not None:  # a clip with nothing to learn: the target would be </s> alone
+                raise ValueError(f"entry {count + empty} (pose {block_poses[empty]!r}) has an empty 'text'")
             poses.add(block_poses)
             texts.add(block_texts)
+            count += len(block)
     except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise LabelFileError(f"{label_path}: expected {NEWS_FORMAT} ({type(error).__name__}: {error}); "
                              "fix or replace the file") from error
@@ -254,7 +258,9 @@ def _read_pickle_labels(label_path, pose_dir, task):
             name, video = label["name"], label["video_path"]
             if not all(isinstance(value, str) for value in (name, video, text)):
                 raise TypeError("'name', 'video_path' and the text must be strings")
-        except (KeyError, TypeError) as error:
+            if not text.strip():  # nothing to train on; as a reference, it would score every prediction 0
+                raise ValueError(f"its {'gloss list' if task == 'CSLR' else 'text'} is empty")
+        except (KeyError, TypeError, ValueError) as error:
             raise LabelFileError(f"{label_path}: entry {key!r} is malformed ({type(error).__name__}: {error}); "
                                  f"expected {LABEL_FORMAT}") from error
         names.append(name)

@@ -100,6 +100,20 @@ def test_cslr_without_glosses_says_which_task_fits(tmp_path):
         datasets.build_dataset("How2Sign", "dev", args(task="CSLR"), label_path=str(path), pose_dir=str(tmp_path))
 
 
+@pytest.mark.parametrize("text", ["", "  \u3000 "])
+def test_an_empty_target_is_refused_naming_its_entry(tmp_path, text):
+    """Was trained on (a target of </s> alone) and, in dev or test, scored (every prediction 0 against it)."""
+    path = tmp_path / "labels.dev"
+    write_labels(path, {"a": label("a"), "b": dict(label("b"), text=text)})
+    with pytest.raises(datasets.LabelFileError, match="labels.dev: entry 'b' is malformed .*its text is empty"):
+        datasets.build_dataset("CSL_Daily", "dev", args(), label_path=str(path), pose_dir=str(tmp_path))
+    news = tmp_path / "CSL_News_Labels.json"
+    news.write_text(json.dumps([{"video": "v.mp4", "pose": "v.pkl", "text": "x"},
+                                {"video": "w.mp4", "pose": "w.pkl", "text": text}]), encoding="utf-8")
+    with pytest.raises(datasets.LabelFileError, match="entry 1 \\(pose 'w.pkl'\\) has an empty 'text'"):
+        datasets.build_dataset("CSL_News", "train", args(), label_path=str(news), pose_dir=str(tmp_path))
+
+
 def test_empty_label_list_is_refused(tmp_path):
     path = tmp_path / "labels.train"
     write_labels(path, {})
