@@ -201,6 +201,9 @@ def _read_labels(dataset_name, phase, label_path, pose_dir, task):
                              f"{NEWS_FORMAT if dataset_name == 'CSL_News' else LABEL_FORMAT}; copy it again "
                              f"or point --{phase}_label_path at the right file")
     if dataset_name == "CSL_News":  # the last 1 % is dev (and test)
+        if task == "CSLR":
+            raise LabelFileError(f"{label_path}: CSL-News has no glosses, which --task CSLR trains on: pretrain "
+                                 "with --task SLT (its default)")
         index = _read_news_index(label_path, os.path.getsize(label_path), os.path.getmtime(label_path), pose_dir)
         split = int(len(index) * CSL_NEWS_TRAIN_FRACTION)
         samples = index.slice(0, split) if phase == "train" else index.slice(split, len(index))

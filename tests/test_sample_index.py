@@ -98,6 +98,10 @@ def test_cslr_without_glosses_says_which_task_fits(tmp_path):
     write_labels(path, {"a": label("a")})
     with pytest.raises(datasets.LabelFileError, match="--task CSLR.*--task SLT"):
         datasets.build_dataset("How2Sign", "dev", args(task="CSLR"), label_path=str(path), pose_dir=str(tmp_path))
+    news = tmp_path / "CSL_News_Labels.json"  # no glosses at all (was: trained on its texts as if glosses)
+    news.write_text(json.dumps([{"video": "v.mp4", "pose": "v.pkl", "text": "x"}]), encoding="utf-8")
+    with pytest.raises(datasets.LabelFileError, match="CSL-News has no glosses.*--task SLT"):
+        datasets.build_dataset("CSL_News", "train", args(task="CSLR"), label_path=str(news), pose_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize("text", ["", "  \u3000 "])
