@@ -48,6 +48,12 @@ def main(args):
             utils.fail(f"{flag} must be at least 1 (got {value}); leave it out to use the checkpoint's")
     if args.save_pose:
         utils.ensure_writable_dir(args.save_pose, "--save_pose")
+        stems = [os.path.splitext(os.path.basename(video))[0] for video in args.videos]
+        shared = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if shared:  # each pose file is <stem>.pkl in one folder: the later video's would replace the earlier's
+            utils.fail(f"--save_pose {args.save_pose}: several videos are named {shared[0]!r} (without folder and "
+                       "extension), so their pose files would overwrite each other; translate them in separate runs "
+                       "with separate --save_pose folders, or use script/extract_poses.py, which mirrors the folders")
     for video in args.videos:
         if not os.path.isfile(video):
             utils.fail(f"{video}: no such video file")

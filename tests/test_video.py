@@ -163,6 +163,15 @@ def test_translate_video_prints_what_evaluation_would(demo_root, models, tmp_pat
         assert pickle.load(f)["w_h"] == SIZE
 
 
+def test_saved_poses_of_videos_sharing_a_name_are_refused(tmp_path, capsys):
+    import translate_video
+    argv = [str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "b" / "clip.avi"), "--finetune", str(tmp_path),
+            "--save_pose", str(tmp_path / "poses")]
+    with pytest.raises(SystemExit):
+        translate_video.main(translate_video.get_args_parser().parse_args(argv))
+    assert "several videos are named 'clip'" in capsys.readouterr().err
+
+
 def test_generation_flags_are_checked_first(tmp_path, capsys):
     """0 beams or 0 new tokens: one line naming the flag, before any model or video is read (was: 0 silently
     meant the checkpoint's value, and negative numbers a traceback from transformers). In this process."""
