@@ -55,8 +55,8 @@ TRAINING_FLAG_RULES = (
 
 def check_flags(args):
     """Every number flag in its valid range (FLAG_RULES, and TRAINING_FLAG_RULES unless --eval), --opt-betas in
-    [0, 1), --min-lr at most --lr, and no contradictory or unsupported switches: checked first, before any file is read.
-    Stops with one `error:` line naming the flag and what it takes."""
+    [0, 1), --min-lr at most --lr, and no contradictory or unsupported switches: checked first, before any file
+    is read. Stops with one `error:` line naming the flag and what it takes."""
     rules = FLAG_RULES + (() if args.eval else TRAINING_FLAG_RULES)
     for flag, name, valid, allowed in rules:
         value = getattr(args, name)

@@ -181,7 +181,8 @@ def test_generation_flags_are_checked_first(tmp_path, capsys):
         with pytest.raises(SystemExit) as stop:
             translate_video.main(translate_video.get_args_parser().parse_args(argv))
         assert stop.value.code == 1
-        assert capsys.readouterr().err == f"error: {flag} must be at least 1 (got 0); leave it out to use the checkpoint's\n"
+        expected = f"error: {flag} must be at least 1 (got 0); leave it out to use the checkpoint's\n"
+        assert capsys.readouterr().err == expected
 
 
 @pytest.mark.parametrize("script, flag", [("script/extract_poses.py", "--out"),
