@@ -250,11 +250,11 @@ def main(args):
     from datasets import PoseCollator
     from models import Uni_Sign
 
+    check_flags(args)  # before anything starts: a bad flag costs no second
     rank, world = utils.init_distributed()
     if rank != 0:
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
-    check_flags(args)
     # read (and, for a model folder, verified) before anything is built from it
     finetuned = model_io.read_model(args.finetune) if args.finetune else None
     args.mt5_path = args.mt5_path or model_io.folder_mt5_path(args.finetune) or config.mt5_path

@@ -141,6 +141,14 @@ def test_every_number_flag_has_a_range_and_the_defaults_are_in_it():
         preflight.check_flags(parser.parse_args([]))  # the defaults pass (no SystemExit)
 
 
+def test_a_bad_flag_stops_the_command_before_anything_is_read_or_made(capsys, tmp_path):
+    """fine_tuning.run checks the flags first: no label, model or folder is touched (none of these exist)."""
+    missing = {"mt5_path": tmp_path / "no_mt5", "pose_dir": tmp_path / "no_poses", "label_paths":
+               {phase: str(tmp_path / f"no_labels.{phase}") for phase in ("train", "dev", "test")}}
+    line = fine_tuning_refuses(capsys, base_args(missing, tmp_path / "out") + ["--max_tgt_len", "0"])[0]
+    assert "--max_tgt_len must be at least 1" in line and not os.path.exists(tmp_path / "out")
+
+
 def test_evaluation_ignores_the_training_flags(capsys):
     """--eval reads no training flag, so a training-only value it cannot use is not refused; generation's are."""
     parser = fine_tuning.get_args_parser()
