@@ -291,6 +291,9 @@ def main(args):
     model.set_total_updates(total_updates)
     engine = Engine(model, args, total_updates, int(args.warmup_epochs * updates_per_epoch))
     start_epoch, best = engine.resume(args.output_dir) if args.resume else (0, None)
+    if start_epoch >= args.epochs:  # say so, rather than end with the old summary as if it had trained
+        print(f"--resume: the run in {args.output_dir} has finished its {start_epoch} epochs, so there is nothing "
+              "to train; pass a larger --epochs to continue it")
     if args.save_one_batch and utils.is_main_process():
         torch.save(next(iter(train_loader)), os.path.join(args.output_dir, "one_batch.pt"))
 

@@ -88,6 +88,9 @@ def test_resume_after_kill_continues_at_the_next_epoch(tiny_demo, tmp_path):
     assert epochs == sorted(set(epochs)) and epochs[-1] == 1  # nothing trained twice, nothing lost
     ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
+    finished = check_ok(run([sys.executable, "fine_tuning.py", *args, "--resume"]))  # a finished run: it says so
+    assert "has finished its 2 epochs, so there is nothing to train; pass a larger --epochs" in finished.stdout
+    assert [r["epoch"] for r in read_log(tmp_path)] == epochs
 
 
 PLANT_NAN = """
