@@ -70,6 +70,9 @@ def check_flags(args):
                        "--min-lr; lower --min-lr")
     if args.resume and args.overwrite:
         utils.fail("--resume continues the run in --output_dir and --overwrite replaces it: pass one of them")
+    if args.eval and args.resume:  # --eval returned before the resumable state was read: it scored something else
+        utils.fail("--eval scores the model of --finetune and --resume continues training: to score a run, pass "
+                   "--eval --finetune OUTPUT_DIR/best_checkpoint.pth (or checkpoint.pth)")
     if args.zero_stage == 3 and args.use_hyperbolic and not args.eval:
         utils.fail("--zero_stage 3 partitions every parameter, but Riemannian Adam needs the hyperbolic branch's "
                    "ManifoldParameters whole: use --zero_stage 2 (or 0/1) with --use_hyperbolic")

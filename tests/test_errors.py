@@ -105,6 +105,7 @@ def demo(demo_root, tmp_path):
     (["--batch_size", "0"], "--batch_size"),
     (["--gradient_accumulation_steps", "4", "--quick_break", "2"], "no optimizer update"),
     (["--resume", "--overwrite"], "--overwrite"),
+    (["--eval", "--resume"], "--eval --finetune OUTPUT_DIR/best_checkpoint.pth"),  # scored an untrained model
     # each of these was a traceback from torch, DeepSpeed or transformers, --num_beams 0 and --max_tgt_len 0
     # only after an epoch of training; --alpha 2, --warmup-epochs -1 and --min-lr above --lr trained silently
     (["--num_beams", "0"], "--num_beams must be at least 1"),
