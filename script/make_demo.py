@@ -333,6 +333,8 @@ def main(argv=None):
                         help="folder that receives data/demo and pretrained_weight/mt5-demo")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    import utils  # here, as torch is everywhere in this file: importing make_demo's helpers stays light
+    utils.ensure_writable_dir(args.out_root, "--out_root")
     start = time.time()
     paths = build_demo(args.out_root, seed=args.seed)
     sizes = {phase: len(safe_load_labels(path)) for phase, path in paths["label_paths"].items()}

@@ -172,3 +172,9 @@ def test_command_line_builds_into_out_root(tmp_path, capsys):
     assert "demo built" in out and f"'train': {make_demo.SAMPLES_PER_PHASE['train']}" in out
     assert os.path.isfile(tmp_path / "data" / "demo" / "labels.dev")
     assert os.path.isfile(tmp_path / "pretrained_weight" / "mt5-demo" / "config.json")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(SystemExit):  # was a NotADirectoryError traceback
+        make_demo.main(["--out_root", str(a_file / "demo")])
+    assert capsys.readouterr().err == f"error: --out_root {a_file / 'demo'} cannot be written (Not a directory): " \
+                                      "choose another --out_root\n"
