@@ -233,7 +233,8 @@ def set_epoch(loader, epoch, seed):
     """This epoch's shuffle and the seeds of its DataLoader workers, from (seed, epoch, rank) only, so that
     they do not depend on when the run started or was resumed."""
     loader.sampler.set_epoch(epoch)
-    loader.generator.manual_seed((seed * 1_000_003 + epoch) * 65_537 + utils.rank())
+    # below 2**63 (a torch seed is 64-bit): unchanged for every seed up to ~1e8, no overflow for larger ones
+    loader.generator.manual_seed(((seed * 1_000_003 + epoch) * 65_537 + utils.rank()) % 2**63)
 
 
 def load_splits(args):

@@ -28,6 +28,7 @@ def _between(low, high):
 # range, each failed deep inside torch, DeepSpeed or transformers (a traceback), some only after an epoch of
 # training (--num_beams 0, --max_tgt_len 0), and some trained on silently (--alpha 2, --warmup-epochs -1).
 FLAG_RULES = (
+    ("--seed", "seed", lambda value: 0 <= value < 2**32, "between 0 and 2**32 - 1 (as numpy's seeds)"),
     ("--batch_size", "batch_size", _at_least(1), "at least 1"),
     ("--max_length", "max_length", _at_least(1), "at least 1 (frames read per video)"),
     ("--num_workers", "num_workers", _at_least(0), "0 (load in the main process) or more"),

@@ -121,6 +121,7 @@ def demo(demo_root, tmp_path):
     (["--weight-decay", "-0.1"], "--weight-decay must be"),
     (["--gradient_clipping", "-1"], "--gradient_clipping must be"),
     (["--opt-betas", "1", "0.999"], "--opt-betas must be two numbers in [0, 1)"),
+    (["--seed", str(2**32)], "--seed must be between 0 and 2**32 - 1"),  # overflowed the epoch's seed: a traceback
     (["--hyp_dim", "0"], "--hyp_dim must be at least 1"),
     (["--init_c", "0"], "--init_c must be a number above 0"),
     (["--alpha", "2"], "--alpha must be between 0 and 1"),
@@ -134,7 +135,7 @@ def test_impossible_numbers_are_refused_before_training(capsys, demo, tmp_path, 
 def test_every_number_flag_has_a_range_and_the_defaults_are_in_it():
     """A new number flag of fine_tuning.py / pretraining.py gets a rule in preflight.py, or a reason here."""
     import pretraining
-    unchecked = {"seed", "local_rank", "zero_stage", "opt_betas"}  # any int; launcher's; choices; checked apart
+    unchecked = {"local_rank", "zero_stage", "opt_betas"}  # the launcher's; choices; checked apart
     ruled = {name for _, name, _, _ in preflight.FLAG_RULES + preflight.TRAINING_FLAG_RULES}
     for parser in (fine_tuning.get_args_parser(), pretraining.get_args_parser()):
         numbers = {a.dest for a in parser._actions if a.type in (int, float)}
@@ -148,6 +149,15 @@ def test_a_bad_flag_stops_the_command_before_anything_is_read_or_made(capsys, tm
                {phase: str(tmp_path / f"no_labels.{phase}") for phase in ("train", "dev", "test")}}
     line = fine_tuning_refuses(capsys, base_args(missing, tmp_path / "out") + ["--max_tgt_len", "0"])[0]
     assert "--max_tgt_len must be at least 1" in line and not os.path.exists(tmp_path / "out")
+
+
+def test_epoch_seeds_keep_their_values_and_never_overflow():
+    from types import SimpleNamespace
+    loader = SimpleNamespace(sampler=SimpleNamespace(set_epoch=lambda epoch: None), generator=torch.Generator())
+    fine_tuning.set_epoch(loader, 7, 42)
+    assert loader.generator.initial_seed() == (42 * 1_000_003 + 7) * 65_537  # rank 0: the seed runs have used
+    fine_tuning.set_epoch(loader, 99, 2**32 - 1)  # the largest --seed: was "Overflow when unpacking long long"
+    assert 0 <= loader.generator.initial_seed() < 2**63
 
 
 def test_evaluation_ignores_the_training_flags(capsys):
