@@ -327,8 +327,8 @@ def check_resumable_state(tag_dir):
             content = load_trusted(path)
         except Exception as err:  # noqa: BLE001 -- any failure means the file is not what save() wrote
             utils.fail(f"--resume: refusing {path}: it is not a checkpoint file holding only tensors and "
-                       f"DeepSpeed's own types ({refusal_reason(err, 200)}). Resumable state is never unpickled beyond that; "
-                       f"if this folder is not yours, start a new run")
+                       f"DeepSpeed's own types ({refusal_reason(err, 200)}). Resumable state is never unpickled "
+                       "beyond that; if this folder is not yours, start a new run")
         if os.path.basename(path) == "mp_rank_00_model_states.pt":
             model_states = content
     return model_states

@@ -146,7 +146,8 @@ def read_checkpoint_file(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OSError) as err:  # what torch.load
         # raises on truncated, foreign or code-running files
-        raise ModelFileError(f"{path} is not a readable checkpoint ({type(err).__name__}: {refusal_reason(err)})") from None
+        raise ModelFileError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                             f"{refusal_reason(err)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ModelFileError(f"{path} is not a Geo-Sign/Uni-Sign checkpoint: expected a dict with a 'model' entry")
     return ckpt

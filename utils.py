@@ -56,16 +56,19 @@ def init_distributed():
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
-    with contextlib.redirect_stdout(io.StringIO()) as said:
-        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(), verbose=False)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(), verbose=False)
+    finally:  # what DeepSpeed printed, less the "... built successfully" of its CPU communication op (built once
+        for line in said.getvalue().splitlines():  # by setup.sh, loaded by every run): nothing to act on
+            if not line.endswith("built successfully"):
+                print(line)
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(local_rank)
     setup_for_distributed(rank == 0)
-    for line in said.getvalue().splitlines():  # on CPUs DeepSpeed prints "... built successfully" as it loads its
-        if not line.endswith("built successfully"):  # communication op (built once by setup.sh): nothing to act on
-            print(line)
     return rank, world
 
 
