@@ -8,6 +8,7 @@ Set-up is in main(); the two loops are train_one_epoch() and evaluate(). What is
 starts is preflight.py's; the optimizers and checkpoints (save, resume) are engine.py's.
 """
 import argparse
+import errno
 import math
 import os
 import sys
@@ -96,31 +97,33 @@ def train_one_epoch(engine, loader, epoch, args, run=None):
     engine.train()
     sums, count, skipped, skipped_steps, samples, flops, start = defaultdict(float), 0, 0, 0, 0, 0.0, time.time()
     steps = min(len(loader), args.quick_break) if args.quick_break else len(loader)
-    bar = tqdm(loader, total=steps, desc=f"train {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True)
-    for step, batch in enumerate(bar):
-        if step >= steps:
-            break
-        skipped += batch["num_skipped"]
-        if args.skip_bad_samples and not utils.all_ranks_true(len(batch["name"]) > 0):
-            # --skip_bad_samples left some rank an empty batch: every rank skips the step together, since
-            # a rank that went on alone would wait forever for the others in the gradient all-reduce
-            skipped_steps += 1
-            continue
-        out = engine(batch)  # the model moves the batch to its device and precision
-        loss = out["loss"]
-        if not utils.all_ranks_true(torch.isfinite(loss).item()):
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step} "
-                                f"(optimizer update {int(model.global_step)})")
-        engine.step(loss)  # backward; at an accumulation boundary both optimizers step
-        samples += len(batch["name"])
-        flops += model.training_flops(batch)
-        values = {key: float(value.detach()) for key, value in out.items()}
-        for key, value in values.items():
-            sums[key] += value
-        count += 1
-        if run is not None:  # every step: the losses, alpha, curvature, temperature, margin, part weights, lrs
-            run.log({**{f"train/{k}": v for k, v in values.items()}, **engine.lrs(), "epoch": epoch})
-        bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", lr=f"{engine.lr():.2e}")
+    # closed when the loop ends or raises, so that an error line never continues the bar's line
+    with tqdm(loader, total=steps, desc=f"train {epoch}", disable=not utils.is_main_process(),
+              dynamic_ncols=True) as bar:
+        for step, batch in enumerate(bar):
+            if step >= steps:
+                break
+            skipped += batch["num_skipped"]
+            if args.skip_bad_samples and not utils.all_ranks_true(len(batch["name"]) > 0):
+                # --skip_bad_samples left some rank an empty batch: every rank skips the step together, since
+                # a rank that went on alone would wait forever for the others in the gradient all-reduce
+                skipped_steps += 1
+                continue
+            out = engine(batch)  # the model moves the batch to its device and precision
+            loss = out["loss"]
+            if not utils.all_ranks_true(torch.isfinite(loss).item()):
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step} "
+                                    f"(optimizer update {int(model.global_step)})")
+            engine.step(loss)  # backward; at an accumulation boundary both optimizers step
+            samples += len(batch["name"])
+            flops += model.training_flops(batch)
+            values = {key: float(value.detach()) for key, value in out.items()}
+            for key, value in values.items():
+                sums[key] += value
+            count += 1
+            if run is not None:  # every step: the losses, alpha, curvature, temperature, margin, part weights, lrs
+                run.log({**{f"train/{k}": v for k, v in values.items()}, **engine.lrs(), "epoch": epoch})
+            bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", lr=f"{engine.lr():.2e}")
     skipped = sum(utils.gather_objects(skipped))  # every rank's
     if count == 0:
         utils.fail(f"epoch {epoch} trained on no sample: all {skipped} samples it read were unreadable and skipped "
@@ -163,20 +166,25 @@ def evaluate(model, loader, args, split, synced=False):
     model.eval()
     mine, skipped, stand_in = {}, 0, None
     rounds = max(utils.gather_objects(len(loader))) if synced else len(loader)
-    batches = iter(tqdm(loader, desc=f"eval {split}", disable=not utils.is_main_process(), dynamic_ncols=True))
-    for _ in range(rounds):
-        batch = next(batches, None)
-        if batch is not None:
-            skipped += batch["num_skipped"]
-        if batch is None or not batch["name"]:
-            if not synced:
+    batches = iter(loader)
+    # counted by hand (a synced rank may run more rounds than it has batches), closed when the loop ends or
+    # raises: the bar ends at 100 % and an error line never continues it
+    with tqdm(total=len(loader), desc=f"eval {split}", disable=not utils.is_main_process(), dynamic_ncols=True) as bar:
+        for _ in range(rounds):
+            batch = next(batches, None)
+            if batch is not None:
+                skipped += batch["num_skipped"]
+                bar.update()
+            if batch is None or not batch["name"]:
+                if not synced:
+                    continue
+                if stand_in is None:
+                    stand_in = first_readable_batch(loader)
+                model.generate(stand_in, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len, synced_gpus=True)
                 continue
-            if stand_in is None:
-                stand_in = first_readable_batch(loader)
-            model.generate(stand_in, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len, synced_gpus=True)
-            continue
-        preds = model.generate(batch, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len, synced_gpus=synced)
-        mine.update(zip(batch["name"], zip(preds, batch["text"])))
+            preds = model.generate(batch, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len,
+                                   synced_gpus=synced)
+            mine.update(zip(batch["name"], zip(preds, batch["text"])))
     results = {}
     parts = utils.gather_objects((mine, skipped))
     for part, _ in parts:
@@ -370,12 +378,21 @@ def run(args):
     except (UnsafePickleError, FileNotFoundError, model_io.ModelFileError) as err:
         utils.fail(error_message(err))
     except torch.OutOfMemoryError as err:  # a GPU's allocator: the batch, the videos or the beams are too large
-        tag = latest_tag(os.path.join(args.output_dir, "deepspeed"))
-        resume = (f"; then continue with --resume (epoch {tag[len('epoch'):]} is the last resumable one)" if tag
-                  and not args.eval else "")
         utils.fail(f"out of accelerator memory ({str(err).splitlines()[0][:160]}): lower --batch_size (raise "
                    "--gradient_accumulation_steps to keep the batch each update sees), --max_length (frames per "
-                   f"video) or, if it happened while evaluating, --num_beams{resume}")
+                   f"video) or, if it happened while evaluating, --num_beams{resume_hint(args)}")
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # predictions, the log or the plot (checkpoints say so themselves: CheckpointError)
+        utils.fail(f"could not write {err.filename or 'a file'}: the disk is full; free some space"
+                   f"{resume_hint(args)}")
+
+
+def resume_hint(args):
+    """How a stopped training run continues, when it has saved resumable state ('' otherwise)."""
+    tag = None if args.eval else latest_tag(os.path.join(args.output_dir, "deepspeed"))
+    return f"; then continue with --resume (epoch {tag[len('epoch'):]} is the last resumable one)" if tag else ""
 
 
 def error_message(err):

@@ -205,8 +205,21 @@ def peak_flops(dtype):
 # ---------------------------------------------------------------------------- logging
 
 def append_log(output_dir, record):
-    with open(os.path.join(output_dir, "log.txt"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    """Add one JSON line to log.txt by writing the log anew beside it and renaming it into place (a few lines
+    an epoch): a failed write, say on a full disk, leaves the earlier log whole, never half a line."""
+    path = os.path.join(output_dir, "log.txt")
+    earlier = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            earlier = f.read()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(earlier + json.dumps(record) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_log(output_dir):

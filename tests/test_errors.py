@@ -371,6 +371,28 @@ def test_out_of_accelerator_memory_is_one_line_with_the_flags_that_help(capsys, 
     assert "--batch_size" in line and "--gradient_accumulation_steps" in line and "--resume" not in line
 
 
+def test_a_full_disk_while_writing_predictions_is_one_line_naming_the_file(capsys, demo, tmp_path, monkeypatch):
+    import utils
+
+    def disk_full(output_dir, split, *rest):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(output_dir, f"{split}_tmp_pres.txt"))
+    monkeypatch.setattr(utils, "write_predictions", disk_full)
+    line = fine_tuning_refuses(capsys, base_args(demo, tmp_path / "out", epochs=1, steps=1))[0]
+    assert line == f"error: could not write {tmp_path / 'out' / 'dev_tmp_pres.txt'}: the disk is full; free some space"
+
+
+def test_a_log_line_that_cannot_be_written_leaves_the_log_whole(tmp_path, monkeypatch):
+    import utils
+    utils.append_log(tmp_path, {"epoch": 0})
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError):
+        utils.append_log(tmp_path, {"epoch": 1, "text": "x" * 10_000})
+    assert (tmp_path / "log.txt").read_text() == '{"epoch": 0}\n' and os.listdir(tmp_path) == ["log.txt"]
+
+
 # ---------------------------------------------------------------------------- several processes
 
 def launch_two(args, timeout=600):
