@@ -315,10 +315,11 @@ def load_trusted(path):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
-def check_resumable_state(tag_dir):
+def check_resumable_state(tag_dir, reader="--resume"):
     """Load every file of a DeepSpeed tag with load_trusted() before DeepSpeed (which unpickles without
-    restriction) may read it; stop with one line naming the first file that holds anything else.
-    Returns the model-states dict (DeepSpeed's metadata and our client state)."""
+    restriction) may read it; stop with one line, starting with `reader` (what was about to read it), naming
+    the first file that holds anything else. Returns the model-states dict (DeepSpeed's metadata and our
+    client state)."""
     model_states = None
     for path in sorted(glob.glob(os.path.join(tag_dir, "**", "*"), recursive=True)):
         if os.path.isdir(path):
@@ -326,7 +327,7 @@ def check_resumable_state(tag_dir):
         try:
             content = load_trusted(path)
         except Exception as err:  # noqa: BLE001 -- any failure means the file is not what save() wrote
-            utils.fail(f"--resume: refusing {path}: it is not a checkpoint file holding only tensors and "
+            utils.fail(f"{reader}: refusing {path}: it is not a checkpoint file holding only tensors and "
                        f"DeepSpeed's own types ({refusal_reason(err, 200)}). Resumable state is never unpickled "
                        "beyond that; if this folder is not yours, start a new run")
         if os.path.basename(path) == "mp_rank_00_model_states.pt":

@@ -6,11 +6,11 @@
 
 CHECKPOINT is one of ours (`checkpoint.pth`, `best_checkpoint.pth`), the release's `best.pth` (argparse
 Namespace args) or a run's `deepspeed/` folder, whose ZeRO partitions DeepSpeed's zero_to_fp32 consolidates
-into the fp32 master weights (its settings come from the run's checkpoint.pth beside it; DeepSpeed reads its
-own state with pickle: export only runs of your own). The model settings are the checkpoint's saved args;
-mT5 comes from --mt5_path, else the checkpoint's saved one, else config.mt5_path. OUT_DIR must not exist; it
-is written under a temporary name and renamed when complete. Load it with `Uni_Sign.from_pretrained(OUT_DIR)`
-or `--finetune OUT_DIR`.
+into the fp32 master weights (its settings come from the run's checkpoint.pth beside it; every file of the
+tag is first checked as --resume checks it, since DeepSpeed reads its own state with pickle). The model
+settings are the checkpoint's saved args; mT5 comes from --mt5_path, else the checkpoint's saved one, else
+config.mt5_path. OUT_DIR must not exist; it is written under a temporary name and renamed when complete.
+Load it with `Uni_Sign.from_pretrained(OUT_DIR)` or `--finetune OUT_DIR`.
 """
 import argparse
 import dataclasses
@@ -65,12 +65,19 @@ def get_args_parser():
 
 def deepspeed_master_weights(ds_dir):
     """(checkpoint.pth beside the run's deepspeed/ folder, the fp32 master weights DeepSpeed's zero_to_fp32
-    consolidates from the ZeRO partitions of its newest tag)."""
+    consolidates from the ZeRO partitions of its newest tag). zero_to_fp32 unpickles without restriction, so
+    every file of the tag is first checked as --resume checks it (engine.check_resumable_state)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from engine import check_resumable_state, latest_tag
     beside = os.path.join(os.path.dirname(os.path.abspath(ds_dir)), "checkpoint.pth")
     if not os.path.isfile(beside):
         raise model_io.ModelFileError(f"{ds_dir}: no checkpoint.pth beside it ({beside}) to take the settings from")
-    return beside, get_fp32_state_dict_from_zero_checkpoint(ds_dir)
+    tag = latest_tag(ds_dir)
+    if tag is None or not os.path.isdir(os.path.join(ds_dir, tag)):
+        raise model_io.ModelFileError(f"{ds_dir}: no saved epoch (its 'latest' file is missing or names no epoch "
+                                      f"folder): export {beside} instead")
+    check_resumable_state(os.path.join(ds_dir, tag), reader="export")
+    return beside, get_fp32_state_dict_from_zero_checkpoint(ds_dir, tag=tag)
 
 
 def build_model(source, mt5_path):

@@ -199,6 +199,24 @@ def test_export_that_cannot_write_is_one_line_and_leaves_nothing(trained, tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # no half-written folder, no temporary one
 
 
+def test_a_planted_pickle_in_a_deepspeed_folder_is_refused_before_deepspeed_reads_it(trained, tmp_path, capsys):
+    """zero_to_fp32 unpickles without restriction (it ran the planted code); the export checks the tag first."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    tag = (run / "deepspeed" / "latest").read_text().strip()
+    victim = next((run / "deepspeed" / tag).glob("*optim_states.pt"))
+    marker = tmp_path / "ran"
+    torch.save({"optimizer_state_dict": _RunsCode(str(marker))}, victim)
+    with pytest.raises(SystemExit):
+        export(run / "deepspeed", tmp_path / "model")
+    assert capsys.readouterr().err.startswith(f"error: export: refusing {victim}")
+    assert not marker.exists() and not (tmp_path / "model").exists()
+    (run / "deepspeed" / "latest").unlink()
+    with pytest.raises(SystemExit):  # was DeepSpeed's ValueError traceback
+        export(run / "deepspeed", tmp_path / "model")
+    assert f"no saved epoch (its 'latest' file is missing" in capsys.readouterr().err
+
+
 def test_deepspeed_state_exports_its_fp32_master_weights(trained, tmp_path):
     folder = tmp_path / "from_zero"
     export(trained / "deepspeed", folder)
