@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,8 +49,8 @@ def main(args):
             utils.fail(f"{flag} must be at least 1 (got {value}); leave it out to use the checkpoint's")
     if args.save_pose:
         utils.ensure_writable_dir(args.save_pose, "--save_pose")
-        stems = [os.path.splitext(os.path.basename(video))[0] for video in args.videos]
-        shared = sorted({stem for stem in stems if stems.count(stem) > 1})
+        stems = Counter(os.path.splitext(os.path.basename(video))[0] for video in args.videos)
+        shared = sorted(stem for stem, count in stems.items() if count > 1)  # once over a glob of many videos
         if shared:  # each pose file is <stem>.pkl in one folder: the later video's would replace the earlier's
             utils.fail(f"--save_pose {args.save_pose}: several videos are named {shared[0]!r} (without folder and "
                        "extension), so their pose files would overwrite each other; translate them in separate runs "
