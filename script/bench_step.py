@@ -2,6 +2,7 @@
 
     python script/benchmark.py step --baseline 6d4f403 [--rounds 5] [--steps 3] [--batch_size 4] [--frames 64]
     python script/benchmark.py step --baseline HEAD --tiny     # seconds: the suite's smoke run
+    python script/benchmark.py step --baseline HEAD --compile  # fine_tuning.py --compile against eager
 
 The revision is checked out in a temporary `git worktree`. Each round runs, for pose-only and for token
 mode (Geo-Sign, decoder text), one process per tree, alternating which tree goes first; a process builds
@@ -40,6 +41,9 @@ def parse(argv):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, one round, one step: a smoke run")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--compile", action="store_true",
+                        help="time the working tree with fine_tuning.py --compile (the baseline stays eager); the "
+                             "warm-up step, not timed, compiles")
     # internal: one timing process
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--code_root", default=ROOT, help=argparse.SUPPRESS)
@@ -70,6 +74,8 @@ def child(args):
     run_args.dtype = utils.resolve_dtype(run_args.dtype)
     utils.set_seed(run_args.seed)
     model = Uni_Sign(run_args)
+    if args.compile:  # as fine_tuning.main does
+        model.compile_pose_encoder()
     train = build_training(run_args, model)
 
     batch = random_batch(model.mt5_tokenizer, args.batch_size, args.frames, args.text_len)
@@ -109,11 +115,11 @@ def build_training(run_args, model, total_updates=1000):
     return lambda batches, epoch: fine_tuning.train_one_epoch(ds_engine, batches, hyp_optimizer, epoch, run_args)
 
 
-def run_child(args, code_root, mt5_path, mode):
+def run_child(args, code_root, mt5_path, mode, compiled=False):
     """(wall ms, process CPU ms) per step of one process on `code_root`'s code."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--code_root", code_root, "--mt5_path", mt5_path,
            "--mode", mode, "--steps", str(args.steps), "--batch_size", str(args.batch_size),
-           "--frames", str(args.frames), "--text_len", str(args.text_len)]
+           "--frames", str(args.frames), "--text_len", str(args.text_len)] + (["--compile"] if compiled else [])
     launch = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
     env = {k: v for k, v in os.environ.items() if k not in launch}
     env.update(OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
@@ -155,7 +161,8 @@ def main(argv=None):
                 for mode in args.modes:
                     order = ("baseline", "work") if round_index % 2 == 0 else ("work", "baseline")
                     for tree in order:
-                        wall_ms, cpu_ms = run_child(args, roots[tree], mt5_path, mode)
+                        wall_ms, cpu_ms = run_child(args, roots[tree], mt5_path, mode,
+                                                    compiled=args.compile and tree == "work")
                         times[mode][tree].append(wall_ms)
                         cpu_times[mode][tree].append(cpu_ms)
                     print(f"round {round_index + 1}/{args.rounds} {mode}: baseline {times[mode]['baseline'][-1]:.1f} ms, "
@@ -163,7 +170,8 @@ def main(argv=None):
 
     summary = {}
     print(f"baseline {args.baseline}; threads {args.threads}, batch {args.batch_size}, frames {args.frames}, "
-          f"{args.steps} steps x {args.rounds} rounds per tree and mode")
+          f"{args.steps} steps x {args.rounds} rounds per tree and mode"
+          + ("; working tree with --compile" if args.compile else ""))
     for mode in args.modes:
         base, work = (statistics.median(times[mode][tree]) for tree in ("baseline", "work"))
         paired = statistics.median(b / w for b, w in zip(times[mode]["baseline"], times[mode]["work"]))
