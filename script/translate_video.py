@@ -43,7 +43,6 @@ def main(args):
     utils.silence_known_notices()
     import torch
     import datasets
-    torch.set_grad_enabled(False)
     for flag, value in (("--num_beams", args.num_beams), ("--max_tgt_len", args.max_tgt_len)):
         if value is not None and value < 1:
             utils.fail(f"{flag} must be at least 1 (got {value}); leave it out to use the checkpoint's")

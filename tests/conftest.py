@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from e2e import TINY_EVAL_SAMPLES
+from e2e import THREADS, TINY_EVAL_SAMPLES
+
+os.environ["OMP_NUM_THREADS"] = str(THREADS)  # this process's own torch (in-process tests), set before its import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for folder in (ROOT, os.path.join(ROOT, "script")):
@@ -66,3 +68,33 @@ def micro_demo(demo_root, tmp_path_factory):
     saves (with --batch_size 2: one evaluation batch a split). bf16 on CPUs without bf16 instructions (AVX2 only)
     runs at about a sample a second, so each sample counts (and those runs read 4 frames a video: --max_length 4)."""
     return cut_demo(demo_root, tmp_path_factory.mktemp("micro_demo"), 2)
+
+
+@pytest.fixture(scope="session")
+def deepspeed_run(micro_demo, tmp_path_factory):
+    """deepspeed_run(dtype, zero_stage, hyperbolic, task): the output folder of a finished 1-epoch run of 2
+    micro-batches of 2 samples with gradient accumulation 2 (one optimizer update) on micro_demo, trained on
+    first use and shared by the tests that read it (test_training checks what it logged and saved,
+    test_model_io exports its deepspeed/ folder). Those tests only read the folder."""
+    from e2e import base_args, check_ok, run
+    runs = {}
+
+    def get(dtype, zero_stage, hyperbolic, task):
+        key = (dtype, zero_stage, hyperbolic, task)
+        if key not in runs:
+            out = tmp_path_factory.mktemp(f"run_{dtype}_zero{zero_stage}_{task}")
+            args = base_args(micro_demo, out, epochs=1, steps=2) + [
+                "--dtype", dtype, "--zero_stage", str(zero_stage), "--gradient_accumulation_steps", "2",
+                "--task", task, "--batch_size", "2", "--max_length", "4"]
+            if not hyperbolic:
+                args.remove("--use_hyperbolic")
+            check_ok(run([sys.executable, "fine_tuning.py", *args]))
+            runs[key] = out
+        return runs[key]
+    return get
+
+
+def pytest_collection_modifyitems(items):
+    """The tests marked slow first (a minute or two each): with several pytest-xdist workers, the longest ones
+    then start at once instead of one worker finishing them alone while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -14,6 +14,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EVAL_SAMPLES = 6  # dev and test samples of the tiny_demo fixture
 LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+# Threads for one test's work: the machine's cores shared among pytest-xdist's workers (GNU OpenMP threads spin
+# while they wait, so more threads than cores make every test many times slower, not a little).
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 def base_args(demo, output_dir, epochs=2, steps=4):
@@ -25,13 +28,13 @@ def base_args(demo, output_dir, epochs=2, steps=4):
             "--use_hyperbolic", "--hyp_text_cmp", "token", "--hyp_text_emb_src", "decoder"]
 
 
-def clean_env(threads=2, **extra):
+def clean_env(threads=THREADS, **extra):
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV and not k.startswith("WANDB")}
     env.update({"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", **extra})
     return {k: v for k, v in env.items() if v is not None}
 
 
-def run(cmd, timeout=600, threads=2, fresh=False, **env):
+def run(cmd, timeout=600, threads=THREADS, fresh=False, **env):
     """subprocess.run(cmd) from the repository root with clean_env(threads, **env), output captured as text.
     `python SCRIPT ...` and `python -c CODE ...` go through the fork server (the same run without the ~8 s of
     imports); fresh=True starts a new interpreter, for a test about what happens while Python starts."""
@@ -105,7 +108,7 @@ class ForkedProcess:
         return output
 
 
-def start(cmd, threads=2, **env):
+def start(cmd, threads=THREADS, **env):
     """`python SCRIPT ...` or `python -c CODE ...` started as a child of the fork server (see run), not waited for."""
     return ForkedProcess(_fork_server(), cmd, clean_env(threads, **env))
 

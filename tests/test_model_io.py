@@ -340,20 +340,14 @@ def test_plot_script_checks_its_numbers_first(tmp_path):
         assert "error: --batch_size must be at least 1 and --max_samples 0 (all) or more" in result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype, zero_stage, hyperbolic", [("bf16", 2, True), ("fp32", 3, False)])
-def test_deepspeed_state_of_bf16_and_zero3_runs_exports(micro_demo, tmp_path, dtype, zero_stage, hyperbolic):
+@pytest.mark.parametrize("dtype, zero_stage, hyperbolic, task", [("bf16", 2, True, "SLT"), ("fp32", 3, False, "ISLR")])
+def test_deepspeed_state_of_bf16_and_zero3_runs_exports(deepspeed_run, tmp_path, dtype, zero_stage, hyperbolic, task):
     """bf16: the folder holds DeepSpeed's fp32 master weights, of which checkpoint.pth holds the bf16 rounding
     (on CPUs DeepSpeed's master partitions were seen to hold bf16 values themselves: then both are equal).
-    ZeRO-3: the partitions are gathered into whole tensors."""
-    args = base_args(micro_demo, tmp_path / "run", epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage",
-                                                                         str(zero_stage), "--batch_size", "2",
-                                                                         "--max_length", "4"]
-    if not hyperbolic:
-        args.remove("--use_hyperbolic")
-    check_ok(run([sys.executable, "fine_tuning.py", *args]))
-    export(tmp_path / "run" / "deepspeed", tmp_path / "model")
-    saved = torch.load(tmp_path / "run" / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    ZeRO-3: the partitions are gathered into whole tensors. The runs are test_training's (conftest.py)."""
+    run_dir = deepspeed_run(dtype, zero_stage, hyperbolic, task)
+    export(run_dir / "deepspeed", tmp_path / "model")
+    saved = torch.load(run_dir / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
     state = Uni_Sign.from_pretrained(str(tmp_path / "model")).state_dict()
     assert set(saved) <= set(state)
     for name in set(state) - set(saved):  # ZeRO-3's checkpoint.pth names the hands' shared modules once

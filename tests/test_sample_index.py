@@ -76,7 +76,8 @@ def label(name, **extra):
     return {"name": name, "video_path": f"{name}.mp4", "text": f"text of {name}", **extra}
 
 
-@pytest.mark.parametrize("content", [b"", b"name text\nclip1 hello\n", gzip.compress(b"not a pickle")])
+@pytest.mark.parametrize("content", [b"", b"name text\nclip1 hello\n", gzip.compress(b"not a pickle")],
+                         ids=["empty", "plain-text", "gzip-not-a-pickle"])  # ids: gzip stamps the time
 def test_unreadable_label_file_names_itself(tmp_path, content):
     path = tmp_path / "labels.train"
     path.write_bytes(content)

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from e2e import (TINY_EVAL_SAMPLES, assert_scores_like_one_process, base_args, check_ok, read_log,
+from e2e import (TINY_EVAL_SAMPLES, assert_scores_like_one_process, base_args, check_ok, free_port, read_log,
                  read_predictions, run, start)
 from conftest import cut_demo
 from in_process import fine_tuning_refuses
@@ -132,7 +132,7 @@ def test_planted_nan_in_the_first_epoch_names_no_checkpoint(tiny_demo, tmp_path)
 def test_two_processes_train_and_score_like_one(tiny_demo, tmp_path):
     two = tmp_path / "two"
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")  # DeepSpeed's CPU launcher (gloo)
-    cmd = [launcher, "--num_gpus", "2", "--master_port", "29731", "fine_tuning.py",
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "fine_tuning.py",
            *base_args(tiny_demo, two, epochs=1, steps=2)]
     check_ok(run(cmd, threads=1))  # two processes share the two cores
     assert_scores_like_one_process(tiny_demo, two, tmp_path / "one")
@@ -188,18 +188,12 @@ def test_training_clearly_learns(short_sentence_demo, tmp_path):
 @pytest.mark.parametrize("dtype, zero_stage, hyperbolic, task, metric", [
     ("bf16", 2, True, "SLT", "bleu4"), ("bf16", 0, True, "CSLR", "wer"),
     ("fp32", 3, False, "ISLR", "top1_per_instance")])
-def test_deepspeed_precisions_zero_stages_and_tasks_train(micro_demo, tmp_path, dtype, zero_stage, hyperbolic, task,
-                                                           metric):
-    args = base_args(micro_demo, tmp_path, epochs=1, steps=2) + ["--dtype", dtype, "--zero_stage", str(zero_stage),
-                                                                 "--gradient_accumulation_steps", "2", "--task", task,
-                                                                 "--batch_size", "2", "--max_length", "4"]
-    if not hyperbolic:
-        args.remove("--use_hyperbolic")
-    check_ok(run([sys.executable, "fine_tuning.py", *args]))
-    record = read_log(tmp_path)[0]
+def test_deepspeed_precisions_zero_stages_and_tasks_train(deepspeed_run, dtype, zero_stage, hyperbolic, task, metric):
+    out = deepspeed_run(dtype, zero_stage, hyperbolic, task)  # conftest.py: the run, shared with test_model_io
+    record = read_log(out)[0]
     assert math.isfinite(record["train_loss"]) and record[f"dev_{metric}"] >= 0
     assert f"best_dev_{metric}" in record and ("dev_bleu4" in record) == (task == "SLT")
-    ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # saved in float32 for any precision
     assert ckpt["global_step"] == 1  # 2 micro-batches with accumulation 2: one optimizer update
 

@@ -212,3 +212,15 @@ def test_pose_paths_mirror_the_video_tree(tmp_path):
     assert pose_extraction.pose_path_for(videos[1], str(tmp_path / "v"), "out") == os.path.join("out", "s1", "a.pkl")
     single = str(tmp_path / "v" / "s1" / "a.mp4")
     assert pose_extraction.pose_path_for(single, single, "out") == os.path.join("out", "a.pkl")
+
+
+def test_translate_video_in_process_leaves_autograd_on(tmp_path):
+    """main() is called in-process by tests and tools: it must not switch autograd off for the caller (it once
+    did, globally, and every later test of that pytest worker that trained failed)."""
+    import torch
+
+    import translate_video
+    with pytest.raises(SystemExit):
+        translate_video.main(translate_video.get_args_parser().parse_args([str(tmp_path / "missing.mp4"),
+                                                                            "--finetune", str(tmp_path)]))
+    assert torch.is_grad_enabled()
