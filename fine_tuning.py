@@ -77,7 +77,7 @@ def get_args_parser():
     p.add_argument("--hyp_text_emb_src", default=MODEL.hyp_text_emb_src, choices=["token", "decoder"])
     p.add_argument("--hyp_text_cmp", default=MODEL.hyp_text_cmp, choices=["pooled", "attn", "token"])
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the pose encoder (off by default: its gain is not measured yet)")
+                   help="torch.compile the pose encoder (off by default: slower on CPU, not yet measured on GPU)")
     p.add_argument("--alpha", type=float, default=MODEL.alpha)
     p.add_argument("--label_smoothing_hyp", type=float, default=MODEL.label_smoothing_hyp)
     # logging
