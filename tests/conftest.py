@@ -1,10 +1,15 @@
-"""Shared fixtures: the demo (tiny mT5, tokenizer, CSL-Daily-format data) built once per test session."""
+"""Shared fixtures: the demo (tiny mT5, tokenizer, CSL-Daily-format data) and the training runs several test
+files read, each built once per test session (once in all, with several pytest-xdist workers)."""
 import gzip
+import json
 import os
 import pickle
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from e2e import THREADS, TINY_EVAL_SAMPLES
 
@@ -20,14 +25,30 @@ import utils  # noqa: E402  (from ROOT, put on the path just above)
 utils.use_environment_extension_cache()
 
 
+def built_once(tmp_path_factory, name, build):
+    """build(folder) for a new folder `name`, once per test session: with pytest-xdist, the first worker to ask
+    builds it under a file lock in the session's temporary folder, which all workers share, and the others wait
+    for it. Returns what build returned (kept as JSON beside the folder). What is built there is only read."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder; each worker's own is below it
+    folder, result = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not result.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left, if any
+            folder.mkdir()
+            result.write_text(json.dumps(build(folder)), encoding="utf-8")
+        return json.loads(result.read_text(encoding="utf-8"))
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """Build the whole demo into a temporary folder; returns its paths (mt5_path, label_paths, pose_dir, ...)."""
     import make_demo
-    out_root = str(tmp_path_factory.mktemp("demo"))
-    paths = make_demo.build_demo(out_root, seed=0)
-    paths["out_root"] = out_root
-    return paths
+
+    def build(folder):
+        return {**make_demo.build_demo(str(folder), seed=0), "out_root": str(folder)}
+    return built_once(tmp_path_factory, "demo", build)
 
 
 @pytest.fixture(scope="session")
@@ -77,21 +98,37 @@ def deepspeed_run(micro_demo, tmp_path_factory):
     first use and shared by the tests that read it (test_training checks what it logged and saved,
     test_model_io exports its deepspeed/ folder). Those tests only read the folder."""
     from e2e import base_args, check_ok, run
-    runs = {}
 
     def get(dtype, zero_stage, hyperbolic, task):
-        key = (dtype, zero_stage, hyperbolic, task)
-        if key not in runs:
-            out = tmp_path_factory.mktemp(f"run_{dtype}_zero{zero_stage}_{task}")
+        def train(out):
             args = base_args(micro_demo, out, epochs=1, steps=2) + [
                 "--dtype", dtype, "--zero_stage", str(zero_stage), "--gradient_accumulation_steps", "2",
                 "--task", task, "--batch_size", "2", "--max_length", "4"]
             if not hyperbolic:
                 args.remove("--use_hyperbolic")
             check_ok(run([sys.executable, "fine_tuning.py", *args]))
-            runs[key] = out
-        return runs[key]
+            return str(out)
+        name = f"run_{dtype}_zero{zero_stage}_{'hyp' if hyperbolic else 'pose'}_{task}"
+        return Path(built_once(tmp_path_factory, name, train))
     return get
+
+
+@pytest.fixture(scope="session")
+def token_run(tiny_demo, tmp_path_factory):
+    """The output folder of a finished run of two epochs of two steps of token-mode Geo-Sign (ZeRO-2, fp32) on
+    tiny_demo, logging to wandb without credentials (a HOME without .netrc): checkpoint.pth, best_checkpoint.pth,
+    log.txt, deepspeed/, wandb's offline run, and what the run printed in stdout.txt. test_training checks what
+    it logged and saved; test_model_io exports, loads and fine-tunes from it. Those tests only read it."""
+    from e2e import base_args, check_ok, run
+
+    def train(folder):
+        out, home = folder / "run", folder / "home"
+        home.mkdir()
+        result = check_ok(run([sys.executable, "fine_tuning.py", *base_args(tiny_demo, out, epochs=2, steps=2),
+                               "--wandb"], HOME=str(home), WANDB_MODE=None, WANDB_SILENT="true"))
+        (out / "stdout.txt").write_text(result.stdout, encoding="utf-8")
+        return str(out)
+    return Path(built_once(tmp_path_factory, "token_run", train))
 
 
 def pytest_collection_modifyitems(items):

@@ -4,12 +4,12 @@
 
 A `python fine_tuning.py ...` run spends about 8 s on imports on these 2 cores (torch, transformers' mT5,
 DeepSpeed with the Muon module and torch.compile's inductor it imports, matplotlib); the end-to-end tests start
-dozens. This server imports them once, then forks a child per
-request. The child is what the interpreter would have been: its own working folder, environment, sys.argv,
-sys.path[0], stdin from /dev/null, stdout and stderr into the files the request names, the script run as
-`__main__`, exit handlers run and the exit code returned; only the imports were done before the fork. So the
-notices third-party packages print while being imported are not in a child's output: a test about those runs
-a fresh interpreter (e2e.run(..., fresh=True)).
+dozens. This server imports them once, then forks a child per request. The child is what the interpreter
+would have been: its own working folder, environment, sys.argv, sys.path[0], stdin from /dev/null, stdout and
+stderr into the files the request names, the script run as `__main__`, exit handlers run and the exit code
+returned; only the imports (and transformers' table of weight renamings, pure Python) were done before the
+fork. So the notices third-party packages print while being imported are not in a child's output: a test
+about those runs a fresh interpreter (e2e.run(..., fresh=True)).
 
 The server itself must never run a parallel torch operation: GNU OpenMP's thread pool does not survive fork
 (a child of a process that used it hangs at its first matrix product), so it only imports.
@@ -58,7 +58,19 @@ def preload():
             importlib.import_module(name)
         except ImportError:  # another version's layout: the child imports what it needs, as usual
             pass
+    warm_weight_renaming_table()
     sys.path[:2] = []
+
+
+def warm_weight_renaming_table():
+    """transformers compiles about a thousand regular expressions, its table of weight renamings for every model
+    type, on a process's first from_pretrained (0.6 s here) and keeps it in a module global: build it once here,
+    pure Python, so that every child starts with it as a fresh process would have it after its first load."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    except ImportError:  # a version without the table: nothing to warm
+        return
+    get_checkpoint_conversion_mapping("mt5")
 
 
 def exit_code(stop):

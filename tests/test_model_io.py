@@ -78,15 +78,6 @@ def io_demo(small_demo, tmp_path_factory):
     return cut_demo(small_demo, tmp_path_factory.mktemp("io_demo"), 4)
 
 
-@pytest.fixture(scope="module")
-def trained(io_demo, tmp_path_factory):
-    """One quick epoch (3 steps) of token-mode Geo-Sign (ZeRO-2), run as a user runs it: checkpoint.pth, log.txt
-    and deepspeed/ state."""
-    out = tmp_path_factory.mktemp("io_run")
-    check_ok(run([sys.executable, "fine_tuning.py", *base_args(io_demo, out, epochs=1, steps=3)]))
-    return out
-
-
 def export(*argv):
     """script/export_model.py's command line, in this process; returns what it printed."""
     with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -95,9 +86,9 @@ def export(*argv):
 
 
 @pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
+def exported(token_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("io_export") / "model"
-    assert "exported" in export(trained / "checkpoint.pth", folder)
+    assert "exported" in export(token_run / "checkpoint.pth", folder)
     return folder
 
 
@@ -112,11 +103,11 @@ def no_pickles(folder):
     return files
 
 
-def test_export_round_trip_gives_the_same_model_and_translations(trained, exported, io_demo):
+def test_export_round_trip_gives_the_same_model_and_translations(token_run, exported, io_demo):
     files = no_pickles(exported)
     assert {"config.json", "model.safetensors", "README.md"} <= {os.path.basename(f) for f in files}
     assert os.path.isfile(exported / "mt5" / "model.safetensors")
-    saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)
+    saved = torch.load(token_run / "checkpoint.pth", map_location="cpu", weights_only=True)
     model = Uni_Sign.from_pretrained(str(exported))
     state = model.state_dict()
     assert sorted(state) == sorted(saved["model"])
@@ -133,10 +124,10 @@ def test_export_round_trip_gives_the_same_model_and_translations(trained, export
     card = (exported / "README.md").read_text(encoding="utf-8")
     front = card.split("---\n")[1]
     assert "license:" in front and '- "zh"' in front and "sign-language-translation" in front
-    dev_bleu4 = read_log(trained)[-1]["dev_bleu4"]
+    dev_bleu4 = read_log(token_run)[-1]["dev_bleu4"]
     assert f"value: {round(dev_bleu4, 2)}" in front and "from_pretrained" in card and "@inproceedings" in card
 
-    from_pth, _ = model_io.load_model(str(trained / "checkpoint.pth"), mt5_path=io_demo["mt5_path"])
+    from_pth, _ = model_io.load_model(str(token_run / "checkpoint.pth"), mt5_path=io_demo["mt5_path"])
     from datasets import PoseCollator, build_dataset
     dataset = build_dataset("Demo", "dev", DataConfig(), label_path=io_demo["label_paths"]["dev"],
                             pose_dir=io_demo["pose_dir"])
@@ -144,11 +135,11 @@ def test_export_round_trip_gives_the_same_model_and_translations(trained, export
     assert model.generate(batch, num_beams=2, max_new_tokens=12) == from_pth.generate(batch, num_beams=2, max_new_tokens=12)
 
 
-def test_eval_of_a_folder_scores_exactly_like_the_checkpoint(trained, exported, io_demo, tmp_path, capsys):
+def test_eval_of_a_folder_scores_exactly_like_the_checkpoint(token_run, exported, io_demo, tmp_path, capsys):
     """Two evaluations of dev and test (4 samples each), each the whole command line run in this process."""
     import fine_tuning
     outputs = {}
-    for name, source in (("pth", trained / "checkpoint.pth"), ("folder", exported)):
+    for name, source in (("pth", token_run / "checkpoint.pth"), ("folder", exported)):
         args = base_args(io_demo, tmp_path / name) + ["--eval", "--finetune", str(source)]
         if name == "folder":  # the folder brings its own mT5
             index = args.index("--mt5_path")
@@ -164,8 +155,8 @@ def test_eval_of_a_folder_scores_exactly_like_the_checkpoint(trained, exported, 
             read_predictions(tmp_path / "folder" / f"{split}_tmp_pres.txt")
 
 
-def test_release_format_checkpoint_exports_and_loads(trained, io_demo, tmp_path, capsys):
-    saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)
+def test_release_format_checkpoint_exports_and_loads(token_run, io_demo, tmp_path, capsys):
+    saved = torch.load(token_run / "checkpoint.pth", map_location="cpu", weights_only=True)
     release = {"model": saved["model"], "epoch": 39, "max_accuracy": 27.4,
                "args": argparse.Namespace(**{**saved["args"], "mt5_path": "/the/release/machine/mt5-base"})}
     torch.save(release, tmp_path / "best.pth")
@@ -182,27 +173,27 @@ def test_release_format_checkpoint_exports_and_loads(trained, io_demo, tmp_path,
     assert again.value.code == 1 and "exists" in capsys.readouterr().err  # nothing is overwritten
 
 
-def test_export_that_cannot_write_is_one_line_and_leaves_nothing(trained, tmp_path, capsys, monkeypatch):
+def test_export_that_cannot_write_is_one_line_and_leaves_nothing(token_run, tmp_path, capsys, monkeypatch):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
     with pytest.raises(SystemExit):  # was a NotADirectoryError traceback
-        export(trained / "checkpoint.pth", a_file / "model")
+        export(token_run / "checkpoint.pth", a_file / "model")
     assert f"error: could not write {a_file / 'model'}: Not a directory" in capsys.readouterr().err
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(model_io, "save_tensors", disk_full)
     with pytest.raises(SystemExit):
-        export(trained / "checkpoint.pth", tmp_path / "model")
+        export(token_run / "checkpoint.pth", tmp_path / "model")
     err = capsys.readouterr().err
     assert f"error: could not write {tmp_path / 'model'}: the disk is full" in err and "Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # no half-written folder, no temporary one
 
 
-def test_a_planted_pickle_in_a_deepspeed_folder_is_refused_before_deepspeed_reads_it(trained, tmp_path, capsys):
+def test_a_planted_pickle_in_a_deepspeed_folder_is_refused_before_deepspeed_reads_it(token_run, tmp_path, capsys):
     """zero_to_fp32 unpickles without restriction (it ran the planted code); the export checks the tag first."""
     run = tmp_path / "run"
-    shutil.copytree(trained, run)
+    shutil.copytree(token_run, run)
     tag = (run / "deepspeed" / "latest").read_text().strip()
     victim = next((run / "deepspeed" / tag).glob("*optim_states.pt"))
     marker = tmp_path / "ran"
@@ -217,10 +208,10 @@ def test_a_planted_pickle_in_a_deepspeed_folder_is_refused_before_deepspeed_read
     assert f"no saved epoch (its 'latest' file is missing" in capsys.readouterr().err
 
 
-def test_deepspeed_state_exports_its_fp32_master_weights(trained, tmp_path):
+def test_deepspeed_state_exports_its_fp32_master_weights(token_run, tmp_path):
     folder = tmp_path / "from_zero"
-    export(trained / "deepspeed", folder)
-    saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    export(token_run / "deepspeed", folder)
+    saved = torch.load(token_run / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
     state = Uni_Sign.from_pretrained(str(folder)).state_dict()
     for name, tensor in state.items():  # fp32 training: the master weights are the module's weights
         assert torch.equal(tensor, saved[name]), name
@@ -257,13 +248,13 @@ def test_safetensors_errors_are_named(tmp_path):
 
 # ---------------------------------------------------------------------------- --finetune checks (issue 12)
 
-def test_finetune_with_another_shape_is_one_error_line_naming_the_flag(trained, io_demo, tmp_path, capsys):
+def test_finetune_with_another_shape_is_one_error_line_naming_the_flag(token_run, io_demo, tmp_path, capsys):
     """The whole command line, in this process (as are the next test's)."""
-    args = base_args(io_demo, tmp_path, epochs=1, steps=1) + ["--finetune", str(trained / "checkpoint.pth"),
+    args = base_args(io_demo, tmp_path, epochs=1, steps=1) + ["--finetune", str(token_run / "checkpoint.pth"),
                                                               "--hyp_dim", "32"]
     line, _, err = fine_tuning_refuses(capsys, args)
     assert err.strip().splitlines()[-1] == line  # the last thing said
-    assert line.startswith("error: --finetune") and str(trained / "checkpoint.pth") in line
+    assert line.startswith("error: --finetune") and str(token_run / "checkpoint.pth") in line
     assert "hyp_attn_W (256, 256) vs (32, 32)" in line and "--hyp_dim 256 (this run: 32)" in line
 
 
@@ -322,8 +313,8 @@ def test_plot_script_draws_every_sample_from_a_folder(exported, small_demo, tmp_
     assert matplotlib.image.imread(out / "poincare_disk.png").shape[1] > 1000
 
 
-def test_plot_script_refuses_a_model_without_the_hyperbolic_branch(trained, small_demo, tmp_path):
-    saved = torch.load(trained / "checkpoint.pth", map_location="cpu", weights_only=True)
+def test_plot_script_refuses_a_model_without_the_hyperbolic_branch(token_run, small_demo, tmp_path):
+    saved = torch.load(token_run / "checkpoint.pth", map_location="cpu", weights_only=True)
     pose_only = {k: v for k, v in saved["model"].items() if k.startswith(("mt5_model.", "proj_linear", "gcn_modules",
                                                                          "fusion_gcn", "pose_proj", "part_para"))}
     torch.save({"model": pose_only, "args": {**saved["args"], "use_hyperbolic": False}}, tmp_path / "unisign.pth")

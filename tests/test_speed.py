@@ -10,6 +10,8 @@ import e2e
 
 
 def run_benchmark(*argv, timeout=900):
+    """benchmark.py's command line in a process of its own. The timing processes it starts take --threads (default
+    2): the tests pass e2e.THREADS, the cores their pytest-xdist worker has (more threads than cores spin)."""
     result = e2e.run([sys.executable, os.path.join("script", "benchmark.py"), *argv], timeout=timeout)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
@@ -19,7 +21,7 @@ def run_benchmark(*argv, timeout=900):
 def test_step_benchmark_runs_tiny():
     """Working tree against HEAD in a temporary git worktree: one timing process per tree, token mode only (the
     mode with both optimizers and the hyperbolic branch; pose-only training is timed the same way)."""
-    stdout, summary = run_benchmark("step", "--baseline", "HEAD", "--tiny", "--modes", "token")
+    stdout, summary = run_benchmark("step", "--baseline", "HEAD", "--tiny", "--modes", "token", "--threads", str(e2e.THREADS))
     assert set(summary) == {"ratio", "token"}
     token = summary["token"]
     assert token["baseline_ms"] > 0 and token["work_ms"] > 0 and token["baseline_cpu_ms"] > 0 and token["work_cpu_ms"] > 0
@@ -147,6 +149,6 @@ def test_convolution_as_a_matrix_product_matches_conv2d_with_gradients(kernel):
 @pytest.mark.slow
 def test_whole_run_benchmark_runs_one_round():
     """benchmark.py run: one short fine_tuning.py run per tree (working tree, HEAD in a temporary worktree)."""
-    _, summary = run_benchmark("run", "--baseline", "HEAD", "--rounds", "1")
+    _, summary = run_benchmark("run", "--baseline", "HEAD", "--rounds", "1", "--threads", str(e2e.THREADS))
     assert summary["baseline_s"] > 0 and summary["work_s"] > 0
     assert summary["ratio"] == pytest.approx(summary["baseline_s"] / summary["work_s"], rel=1e-2)
