@@ -20,7 +20,7 @@ import torch
 import datasets
 import fine_tuning
 import preflight
-from e2e import base_args, check_ok, clean_env, read_log, read_predictions, run, start_ranks
+from e2e import ROOT, base_args, check_ok, clean_env, free_port, read_log, read_predictions, run
 from in_process import fine_tuning_refuses
 
 
@@ -396,18 +396,20 @@ def test_a_log_line_that_cannot_be_written_leaves_the_log_whole(tmp_path, monkey
 # ---------------------------------------------------------------------------- several processes
 
 def launch_two(args, timeout=600):
-    """fine_tuning.py as two ranks on one node (e2e.start_ranks); on a timeout (a hang) both are killed. Returns
-    rank 0's output, both ranks' stderr and the first non-zero exit code."""
-    ranks = start_ranks([[sys.executable, "fine_tuning.py", *args]] * 2)
+    """fine_tuning.py as two ranks on one node, started by DeepSpeed's launcher as on a machine of two GPUs
+    (`deepspeed --num_gpus 2`; on CPU: gloo, a core each). On a timeout (a hang) the launcher and both ranks are
+    killed. The launcher on several nodes is test_multinode.py's."""
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "fine_tuning.py", *args]
+    process = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(threads=1), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        codes = [rank.wait(timeout) for rank in ranks]
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        for rank in ranks:
-            rank.send_signal(signal.SIGKILL)
-            rank.wait()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         pytest.fail(f"two processes still running after {timeout} s (a hang)")
-    (stdout, stderr0), (_, stderr1) = (rank.communicate() for rank in ranks)
-    return subprocess.CompletedProcess(args, next((code for code in codes if code), 0), stdout, stderr0 + stderr1)
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
 @pytest.mark.slow
@@ -415,7 +417,7 @@ def test_two_processes_skip_together_and_zero3_evaluation_scores_like_one(demo_r
     """Batch size 1 and one bad training sample: one rank's batch is empty, so both ranks must skip that step.
     ZeRO-3 evaluation of 3 dev samples with one bad: the ranks have 2 and 1 batches, one of them empty, and beam
     searches of different lengths; every rank must run the same generate calls. Then one process scores the
-    checkpoint exactly as the two did."""
+    checkpoint exactly as the two did. The two are started by DeepSpeed's launcher, as train.sh starts them."""
     demo = make_demo(demo_root, tmp_path / "demo", sizes=(4, 3, 3))
     truncate(pose_file(demo, "train", 0))
     truncate(pose_file(demo, "dev", 1))

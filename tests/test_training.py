@@ -13,8 +13,7 @@ import time
 import pytest
 import torch
 
-from e2e import (TINY_EVAL_SAMPLES, assert_scores_like_one_process, base_args, check_ok, free_port, read_log,
-                 read_predictions, run, start)
+from e2e import TINY_EVAL_SAMPLES, base_args, check_ok, read_log, read_predictions, run, start
 from conftest import cut_demo
 from in_process import fine_tuning_refuses
 
@@ -115,16 +114,6 @@ def test_planted_nan_in_the_first_epoch_names_no_checkpoint(tiny_demo, tmp_path)
     result = run([sys.executable, "-c", PLANT_NAN.format(steps=0), *base_args(tiny_demo, tmp_path, epochs=1, steps=1)])
     assert result.returncode == 1 and "epoch 0, step 0" in result.stderr and "Traceback" not in result.stderr
     assert "this run saved no checkpoint" in result.stderr and not os.path.exists(tmp_path / "checkpoint.pth")
-
-
-@pytest.mark.slow
-def test_two_processes_train_and_score_like_one(tiny_demo, tmp_path):
-    two = tmp_path / "two"
-    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")  # DeepSpeed's CPU launcher (gloo)
-    cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "fine_tuning.py",
-           *base_args(tiny_demo, two, epochs=1, steps=2)]
-    check_ok(run(cmd, threads=1))  # two processes share the two cores
-    assert_scores_like_one_process(tiny_demo, two, tmp_path / "one")
 
 
 def test_pretraining_checkpoint_loads_into_fine_tuning(demo_root, tiny_demo, tmp_path):
