@@ -19,7 +19,7 @@ import export_model
 import model_io
 from datasets import DataConfig
 from models import ModelConfig, Uni_Sign
-from e2e import base_args, check_ok, read_log, read_predictions, run  # small_demo: conftest.py
+from e2e import base_args, read_log, read_predictions, run  # small_demo: conftest.py
 from in_process import fine_tuning_refuses
 from conftest import cut_demo
 
