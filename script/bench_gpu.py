@@ -128,9 +128,8 @@ def run_child(args, mt5_path, mode, compiled):
            "--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--dtype", args.dtype] if args.dtype else []
     cmd += ["--compile"] if compiled else []
-    launch = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
-    env = {k: v for k, v in os.environ.items() if k not in launch}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from bench_step import single_process_env
+    env = single_process_env(TOKENIZERS_PARALLELISM=os.environ.get("TOKENIZERS_PARALLELISM", "false"))
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"error: the {mode}{' compiled' if compiled else ''} run failed (exit {result.returncode}):\n"

@@ -24,7 +24,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 
 
 def parse(argv):
@@ -58,7 +57,8 @@ def run_once(code_root, demo_flags, output_dir, args):
                           "--batch_size", "4", "--lr", "1e-3", "--warmup-epochs", "0", "--num_workers", "0",
                           "--num_beams", "2", "--max_tgt_len", "20", "--use_hyperbolic", "--hyp_text_cmp", "token",
                           "--hyp_text_emb_src", "decoder"]
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV and not k.startswith("WANDB")}
+    from bench_step import single_process_env
+    env = {k: v for k, v in single_process_env().items() if not k.startswith("WANDB")}
     env.update(OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()

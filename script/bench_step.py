@@ -27,6 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("pose", "token")
+LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 TINY = dict(batch_size=2, frames=8, text_len=6, steps=1, rounds=1)
 
 
@@ -115,14 +116,20 @@ def build_training(run_args, model, total_updates=1000):
     return lambda batches, epoch: fine_tuning.train_one_epoch(ds_engine, batches, hyp_optimizer, epoch, run_args)
 
 
+def single_process_env(**settings):
+    """This process's environment without a launcher's rank variables, `settings` on top: a timing process is a
+    run of its own (one rank), even when the benchmark itself was started by a launcher."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env.update(settings)
+    return env
+
+
 def run_child(args, code_root, mt5_path, mode, compiled=False):
     """(wall ms, process CPU ms) per step of one process on `code_root`'s code."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--code_root", code_root, "--mt5_path", mt5_path,
            "--mode", mode, "--steps", str(args.steps), "--batch_size", str(args.batch_size),
            "--frames", str(args.frames), "--text_len", str(args.text_len)] + (["--compile"] if compiled else [])
-    launch = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
-    env = {k: v for k, v in os.environ.items() if k not in launch}
-    env.update(OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+    env = single_process_env(OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(cmd, cwd=code_root, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"error: the timing process on {code_root} failed (exit {result.returncode}):\n"
