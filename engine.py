@@ -78,8 +78,12 @@ def deepspeed_config(args, total_updates, warmup_updates):
 def deepspeed_initialize(model, optimizer, ds_config):
     """deepspeed.initialize, working around DeepSpeed's start-up broadcast, which views every parameter as
     bytes and so fails on 0-d parameters (our scalars: temperature, margin, log scales, curvature).
-    We broadcast those ourselves and hide them from DeepSpeed's broadcast for its duration."""
+    We broadcast those ourselves and hide them from DeepSpeed's broadcast for its duration. The module is
+    would still be in host memory here (DeepSpeed moves it later) while NCCL broadcasts only GPU tensors,
+    so it moves to the communication device first (DeepSpeed's own move is then a no-op)."""
     import deepspeed
+    if utils.world_size() > 1:
+        model.to(utils.comm_device())
     scalars = [p for p in model.parameters() if p.dim() == 0]
     for p in scalars:
         if utils.world_size() > 1:

@@ -137,6 +137,14 @@ def device():
     return torch.device("cpu") if name == "cpu" else torch.device(name, int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def comm_device():
+    """Where tensors handed to a collective must live: NCCL takes only tensors on the rank's GPU, gloo only
+    tensors in host memory (hence a CPU tensor under NCCL: "No backend type associated with device type cpu")."""
+    if dist.is_initialized() and dist.get_backend() != "gloo":
+        return device()
+    return torch.device("cpu")
+
+
 def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -165,7 +173,7 @@ def all_ranks_true(flag):
     """True only when `flag` is true on every rank (so that all ranks take the same branch)."""
     if world_size() == 1:
         return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device() if dist.get_backend() == "nccl" else "cpu")
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
 

@@ -415,3 +415,43 @@ def test_resume_on_another_number_of_ranks_and_pruning_on_each_node(resume_demo,
     assert log[-1]["best_dev_bleu4"] == max(r["dev_bleu4"] for r in log)
     ckpt = torch.load(node0 / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 6  # 2 updates per epoch in every shape
+
+
+def test_collectives_use_the_backends_device(monkeypatch):
+    """NCCL takes only GPU tensors, gloo only host tensors: utils.comm_device says which (all_ranks_true and
+    the start-up broadcast use it)."""
+    monkeypatch.setattr(utils, "device", lambda: torch.device("meta"))
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a: "nccl")
+    assert utils.comm_device() == torch.device("meta")
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a: "gloo")
+    assert utils.comm_device() == torch.device("cpu")
+
+
+def test_start_up_broadcast_of_the_scalars_works_under_nccl(monkeypatch):
+    """Multi-GPU Geo-Sign died at start-up: the 0-d parameters were broadcast while the module was still in
+    host memory, which NCCL refuses. Recorded here with an NCCL stand-in whose device is `meta`: every
+    broadcast tensor must be on the communication device, and all before DeepSpeed's initialize."""
+    events = []
+
+    def nccl_broadcast(tensor, src, **kwargs):
+        if tensor.device.type == "cpu":
+            raise RuntimeError("No backend type associated with device type cpu")
+        events.append(("broadcast", tensor.device.type, src))
+
+    def initialize(model, optimizer, config):
+        events.append(("initialize",))
+        raise RuntimeError("stop here")
+
+    import deepspeed
+    monkeypatch.setattr(utils, "world_size", lambda: 2)
+    monkeypatch.setattr(utils, "comm_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(torch.distributed, "broadcast", nccl_broadcast)
+    monkeypatch.setattr(deepspeed, "initialize", initialize)
+    model = TinyModel(scalar=True)
+    with pytest.raises(RuntimeError, match="stop here"):
+        engine.deepspeed_initialize(model, None, {})
+    scalars = [p for p in model.parameters() if p.dim() == 0]  # log_scale and the ball's curvature
+    assert len(scalars) == 2
+    assert events == [("broadcast", "meta", 0)] * len(scalars) + [("initialize",)]
+    assert model.log_scale.device.type == "meta"
+    assert not hasattr(model.log_scale, "ds_optim_param")  # unmarked again after DeepSpeed's initialize
