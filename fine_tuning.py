@@ -24,7 +24,7 @@ import model_io
 import utils
 from datasets import DataConfig
 from engine import CheckpointError, Engine, Stopped, latest_tag, stop_on_signals
-from models import ModelConfig
+from models import HYP_CHOICES, STABLE_RECIPE, ModelConfig
 from preflight import check_flags, preflight
 
 MODEL, DATA = ModelConfig(), DataConfig()  # the flags' defaults: one place for each setting
@@ -80,6 +80,17 @@ def get_args_parser():
                    help="torch.compile the pose encoder (off by default: slower on CPU, not yet measured on GPU)")
     p.add_argument("--alpha", type=float, default=MODEL.alpha)
     p.add_argument("--label_smoothing_hyp", type=float, default=MODEL.label_smoothing_hyp)
+    p.add_argument("--hyp_recipe", default=MODEL.hyp_recipe, choices=list(HYP_CHOICES["hyp_recipe"]),
+                   help="released: the paper's computation; stable: the remedies for its saturated part points "
+                        f"({', '.join(f'--{k} {v}' for k, v in STABLE_RECIPE.items())}) unless set otherwise")
+    p.add_argument("--hyp_clip_r", type=float, default=MODEL.hyp_clip_r,
+                   help="clip the tangent vectors to this norm before the exponential map (0: off)")
+    p.add_argument("--hyp_scale", default=MODEL.hyp_scale, choices=list(HYP_CHOICES["hyp_scale"]),
+                   help="meru: feature scale that starts near unit radius and can only shrink")
+    p.add_argument("--hyp_input_norm", action="store_true", default=MODEL.hyp_input_norm,
+                   help="LayerNorm(x) / sqrt(d) before each hyperbolic projection")
+    p.add_argument("--hyp_midpoint", default=MODEL.hyp_midpoint, choices=list(HYP_CHOICES["hyp_midpoint"]),
+                   help="pooled/attn: frechet (iterative, as released) or gyro (closed-form weighted gyromidpoint)")
     # logging
     p.add_argument("--wandb", action="store_true")
     p.add_argument("--wandb_project", default="Geo-Sign")
@@ -316,6 +327,7 @@ def main(args):
             kept = (f"the last good checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth')}" if epoch > 0
                     else "this run saved no checkpoint (it stopped in its first epoch)")
             utils.fail(f"{err}; stopping: {kept}")
+        warn_if_saturated(train_stats, epoch, args)
         utils.broadcast_buffers(engine.module)
         synced = args.zero_stage == 3 and world > 1  # generation on partitioned parameters
         scores = {split: evaluate(engine.module, eval_loader, args, split, synced)
@@ -337,6 +349,17 @@ def main(args):
         summarise(args.output_dir, metric, plot)
     if run is not None:
         run.finish()
+
+
+def warn_if_saturated(train_stats, epoch, args):
+    """One line when most part points sat at the ball's float32 limit this epoch: there the radial gradient is
+    zero and the part weights are uniform, so the branch only aligns directions."""
+    at_limit = train_stats.get("hyp_at_limit", 0.0)
+    if at_limit > 0.5 and utils.is_main_process():
+        remedy = ("--hyp_recipe stable keeps them off it" if args.hyp_recipe == "released"
+                  else "a smaller --hyp_clip_r keeps them off it")
+        print(f"warning: epoch {epoch}: {100 * at_limit:.0f} % of the part points sat at the Poincaré ball's float32 "
+              f"limit (train_hyp_at_limit in log.txt): the hyperbolic branch is saturated; {remedy}")
 
 
 def summarise(output_dir, metric, plot):

@@ -1,4 +1,4 @@
-"""Poincaré-ball geometry of the Geo-Sign branch (SPEC.md section 3), built on geoopt.
+"""Poincaré-ball geometry of the Geo-Sign branch (Geo-Sign, NeurIPS 2025), built on geoopt.
 
 Notation: the ball of curvature -c (c > 0) is {x : c ||x||^2 < 1}; lambda_x = 2 / (1 - c ||x||^2) is its
 conformal factor and (+)_c Möbius addition. Every function works in float32: callers run it with autocast
@@ -11,6 +11,8 @@ Most operations are the `geoopt.PoincareBall` methods. Two are written here, eac
 - `pairwise_dist`: geoopt has no pairwise form, and broadcasting its dist over all (part, token) and
   (anchor, target) pairs builds (..., N, M, D) Möbius sums that dominated the branch's cost.
 """
+import math
+
 import geoopt
 import torch
 import torch.nn.functional as F
@@ -52,7 +54,7 @@ def logmap(x, y, c):
     return 2.0 / (sqrt_c * lam) * stereo_math.artanh(sqrt_c * diff_norm) * diff / diff_norm
 
 
-def frechet_mean(points, weights, c, max_iter=50, tol=1e-5):
+def frechet_mean(points, weights, c, max_iter=50, tol=1e-5, return_unconverged=False):
     """Weighted Fréchet (Karcher) mean: argmin_mu sum_p w_p d_c(mu, x_p)^2, by the fixed-point iteration
 
         mu <- exp_mu( sum_p w_p log_mu(x_p) ),   starting at mu = x_0,
@@ -62,11 +64,10 @@ def frechet_mean(points, weights, c, max_iter=50, tol=1e-5):
     ball coordinates). The loop always runs `max_iter` iterations on the device, with no host sync:
     converged samples cost the arithmetic of a frozen update, which is cheaper than asking the host
     whether to stop. Gradients flow through the unrolled iterations (frozen samples pass them through).
-    Cost on the 2-core CPU, B = 8, P = 4, D = 256: about 50-75 ms forward + backward for the 50 iterations.
     Convergence: points at moderate spread (norms up to ~0.5) meet the tolerance within ~10 iterations
     (tests/test_hyperbolic.py); for widely spread points (several units apart, e.g. near the boundary)
     this unit-step iteration, as specified and as released, may oscillate instead of converging, and the
-    50th iterate is returned.
+    50th iterate is returned. return_unconverged=True also returns (B,) booleans: still moving at the end.
     """
     weights = weights.unsqueeze(-1)
     mu = points[:, 0]
@@ -77,7 +78,7 @@ def frechet_mean(points, weights, c, max_iter=50, tol=1e-5):
         moved = (updated - mu).norm(dim=-1, keepdim=True)
         mu = torch.where(active, updated, mu)
         active = active & (moved >= tol)
-    return mu
+    return (mu, active[:, 0]) if return_unconverged else mu
 
 
 def pairwise_dist(x, y, c):
@@ -103,6 +104,32 @@ def pairwise_dist(x, y, c):
     return 2.0 / sqrt_c * stereo_math.artanh(sqrt_c * ratio.sqrt())
 
 
+def gyromidpoint(points, weights, c):
+    """Weighted Möbius gyromidpoint (Ungar), the closed form that stands in for an iterative Fréchet mean:
+
+        m = 1/2 (x)_c ( sum_p w_p lambda_p x_p / sum_p w_p (lambda_p - 1) ),   lambda_p = 2 / (1 - c ||x_p||^2),
+        r (x)_c y = tanh(r artanh(sqrt(c) ||y||)) y / (sqrt(c) ||y||).
+
+    points (B, P, D) on the ball, weights (B, P) (only their ratios matter). Returns (B, D). The same value as
+    geoopt's weighted_midpoint (tested), without its host-side branch on the curvature. Unlike the fixed-point
+    iteration of `frechet_mean` it needs no convergence, also for points near the boundary.
+    """
+    weights = weights.unsqueeze(-1)
+    lam = 2.0 / (1.0 - c * points.pow(2).sum(dim=-1, keepdim=True)).clamp_min(1e-15)
+    combined = (weights * lam * points).sum(dim=1) / (weights * (lam - 1.0)).sum(dim=1).clamp_min(1e-15)
+    sqrt_c = c.sqrt()
+    norm = combined.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    half = stereo_math.tanh(0.5 * stereo_math.artanh(sqrt_c * norm)) * combined / (sqrt_c * norm)
+    return stereo_math.project(half, k=-c, dim=-1)
+
+
+def clip_features(u, radius):
+    """Feature clipping (Guo et al., "Clipped Hyperbolic Classifiers Are Super-Hyperbolic Classifiers",
+    CVPR 2022): u <- min(1, r / ||u||) u. After exp_0 the point's radius is at most tanh(sqrt(c) r) / sqrt(c),
+    so no point reaches the float32 projection limit; vectors shorter than r pass unchanged."""
+    return u * (radius / u.norm(dim=-1, keepdim=True).clamp_min(1e-15)).clamp(max=1.0)
+
+
 def part_weights(ball, points):
     """w_p = softmax_p d_c(0, x_p): parts farther from the origin (more specific) weigh more. (B, P)."""
     return torch.softmax(ball.dist0(points, dim=-1), dim=-1)
@@ -125,20 +152,72 @@ def masked_softmax(scores, mask):
 
 
 class HyperbolicProjection(nn.Module):
-    """h = proj_ball( exp_0( exp(log_scale) * (W x + b) ) ), from Euclidean features to the ball.
+    """h = proj_ball( exp_0(u) ), u = exp(log_scale) * (W x + b), from Euclidean features to the ball.
 
     exp_0(u) = tanh(sqrt(c) ||u||) u / (sqrt(c) ||u||). Computed in float32 whatever the input dtype.
+    As released (all options off) ||u|| follows the growth of the encoder's features and of W, and once
+    sqrt(c) ||u|| passes artanh(1 - 4e-3) ~ 3.1 every point sits at the projection limit, where the radial
+    gradient is zero. The options are the hyperbolic-learning literature's remedies:
+    - input_norm: x <- LayerNorm(x) / sqrt(d_in) (no affine parameters, so no new checkpoint keys): ||x|| = 1,
+      so ||u|| no longer follows the encoder's feature growth;
+    - meru_scale: log_scale starts at -log(0.02 sqrt(hyp_dim)), where sqrt(c) ||u|| ~ 1 for unit inputs and the
+      initial W (std 0.02), and is clamped so that the scale can only shrink from there (MERU, Desai et al.,
+      ICML 2023, clamps its feature scale likewise);
+    - clip_r > 0: u <- min(1, r / ||u||) u before exp_0 (clip_features).
     """
 
-    def __init__(self, d_in, hyp_dim, manifold):
+    def __init__(self, d_in, hyp_dim, manifold, clip_r=0.0, meru_scale=False, input_norm=False):
         super().__init__()
-        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.scale_max = -math.log(0.02 * math.sqrt(hyp_dim)) if meru_scale else None
+        self.log_scale = nn.Parameter(torch.tensor(self.scale_max or 0.0))
         self.manifold = manifold
         self.proj = nn.Linear(d_in, hyp_dim)
+        self.clip_r, self.input_norm = float(clip_r), bool(input_norm)
+
+    def tangent(self, x):
+        """u, the tangent vector at the origin that forward maps onto the ball (float32)."""
+        x = x.float()
+        if self.input_norm:
+            x = F.layer_norm(x, x.shape[-1:]) / math.sqrt(x.shape[-1])
+        log_scale = self.log_scale.float()
+        if self.scale_max is not None:
+            log_scale = log_scale.clamp(max=self.scale_max)
+        u = log_scale.exp() * F.linear(x, self.proj.weight.float(), self.proj.bias.float())
+        return clip_features(u, self.clip_r) if self.clip_r > 0 else u
 
     def forward(self, x):
-        u = F.linear(x.float(), self.proj.weight.float(), self.proj.bias.float())
-        return self.manifold.expmap0(self.log_scale.float().exp() * u, dim=-1, project=True)
+        return self.manifold.expmap0(self.tangent(x), dim=-1, project=True)
+
+
+PROJECTION_LIMIT = 1.0 - 4e-3  # sqrt(c) ||x|| of geoopt's float32 projection (its eps for float32)
+
+
+def health_stats(ball, parts, tangents, weights, text=None, text_mask=None, unconverged=None):
+    """Whether the branch is alive, from the points it computed anyway (device tensors, no host sync):
+
+        hyp_at_limit      fraction of part points with sqrt(c) ||h|| >= PROJECTION_LIMIT - 1e-4
+        hyp_radius        mean sqrt(c) ||h|| of the part points (1 = the boundary)
+        hyp_text_radius   the same for the text points
+        hyp_w_entropy     -sum_p w_p log w_p / log P, averaged over samples (1 = uniform part weights)
+        hyp_tangent_norm  mean sqrt(c) ||u|| of the part tangent vectors before exp_0
+        hyp_frechet_unconverged  fraction of Fréchet means still moving at their last iteration (pooled/attn)
+
+    parts (B, P, D), tangents (B, P, D), weights (B, P), text (B, D) or (B, L, D) with text_mask (B, L) of
+    its real tokens, unconverged (B,) booleans or None.
+    """
+    sqrt_c = ball.c.detach().float().sqrt()
+    radius = sqrt_c * parts.detach().norm(dim=-1)
+    w = weights.detach()
+    entropy = -(w * w.clamp_min(1e-30).log()).sum(dim=-1) / math.log(w.shape[-1])
+    stats = {"hyp_at_limit": (radius >= PROJECTION_LIMIT - 1e-4).float().mean(), "hyp_radius": radius.mean(),
+             "hyp_w_entropy": entropy.mean(), "hyp_tangent_norm": (sqrt_c * tangents.detach().norm(dim=-1)).mean()}
+    if text is not None:
+        text_radius = sqrt_c * text.detach().norm(dim=-1)
+        stats["hyp_text_radius"] = (text_radius.mean() if text_mask is None else
+                                    (text_radius * text_mask).sum() / text_mask.sum().clamp_min(1))
+    if unconverged is not None:
+        stats["hyp_frechet_unconverged"] = unconverged.detach().float().mean()
+    return stats
 
 
 def make_attention_parameters(hyp_dim, manifold):

@@ -1,4 +1,4 @@
-"""Uni-Sign (pose ST-GCNs feeding mT5) with the optional Geo-Sign hyperbolic branch (SPEC.md sections 2-3).
+"""Uni-Sign (pose ST-GCNs feeding mT5) with the optional Geo-Sign hyperbolic branch.
 
 Attribute names are the released checkpoints' key names (tests/data/official_keys/official_keys_*.txt).
 """
@@ -20,6 +20,13 @@ HYP_PART_MODULES = {"body": "hyp_proj_body", "left": "hyp_proj_left", "right": "
                     "face_all": "hyp_proj_face"}
 
 
+HYP_CHOICES = {"hyp_recipe": ("released", "stable"), "hyp_scale": ("released", "meru"),
+               "hyp_midpoint": ("frechet", "gyro")}
+# --hyp_recipe stable: the combination chosen by script/ablate_hyperbolic.py on the demo's dev scores and the
+# branch's health (docs/hyperbolic.md).
+STABLE_RECIPE = {"hyp_input_norm": True, "hyp_scale": "meru", "hyp_clip_r": 2.0, "hyp_midpoint": "gyro"}
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """Every setting that shapes the model, with its one default (fine_tuning.py's flags take theirs from
@@ -33,6 +40,12 @@ class ModelConfig:
     alpha: float = 0.7
     label_smoothing: float = 0.2
     label_smoothing_hyp: float = 0.2
+    # Remedies for the saturated branch (hyperbolic.HyperbolicProjection); `released` leaves them all off.
+    hyp_recipe: str = "released"   # or "stable": the knobs below set to STABLE_RECIPE where left at their defaults
+    hyp_clip_r: float = 0.0        # feature clipping radius before exp_0 (0: off)
+    hyp_scale: str = "released"    # "meru": feature scale starting near unit radius, clamped to only shrink
+    hyp_input_norm: bool = False   # LayerNorm(x) / sqrt(d) before the projection
+    hyp_midpoint: str = "frechet"  # pooled/attn: "gyro", the closed-form weighted gyromidpoint
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -42,6 +55,14 @@ class ModelConfig:
         if self.hyp_text_emb_src not in TEXT_SOURCES or self.hyp_text_cmp not in TEXT_COMPARISONS:
             raise ValueError(f"hyp_text_emb_src must be one of {TEXT_SOURCES} and hyp_text_cmp one of "
                              f"{TEXT_COMPARISONS}; got {self.hyp_text_emb_src!r}, {self.hyp_text_cmp!r}")
+        for name, allowed in HYP_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
+        if self.hyp_recipe == "stable":
+            released = ModelConfig()
+            for name, value in STABLE_RECIPE.items():
+                if getattr(self, name) == getattr(released, name):
+                    setattr(self, name, value)
 
     @classmethod
     def from_args(cls, args):
@@ -153,9 +174,12 @@ class Uni_Sign(nn.Module):
         if self.use_hyperbolic:
             smoothing_hyp = settings.label_smoothing_hyp
             self.manifold = ball
+            remedies = dict(clip_r=settings.hyp_clip_r, meru_scale=settings.hyp_scale == "meru",
+                            input_norm=settings.hyp_input_norm)
             for part in ("body", "right", "left", "face_all"):
-                setattr(self, HYP_PART_MODULES[part], hyp.HyperbolicProjection(256, self.hyp_dim, self.manifold))
-            self.hyp_proj_text = hyp.HyperbolicProjection(d_model, self.hyp_dim, self.manifold)
+                setattr(self, HYP_PART_MODULES[part],
+                        hyp.HyperbolicProjection(256, self.hyp_dim, self.manifold, **remedies))
+            self.hyp_proj_text = hyp.HyperbolicProjection(d_model, self.hyp_dim, self.manifold, **remedies)
             self.geom_loss = hyp.HyperbolicContrastiveLoss(self.manifold, smoothing_hyp)
             if self.text_comparison == "attn":
                 self.text_pool_attn = nn.Linear(d_model, 1)
@@ -247,24 +271,35 @@ class Uni_Sign(nn.Module):
     def hyperbolic_loss(self, part_features, text_features, text_mask):
         """Contrastive loss between pose parts and text on the ball (float32). Returns (loss, stats)."""
         ball = self.manifold
-        parts = self.part_points(part_features)
+        parts, tangents = self.part_points(part_features, with_tangents=True)
         weights = hyp.part_weights(ball, parts)  # (B, 4)
         temperature = self.geom_loss.temperature()
+        unconverged = None
         if self.text_comparison == "token":
             tokens = self.hyp_proj_text(text_features)  # (B, L, D)
             keys = hyp.token_keys(ball, tokens, self.hyp_attn_W, self.hyp_attn_b)
             attention = hyp.token_attention(ball, parts, keys, text_mask, temperature)
             context = hyp.token_context(ball, tokens, attention)  # (B, 4, D)
             anchors, targets = parts.flatten(0, 1), context.flatten(0, 1)
+            text_points, text_points_mask = tokens, text_mask
         else:
-            anchors = hyp.frechet_mean(parts, weights, ball.c.float())
-            targets = self.pooled_text_point(text_features, text_mask)
+            anchors, unconverged = self.pose_point(parts, weights)
+            targets = text_points = self.pooled_text_point(text_features, text_mask)
+            text_points_mask = None
         loss, positive_distances = self.geom_loss(anchors, targets)
         mean_weights = weights.detach().mean(dim=0)
         stats = {"curvature": ball.c.detach(), "temperature": temperature.detach(),
                  "margin": self.geom_loss.margin_base.detach(), "pos_dist": positive_distances.detach().mean()}
         stats.update({f"w_{name}": mean_weights[i] for i, name in enumerate(("body", "left", "right", "face"))})
+        stats.update(hyp.health_stats(ball, parts, tangents, weights, text_points, text_points_mask, unconverged))
         return loss, stats
+
+    def pose_point(self, parts, weights):
+        """pooled/attn modes: the parts' weighted mean on the ball, (B, D), and (B,) booleans of Fréchet
+        iterations still moving at their end (None for the closed-form gyromidpoint)."""
+        if self.config.hyp_midpoint == "gyro":
+            return hyp.gyromidpoint(parts, weights, self.manifold.c.float()), None
+        return hyp.frechet_mean(parts, weights, self.manifold.c.float(), return_unconverged=True)
 
     def teacher_forced(self, inputs_embeds, attention_mask, labels):
         """mT5's teacher-forced pass on the targets; with the decoder's hidden states when they are the text
@@ -284,9 +319,12 @@ class Uni_Sign(nn.Module):
         pad_id = self.mt5_model.config.pad_token_id
         return self.mt5_model.get_encoder().embed_tokens(labels.masked_fill(~text_mask, pad_id)), text_mask
 
-    def part_points(self, part_features):
-        """The four parts' points on the ball, (B, 4, hyp_dim) in PARTS order (float32)."""
-        return torch.stack([getattr(self, HYP_PART_MODULES[p])(part_features[p]) for p in PARTS], dim=1)
+    def part_points(self, part_features, with_tangents=False):
+        """The four parts' points on the ball, (B, 4, hyp_dim) in PARTS order (float32); with_tangents: also
+        their tangent vectors at the origin (detached, for the health statistics)."""
+        tangents = [getattr(self, HYP_PART_MODULES[p]).tangent(part_features[p]) for p in PARTS]
+        points = torch.stack([self.manifold.expmap0(u, dim=-1, project=True) for u in tangents], dim=1)
+        return (points, torch.stack([u.detach() for u in tangents], dim=1)) if with_tangents else points
 
     def pooled_text_point(self, text_features, text_mask):
         """pooled/attn modes: the text's one point, hyp_proj_text of its masked mean or attention-pooled features."""

@@ -108,7 +108,8 @@ def test_every_mode_trains_with_one_mt5_pass(tiny_mt5_path, comparison, source):
     handle.remove()
     assert len(calls) == 1
     expected = {"loss", "ce_loss", "hyp_loss", "alpha", "curvature", "temperature", "margin", "pos_dist",
-                "w_body", "w_left", "w_right", "w_face"}
+                "w_body", "w_left", "w_right", "w_face", "hyp_at_limit", "hyp_radius", "hyp_text_radius",
+                "hyp_w_entropy", "hyp_tangent_norm"} | ({"hyp_frechet_unconverged"} if comparison != "token" else set())
     assert set(out) == expected
     assert all(not v.requires_grad and v.dim() == 0 for k, v in out.items() if k != "loss")
     torch.testing.assert_close(out["loss"], out["alpha"] * out["ce_loss"] + (1 - out["alpha"]) * out["hyp_loss"])

@@ -1,0 +1,183 @@
+"""The hyperbolic branch's health statistics and the remedies for its saturation (hyperbolic.py, models.py):
+identities across seeds, dtypes and curvatures, closed forms on hand-made points, gradients at the limit,
+and the settings' round trip through a checkpoint and a model folder."""
+import dataclasses
+import math
+import os
+from types import SimpleNamespace
+
+import geoopt
+import pytest
+import torch
+
+import hyperbolic as hyp
+from models import STABLE_RECIPE, ModelConfig, Uni_Sign
+
+CURVATURES = (0.1, 0.838, 1.0, 4.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("c", CURVATURES)
+def test_clip_bounds_the_radius_and_passes_short_vectors(seed, dtype, c):
+    """After clipping at r, exp_0 lands within tanh(sqrt(c) r) / sqrt(c) of the origin; shorter vectors pass."""
+    gen = torch.Generator().manual_seed(seed)
+    radius = 1.5
+    long = torch.randn(64, 16, generator=gen, dtype=dtype) * 50
+    short = torch.nn.functional.normalize(torch.randn(64, 16, generator=gen, dtype=dtype), dim=-1)
+    short = short * torch.rand(64, 1, generator=gen, dtype=dtype) * radius * 0.99
+    ball = geoopt.PoincareBall(c=c)
+    points = ball.expmap0(hyp.clip_features(long, radius), dim=-1)
+    bound = math.tanh(math.sqrt(c) * radius) / math.sqrt(c)
+    assert torch.allclose(points.norm(dim=-1), torch.full((64,), bound, dtype=dtype), rtol=1e-5)
+    assert torch.equal(hyp.clip_features(short, radius), short)
+    unclipped = ball.expmap0(long, dim=-1)
+    assert (math.sqrt(c) * unclipped.norm(dim=-1) > hyp.PROJECTION_LIMIT - 1e-4).all()  # what clipping avoids
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("c", CURVATURES)
+def test_gyromidpoint_equals_geoopts_weighted_midpoint(seed, c):
+    gen = torch.Generator().manual_seed(seed)
+    ball = geoopt.PoincareBall(c=c)
+    points = ball.expmap0(torch.randn(5, 4, 8, generator=gen, dtype=torch.float64), dim=-1)
+    weights = torch.softmax(torch.randn(5, 4, generator=gen, dtype=torch.float64), dim=-1)
+    expected = ball.weighted_midpoint(points, weights, reducedim=[1], dim=-1)
+    assert torch.allclose(hyp.gyromidpoint(points, weights, ball.c.double()), expected,
+                          atol=1e-10)
+
+
+def test_gyromidpoint_of_one_point_and_of_symmetric_points():
+    c = torch.tensor(1.0)
+    x = torch.tensor([[[0.3, -0.2]]])
+    assert torch.allclose(hyp.gyromidpoint(x, torch.ones(1, 1), c), x[:, 0], atol=1e-6)
+    pair = torch.tensor([[[0.9, 0.0], [-0.9, 0.0]]])
+    assert torch.allclose(hyp.gyromidpoint(pair, torch.ones(1, 2), c), torch.zeros(1, 2), atol=1e-6)
+
+
+def at_radius(directions, radius, c):
+    """Points at sqrt(c) ||x|| = radius along each direction."""
+    return torch.nn.functional.normalize(directions, dim=-1) * radius / math.sqrt(c)
+
+
+@pytest.mark.parametrize("c", CURVATURES)
+def test_health_statistics_equal_their_closed_forms(c):
+    gen = torch.Generator().manual_seed(0)
+    ball = geoopt.PoincareBall(c=c)
+    directions = torch.randn(6, 4, 8, generator=gen)
+
+    # every part point at the projection limit: all at the limit, radius 0.996, uniform weights
+    rim = ball.projx(directions * 100)
+    stats = hyp.health_stats(ball, rim, directions * 100, hyp.part_weights(ball, rim))
+    assert stats["hyp_at_limit"].item() == 1.0
+    assert stats["hyp_radius"].item() == pytest.approx(hyp.PROJECTION_LIMIT, abs=1e-5)
+    assert stats["hyp_w_entropy"].item() == pytest.approx(1.0, abs=1e-5)
+    assert stats["hyp_tangent_norm"].item() == pytest.approx(
+        (math.sqrt(c) * (directions * 100).norm(dim=-1)).mean().item(), rel=1e-5)
+
+    # every point at the origin: nothing at the limit, radius 0, uniform weights
+    origin = torch.zeros(6, 4, 8)
+    stats = hyp.health_stats(ball, origin, origin, hyp.part_weights(ball, origin), text=origin[:, 0])
+    assert stats["hyp_at_limit"].item() == 0.0 and stats["hyp_radius"].item() == 0.0
+    assert stats["hyp_text_radius"].item() == 0.0
+    assert stats["hyp_w_entropy"].item() == pytest.approx(1.0, abs=1e-6)
+
+    # mixed: two parts at the limit, two at radius 0.5; weights (1/2, 1/2, 0, 0) have entropy log 2 / log 4
+    radii = torch.tensor([hyp.PROJECTION_LIMIT, hyp.PROJECTION_LIMIT, 0.5, 0.5]).view(1, 4, 1)
+    mixed = at_radius(directions, radii, c)
+    weights = torch.tensor([[0.5, 0.5, 0.0, 0.0]]).expand(6, 4)
+    text = at_radius(torch.randn(6, 5, 8, generator=gen), 0.3, c)
+    text[:, 3:] *= 2  # padding: left out by the mask
+    mask = torch.tensor([[1, 1, 1, 0, 0]]).expand(6, 5)
+    unconverged = torch.tensor([True, False, False, False, True, False])
+    stats = hyp.health_stats(ball, mixed, mixed, weights, text=text, text_mask=mask, unconverged=unconverged)
+    assert stats["hyp_at_limit"].item() == 0.5
+    assert stats["hyp_radius"].item() == pytest.approx((2 * hyp.PROJECTION_LIMIT + 1.0) / 4, abs=1e-5)
+    assert stats["hyp_w_entropy"].item() == pytest.approx(0.5, abs=1e-6)
+    assert stats["hyp_text_radius"].item() == pytest.approx(0.3, abs=1e-5)
+    assert stats["hyp_frechet_unconverged"].item() == pytest.approx(2 / 6)
+
+
+def radial_gradient(projection, x):
+    """d/dW of the mean distance to the origin of the projected points: the radial part of any loss's gradient."""
+    projection.zero_grad()
+    projection.manifold.dist0(projection(x), dim=-1).mean().backward()
+    return projection.proj.weight.grad.norm().item()
+
+
+def test_stable_projection_has_a_radial_gradient_where_the_released_one_has_none():
+    torch.manual_seed(0)
+    saturated = torch.randn(8, 256) * 40  # the grown ST-GCN features of a trained demo model
+    ball = geoopt.PoincareBall(c=1.0)
+    released = hyp.HyperbolicProjection(256, 32, ball)
+    stable = hyp.HyperbolicProjection(256, 32, ball, clip_r=2.0, meru_scale=True, input_norm=True)
+    for module in (released, stable):
+        torch.nn.init.trunc_normal_(module.proj.weight, std=0.02)
+        torch.nn.init.zeros_(module.proj.bias)
+    assert (math.sqrt(1.0) * released(saturated).norm(dim=-1) >= hyp.PROJECTION_LIMIT - 1e-4).all()
+    # released: zero but for float32 rounding of the projection (x / ||x|| * limit)
+    assert radial_gradient(released, saturated) < 1e-3 * radial_gradient(stable, saturated)
+    assert radial_gradient(stable, saturated) > 1e-2
+    assert (stable(saturated).norm(dim=-1) < hyp.PROJECTION_LIMIT - 1e-3).all()
+
+
+def test_meru_scale_starts_near_unit_radius_and_can_only_shrink():
+    torch.manual_seed(0)
+    ball = geoopt.PoincareBall(c=1.0)
+    projection = hyp.HyperbolicProjection(256, 64, ball, meru_scale=True, input_norm=True)
+    torch.nn.init.trunc_normal_(projection.proj.weight, std=0.02)
+    torch.nn.init.zeros_(projection.proj.bias)
+    x = torch.randn(32, 256) * 7
+    assert projection.tangent(x).norm(dim=-1).mean().item() == pytest.approx(1.0, abs=0.15)
+    before = projection.tangent(x)
+    with torch.no_grad():
+        projection.log_scale += 1.0  # an optimizer pushing the scale up changes nothing
+    assert torch.equal(projection.tangent(x), before)
+    with torch.no_grad():
+        projection.log_scale -= 2.0
+    assert projection.tangent(x).norm() < before.norm()
+
+
+def test_stable_recipe_sets_the_knobs_left_at_their_defaults():
+    stable = ModelConfig(hyp_recipe="stable")
+    assert {k: getattr(stable, k) for k in STABLE_RECIPE} == STABLE_RECIPE
+    own_clip = ModelConfig(hyp_recipe="stable", hyp_clip_r=1.0)
+    assert own_clip.hyp_clip_r == 1.0 and own_clip.hyp_input_norm == STABLE_RECIPE["hyp_input_norm"]
+    released = ModelConfig.from_args({"hyp_dim": 256})  # a checkpoint saved before these settings existed
+    assert (released.hyp_recipe, released.hyp_clip_r, released.hyp_scale, released.hyp_input_norm,
+            released.hyp_midpoint) == ("released", 0.0, "released", False, "frechet")
+    with pytest.raises(ValueError, match="hyp_midpoint"):
+        ModelConfig(hyp_midpoint="einstein")
+
+
+@pytest.mark.parametrize("mode", ("token", "pooled"))
+def test_remedy_settings_round_trip_through_checkpoint_and_folder(tiny_mt5_path, tmp_path, mode):
+    import fine_tuning
+    import model_io
+    from bench_hyperbolic import random_batch
+    from export_model import export
+    flags = ["--mt5_path", tiny_mt5_path, "--use_hyperbolic", "--hyp_text_cmp", mode, "--hyp_text_emb_src",
+             "decoder", "--hyp_recipe", "stable", "--hyp_clip_r", "1.5", "--hyp_dim", "16"]
+    args = fine_tuning.get_args_parser().parse_args(flags)
+    torch.manual_seed(0)
+    model = Uni_Sign(args).eval()
+    assert model.config.hyp_clip_r == 1.5 and model.config.hyp_input_norm
+    assert model.hyp_proj_body.clip_r == 1.5 and model.hyp_proj_text.scale_max is not None
+    checkpoint = os.path.join(tmp_path, "checkpoint.pth")
+    torch.save({"model": model.state_dict(), "args": vars(args), "epoch": 0}, checkpoint)
+    batch = random_batch(model.mt5_tokenizer, 2, 8, 5)
+    with torch.no_grad():
+        expected = model(batch)
+    from_checkpoint = model_io.load_model(checkpoint)[0]
+    folder = export(checkpoint, os.path.join(tmp_path, "model"))
+    from_folder = Uni_Sign.from_pretrained(folder)
+    for loaded in (from_checkpoint, from_folder):
+        assert dataclasses.replace(loaded.config, mt5_path=None) == dataclasses.replace(model.config, mt5_path=None)
+        with torch.no_grad():
+            got = loaded(batch)
+        assert torch.equal(got["loss"], expected["loss"])
+        assert got["hyp_at_limit"].item() == 0.0
+    old_args = {k: v for k, v in vars(args).items() if not k.startswith(("hyp_recipe", "hyp_clip", "hyp_scale",
+                                                                          "hyp_input", "hyp_midpoint"))}
+    assert ModelConfig.from_args(old_args).hyp_recipe == "released"
+    assert SimpleNamespace(**old_args).use_hyperbolic
