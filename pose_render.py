@@ -5,9 +5,10 @@ Shared by script/render_poses.py, script/extract_poses.py --preview, script/tran
 script/make_demo.py --render. Pose files are read by datasets.load_pose, the reader training uses.
 
 Public: draw_skeleton, render_frame, read_pose, PoseClip, render_clip, check_output, RenderError,
-PART_COLOURS, OUTPUT_EXTENSIONS.
+open_writer, subtitle_strip, write_srt, PART_COLOURS, OUTPUT_EXTENSIONS.
 """
 import collections
+import functools
 import itertools
 import os
 
@@ -46,9 +47,7 @@ def _face_edges(first=23):
 _EDGES = {"body": _BODY_EDGES, "face": _face_edges(),
           "left": [(91 + a, 91 + b) for a, b in HAND_EDGES], "right": [(112 + a, 112 + b) for a, b in HAND_EDGES]}
 _PART_RANGES = {"body": range(0, 23), "face": range(23, 91), "left": range(91, 112), "right": range(112, 133)}
-_POINT_PART = np.empty(133, dtype=np.int64)  # part number (order of PART_COLOURS) of every keypoint
-for _number, _part in enumerate(PART_COLOURS):
-    _POINT_PART[list(_PART_RANGES[_part])] = _number
+_PART_MASKS = [np.isin(np.arange(133), _PART_RANGES[part]) for part in PART_COLOURS]
 _EDGE_ARRAYS = [np.array(_EDGES[part], dtype=np.int64) for part in PART_COLOURS]
 _COLOURS = list(PART_COLOURS.values())
 _MODEL_POINTS = np.zeros(133, dtype=bool)  # what stgcn_layers' four graphs read (datasets.PART_INDICES)
@@ -80,20 +79,27 @@ def draw_skeleton(image, keypoints, scores, threshold=CONFIDENCE_THRESHOLD, part
 
 def _draw_layer(image, fixed, shown, strength, radius, parts, edge_rule):
     """Edges whose ends' `shown` flags pass edge_rule, then the shown points, all in strength x their colour;
-    with `parts`, the model's points get radius + 1 and the others UNREAD_COLOUR."""
+    with `parts`, the model's points get radius + 1 and the others UNREAD_COLOUR. A point is a zero-length
+    thick line (OpenCV caps a line's ends with discs), so that each colour's points take one call."""
     thickness = max(1, radius // 2)
     for number, edges in enumerate(_EDGE_ARRAYS):
         drawn = edges[edge_rule(shown[edges[:, 0]], shown[edges[:, 1]])]
         if len(drawn):
-            colour = tuple(strength * c for c in _COLOURS[number])
-            cv2.polylines(image, fixed[drawn], False, colour, thickness, cv2.LINE_AA, SHIFT)
-    for index in np.flatnonzero(shown):
-        size, colour = radius, _COLOURS[_POINT_PART[index]]
-        if parts:
-            size, colour = (radius + 1, colour) if _MODEL_POINTS[index] else (radius, UNREAD_COLOUR)
-        colour = tuple(strength * c for c in colour)
-        cv2.circle(image, (int(fixed[index, 0]), int(fixed[index, 1])), size << SHIFT, colour, -1, cv2.LINE_AA, SHIFT)
+            cv2.polylines(image, fixed[drawn], False, _scaled(_COLOURS[number], strength), thickness, cv2.LINE_AA,
+                          SHIFT)
+    groups = [(shown & ~_MODEL_POINTS, radius, UNREAD_COLOUR)] if parts else []
+    for number, colour in enumerate(_COLOURS):
+        in_part = shown & _PART_MASKS[number]
+        groups.append((in_part & _MODEL_POINTS, radius + 1, colour) if parts else (in_part, radius, colour))
+    for mask, size, colour in groups:
+        if mask.any():
+            dots = np.repeat(fixed[mask][:, None], 2, axis=1)  # (n, 2, 2): each point to itself
+            cv2.polylines(image, dots, False, _scaled(colour, strength), 2 * size + 1, cv2.LINE_AA, SHIFT)
     return image
+
+
+def _scaled(colour, strength):
+    return tuple(strength * c for c in colour)
 
 
 def render_frame(keypoints, scores, background=None, size=DEFAULT_SIZE, **style):
@@ -245,7 +251,7 @@ def render_clip(clips, out, video=None, fps=None, size=None, labels=None, subtit
         frames, total = itertools.islice(frames, frame, frame + 1), 1
     written, writer = 0, None
     try:
-        writer = _WRITERS[kind](temporary, (size[0] * len(clips), size[1]), fps)
+        writer = open_writer(temporary, (size[0] * len(clips), size[1]), fps)
         with tqdm(frames, total=total, desc=os.path.basename(out), unit="frame", leave=False, dynamic_ncols=True,
                   disable=not progress) as bar:
             for written, image in enumerate(bar, 1):
@@ -316,6 +322,11 @@ class _PngWriter:
 
 
 _WRITERS = {".mp4": _Mp4Writer, ".gif": _GifWriter, ".png": _PngWriter}
+
+
+def open_writer(path, size, fps):
+    """A writer of (h, w, 3) BGR frames of `size` (w, h) for `path`, by its extension: write(image), close()."""
+    return _WRITERS[os.path.splitext(path)[1].lower()](path, size, fps)
 _PALETTE = []
 
 
@@ -370,6 +381,7 @@ def _wrap(text, font, width):
     return lines
 
 
+@functools.lru_cache(maxsize=64)
 def subtitle_font(text):
     """A font file with every character of `text`: matplotlib's DejaVu Sans when it has them, else the
     first of matplotlib's list of installed fonts whose character map covers them (CJK needs e.g. Noto
@@ -386,3 +398,11 @@ def subtitle_font(text):
         except (TTLibError, OSError):
             continue
     return None
+
+
+def write_srt(path, text, seconds):
+    """A one-cue SubRip file showing `text` from 0 to `seconds` (players render any script, fonts or not)."""
+    millis = max(1, round(seconds * 1000))
+    end = f"{millis // 3600000:02d}:{millis // 60000 % 60:02d}:{millis // 1000 % 60:02d},{millis % 1000:03d}"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"1\n00:00:00,000 --> {end}\n{text}\n\n")
