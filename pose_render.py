@@ -99,7 +99,7 @@ def _draw_layer(image, fixed, shown, strength, radius, parts, edge_rule):
 
 
 def _scaled(colour, strength):
-    return tuple(strength * c for c in colour)
+    return colour if strength == 1.0 else tuple(strength * c for c in colour)
 
 
 def render_frame(keypoints, scores, background=None, size=DEFAULT_SIZE, **style):
