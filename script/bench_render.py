@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_demo  # noqa: E402
 import pose_render  # noqa: E402
+from render_poses import parse_size  # noqa: E402
 
 TARGET_MS = 5.0
 
@@ -52,10 +53,10 @@ def time_per_frame(work, frames, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--size", default="640x480", help="frame size WxH")
+    parser.add_argument("--size", default="640x480", type=parse_size, help="frame size WxH")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = args.size
     keypoints, scores = demo_poses(args.frames)
     background = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     drawn = []

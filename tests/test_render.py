@@ -68,6 +68,12 @@ def noise_video(path, frames, size=SIZE):
     return str(path)
 
 
+def read_video(path):
+    """(fps, every frame) of a video, read by pose_extraction's reader."""
+    with pose_extraction.VideoReader(str(path)) as video:
+        return video.fps, list(video)
+
+
 def render(*argv):
     return render_poses.main(render_poses.get_args_parser().parse_args([str(a) for a in argv]))
 
@@ -119,14 +125,8 @@ def test_side_by_side_doubles_the_width_with_each_skeleton_in_its_half(tmp_path)
 def test_an_mp4_has_every_frame_at_the_pickles_fps(tmp_path):
     pose = write_known(tmp_path / "clip.pkl", frames=7, w_h=SIZE, fps=12.5)
     render(pose, "--out", tmp_path / "clip.mp4")
-    capture = cv2.VideoCapture(str(tmp_path / "clip.mp4"))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    assert len(frames) == 7 and capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12.5)
+    fps, frames = read_video(tmp_path / "clip.mp4")
+    assert len(frames) == 7 and fps == pytest.approx(12.5)
     assert frames[0].shape == (SIZE[1], SIZE[0], 3)
     colour = np.array(pose_render.PART_COLOURS["body"], float)
     x, y = np.rint(np.multiply(known_place("body", 6), SIZE)).astype(int)
@@ -302,13 +302,7 @@ def test_extraction_previews_and_translation_renders(demo_root, tmp_path):
 def assert_video_with_skeleton(path, frames):
     """The video at `path` has `frames` frames of SIZE, and its first shows the body's colour (approximately:
     mp4 is lossy) where the stand-in's white box was not (the box is drawn white on black)."""
-    capture = cv2.VideoCapture(str(path))
-    images = []
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        images.append(image)
+    _, images = read_video(path)
     assert len(images) == frames and images[0].shape == (SIZE[1], SIZE[0], 3)
     body = np.abs(images[0].astype(int) - pose_render.PART_COLOURS["body"]).max(axis=-1) < 50
     assert body.sum() > 5
