@@ -99,6 +99,7 @@ def _draw_layer(image, fixed, shown, strength, radius, parts, edge_rule):
 
 
 def _scaled(colour, strength):
+    """`colour` with each channel times `strength` (FADE dims it)."""
     return colour if strength == 1.0 else tuple(strength * c for c in colour)
 
 
@@ -139,9 +140,10 @@ def read_pose(path):
         raise RenderError(f"{path}: cannot be read ({error.strerror})") from error
     frames = fields["keypoints"]
     stored = len(frames) if isinstance(frames, (list, tuple)) else len(build_frames(frames))
-    start = int(fields.get("start") or 0)
-    return PoseClip(path, keypoints, scores, _frame_size(path, fields.get("w_h")), _fps(fields.get("fps")),
-                    start, stored)
+    fps = fields.get("fps")  # kept when a positive finite number; else the renderer's default applies
+    fps = float(fps) if isinstance(fps, (int, float, np.number)) and np.isfinite(fps) and fps > 0 else None
+    return PoseClip(path, keypoints, scores, _frame_size(path, fields.get("w_h")), fps, int(fields.get("start") or 0),
+                    stored)
 
 
 def _frame_size(path, w_h):
@@ -153,13 +155,6 @@ def _frame_size(path, w_h):
         raise RenderError(f"{path}: w_h {w_h!r} is not a (width, height) pair of positive integers; fix or remove "
                           "it (without it the poses are drawn on a blank canvas)")
     return int(values[0]), int(values[1])
-
-
-def _fps(value):
-    """A pose file's fps when it is a positive finite number, else None (the renderer's default applies)."""
-    if isinstance(value, (int, float, np.number)) and np.isfinite(value) and value > 0:
-        return float(value)
-    return None
 
 
 # ----------------------------------------------------------------------------- clips
@@ -204,8 +199,9 @@ def composed_frames(clips, size, video=None, labels=None, subtitle=None, **style
     last = max(clip.start + len(clip.keypoints) for clip in clips)
     canvas = np.zeros((height, width * len(clips), 3), np.uint8)
     frames = iter(video) if video is not None else None
-    for _ in range(first):
-        next(frames, None) if frames is not None else None
+    if frames is not None:
+        for _ in range(first):  # the video's frames before any clip's start
+            next(frames, None)
     for index in range(first, last):
         background = next(frames, None) if frames is not None else None
         if frames is not None and (background is None or background.shape[:2] != (height, width)):
@@ -235,15 +231,15 @@ def render_clip(clips, out, video=None, fps=None, size=None, labels=None, subtit
     Returns the number of frames written."""
     from tqdm import tqdm
     kind = check_output(out)
+    total = max(c.start + len(c.keypoints) for c in clips) - min(c.start for c in clips)
+    if kind == ".png" and not 0 <= frame < total:
+        raise RenderError(f"--frame {frame}: the clip has frames 0 to {total - 1}")
     reader = None
     if video is not None:
         reader, size = open_video(video, clips)
     size = size or clips[0].size or DEFAULT_SIZE
     fps = fps or clips[0].fps or (reader.fps if reader else None) or DEFAULT_FPS
     strip = subtitle_strip(subtitle, size[0]) if subtitle else None
-    total = max(c.start + len(c.keypoints) for c in clips) - min(c.start for c in clips)
-    if kind == ".png" and not 0 <= frame < total:
-        raise RenderError(f"--frame {frame}: the clip has frames 0 to {total - 1}")
     folder, name = os.path.split(os.path.abspath(out))
     temporary = os.path.join(folder, f".{name}.tmp-{os.getpid()}{kind}")
     frames = composed_frames(clips, size, reader, labels, strip, **style)
@@ -311,7 +307,7 @@ class _PngWriter:
     """One frame as a PNG (lossless: what the docs' stills and pixel checks use)."""
 
     def __init__(self, path, size, fps):
-        self.path = path
+        self.path = path  # size and fps: the other writers' signature
 
     def write(self, image):
         if not cv2.imwrite(self.path, image):
