@@ -9,10 +9,11 @@
     python script/benchmark.py convs        # the ST-GCN's convolutions against the machine's matrix-product rate
     python script/benchmark.py gpu          # bf16 ZeRO-2 step at the mT5-base shape (--tiny: CPU smoke run)
     python script/benchmark.py run --baseline REV    # a whole 1-step fine_tuning.py run: working tree vs a revision
+    python script/benchmark.py render       # skeleton drawing per frame vs the mp4 and GIF encoders
 
 Each prints its measurements; its last line is a JSON object (the side-by-side ones: the ratio under "ratio";
 index: "memory_ratio" and "startup_s"; convs: GFLOP/s; extract: pipeline_ms_per_frame and model_ms_per_frame; gpu: ms per
-step, TFLOP/s, MFU, memory per configuration).
+step, TFLOP/s, MFU, memory per configuration; render: draw_ms_per_frame and the encoders').
 """
 import argparse
 import os
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["data", "hyperbolic", "index", "metrics", "extract", "step", "convs", "gpu", "run"])
+    parser.add_argument("which", choices=["data", "hyperbolic", "index", "metrics", "extract", "step", "convs", "gpu", "run", "render"])
     args, rest = parser.parse_known_args()
     if args.which == "metrics":
         return bench_metrics()
@@ -42,6 +43,8 @@ def main():
         import bench_run as bench
     elif args.which == "index":
         import bench_index as bench
+    elif args.which == "render":
+        import bench_render as bench
     else:
         import bench_hyperbolic as bench
     bench.main(rest)

@@ -1,12 +1,13 @@
 """Extract COCO-WholeBody poses from videos into Uni-Sign pose pickles (one per video).
 
     python script/extract_poses.py --src VIDEO_OR_FOLDER --out POSE_DIR [--mode lightweight|balanced|performance]
-        [--det_model X.onnx --pose_model Y.onnx] [--device cpu|cuda] [--workers N] [--overwrite]
+        [--det_model X.onnx --pose_model Y.onnx] [--device cpu|cuda] [--workers N] [--overwrite] [--preview N]
 
 Each video's pickle goes to <POSE_DIR>/<its path relative to --src, extension -> .pkl>, so that
 `fine_tuning.py --pose_dir POSE_DIR` reads it for the label whose video_path is that video. A folder run
 resumes: pickles that exist are kept unless --overwrite. A video that cannot be read, or shows nobody, is
-named, skipped and listed at the end; the exit code is 1 when any video failed.
+named, skipped and listed at the end; the exit code is 1 when any video failed. --preview N draws the
+skeletons of the first N videos' pickles over those videos, beside the pickles (<name>.preview.mp4).
 """
 import argparse
 import multiprocessing
@@ -25,6 +26,8 @@ def get_args_parser():
     add_model_args(p)
     p.add_argument("--workers", type=int, default=1, help="videos extracted at once (processes)")
     p.add_argument("--overwrite", action="store_true", help="extract again videos whose pickle exists")
+    p.add_argument("--preview", type=int, default=0, metavar="N",
+                   help="render the first N videos with their skeletons next to their pickles (.preview.mp4)")
     return p
 
 
@@ -84,6 +87,8 @@ def main(args):
         utils.fail(f"--src {args.src}: no such file or folder")
     if args.workers < 1:
         utils.fail(f"--workers {args.workers}: must be at least 1")
+    if args.preview < 0:
+        utils.fail(f"--preview {args.preview}: must be 0 (none) or a number of videos")
     videos = pose_extraction.find_videos(args.src)
     if not videos:
         utils.fail(f"--src {args.src}: no videos ({', '.join(pose_extraction.VIDEO_EXTENSIONS)}) found there")
@@ -95,6 +100,7 @@ def main(args):
         print(f"{existing} of {len(jobs)} videos already have a pose file in {args.out}: kept (--overwrite redoes them)")
     if not todo:
         print(f"nothing to extract: every video under {args.src} has its pose file")
+        write_previews(jobs, args.preview)
         return 0
     workers = min(args.workers, len(todo))
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
@@ -112,7 +118,23 @@ def main(args):
           f"{existing} already there; {len(failures)} failed")
     for error in failures:
         print(f"  failed: {error}")
+    write_previews(jobs, args.preview)
     return 1 if failures else 0
+
+
+def write_previews(jobs, count):
+    """Skeletons over the videos of the first `count` (video, pickle) jobs whose pickle exists, written beside
+    the pickle as <name>.preview.mp4; one that cannot be drawn is named and skipped."""
+    import pose_render
+    done = [(video, pose) for video, pose in jobs if os.path.isfile(pose)][:count]
+    for video, pose in done:
+        out = os.path.splitext(pose)[0] + ".preview.mp4"
+        try:
+            pose_render.render_clip([pose_render.read_pose(pose)], out, video=video, parts=True)
+        except pose_render.RenderError as error:
+            print(f"  preview skipped: {error}")
+            continue
+        print(f"  preview: {out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Build the built-in demo: a tiny mT5 with its own tokenizer and a synthetic CSL-Daily-format dataset.
 
-    python script/make_demo.py [--out_root .] [--seed 0]
+    python script/make_demo.py [--out_root .] [--seed 0] [--render N]
 
 Writes, with no download and deterministically for a seed, in a few seconds:
   <out_root>/pretrained_weight/mt5-demo/   tiny mT5 (save_pretrained) + SentencePiece tokenizer
@@ -8,6 +8,7 @@ Writes, with no download and deterministically for a seed, in a few seconds:
   <out_root>/data/demo/pose_format/<name>.pkl    dict(keypoints=[(1,133,2)], scores=[(1,133)]) per frame
 The sentences are real CSL-Daily sentences made only of frequent glosses; each gloss has its own synthetic
 motion of hands, arms and face, and a video chains its glosses' motions, so a model can learn to translate.
+--render N draws the first N test samples' skeletons to <out_root>/data/demo/render/<name>.mp4.
 """
 import argparse
 import gzip
@@ -332,8 +333,12 @@ def main(argv=None):
     parser.add_argument("--out_root", default=ROOT,
                         help="folder that receives data/demo and pretrained_weight/mt5-demo")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--render", type=int, default=0, metavar="N",
+                        help="also draw the first N test samples' skeletons (data/demo/render/<name>.mp4)")
     args = parser.parse_args(argv)
     import utils  # here, as torch is everywhere in this file: importing make_demo's helpers stays light
+    if args.render < 0:
+        utils.fail(f"--render {args.render}: must be 0 (none) or a number of samples")
     utils.ensure_writable_dir(args.out_root, "--out_root")
     start = time.time()
     paths = build_demo(args.out_root, seed=args.seed)
@@ -342,6 +347,25 @@ def main(argv=None):
                       for folder, _, names in os.walk(paths[key]) for name in names)
     print(f"demo built in {time.time() - start:.1f} s: samples {sizes}, {total_bytes / 2 ** 20:.1f} MiB")
     print(f"  labels + poses: {paths['demo_dir']}\n  tiny mT5:       {paths['mt5_path']}")
+    for out in render_samples(paths, args.render):
+        print(f"  rendered:       {out}")
+
+
+def render_samples(paths, count):
+    """Draw the first `count` test samples' skeletons (model's points enlarged) to demo_dir/render/<name>.mp4;
+    returns the paths written."""
+    import pose_render
+    folder = os.path.join(paths["demo_dir"], "render")
+    names = list(safe_load_labels(paths["label_paths"]["test"]))[:count]
+    if names:
+        os.makedirs(folder, exist_ok=True)
+    written = []
+    for name in names:
+        out = os.path.join(folder, name + ".mp4")
+        clip = pose_render.read_pose(os.path.join(paths["pose_dir"], name + ".pkl"))
+        pose_render.render_clip([clip], out, fps=4, parts=True)  # 2-3 frames a gloss: slowed down to be seen
+        written.append(out)
+    return written
 
 
 def safe_load_labels(path):

@@ -1,13 +1,15 @@
 """Translate sign language videos with a trained model: poses are extracted, then the model's beam search runs.
 
     python script/translate_video.py VIDEO [VIDEO ...] --finetune CHECKPOINT|MODEL_FOLDER [--mt5_path MT5]
-        [--language Chinese|English] [--json] [--save_pose DIR] [--det_model X.onnx --pose_model Y.onnx]
+        [--language Chinese|English] [--json] [--save_pose DIR] [--render DIR] [--det_model X.onnx --pose_model Y.onnx]
 
 Each video goes through evaluation's own path: its pose pickle is read by datasets.PoseDataset (the same
 frame selection and normalisation as a dev/test sample), batched by PoseCollator and translated by
 Uni_Sign.generate, one video per batch (so a translation does not depend on the other videos). Prints one
 line per video, `VIDEO: TRANSLATION` (with --json, one JSON object per line). The prompt speaks the
 language of the checkpoint's dataset unless --language says otherwise. Exit code 1 when a video failed.
+--render DIR writes each video with its skeleton and the translation as a subtitle (DIR/<name>.mp4, and the
+subtitle as DIR/<name>.srt, which players show in any script).
 """
 import argparse
 import json
@@ -33,6 +35,8 @@ def get_args_parser():
                    help="prompt language (default: that of the checkpoint's dataset)")
     p.add_argument("--json", action="store_true", help="one JSON object per video and line")
     p.add_argument("--save_pose", default=None, metavar="DIR", help="also keep each video's pose pickle in DIR")
+    p.add_argument("--render", default=None, metavar="DIR",
+                   help="write each video with its skeleton and translation (subtitle) to DIR/<name>.mp4 and .srt")
     p.add_argument("--num_beams", type=int, default=None, help="default: the checkpoint's")
     p.add_argument("--max_tgt_len", type=int, default=None, help="new tokens at most (default: the checkpoint's)")
     add_model_args(p)
@@ -46,14 +50,9 @@ def main(args):
     for flag, value in (("--num_beams", args.num_beams), ("--max_tgt_len", args.max_tgt_len)):
         if value is not None and value < 1:
             utils.fail(f"{flag} must be at least 1 (got {value}); leave it out to use the checkpoint's")
-    if args.save_pose:
-        utils.ensure_writable_dir(args.save_pose, "--save_pose")
-        stems = Counter(os.path.splitext(os.path.basename(video))[0] for video in args.videos)
-        shared = sorted(stem for stem, count in stems.items() if count > 1)  # once over a glob of many videos
-        if shared:  # each pose file is <stem>.pkl in one folder: the later video's would replace the earlier's
-            utils.fail(f"--save_pose {args.save_pose}: several videos are named {shared[0]!r} (without folder and "
-                       "extension), so their pose files would overwrite each other; translate them in separate runs "
-                       "with separate --save_pose folders, or use script/extract_poses.py, which mirrors the folders")
+    for flag, folder in (("--save_pose", args.save_pose), ("--render", args.render)):
+        if folder:
+            check_output_folder(args.videos, flag, folder)
     for video in args.videos:
         if not os.path.isfile(video):
             utils.fail(f"{video}: no such video file")
@@ -91,11 +90,49 @@ def main(args):
                 print(json.dumps({"video": video, "translation": translation, "frames": len(pose["keypoints"]),
                                   "frames_used": int(item["pose"]["body"].shape[0]),
                                   "fallback_frames": pose["num_fallback_frames"],
-                                  "pose_file": pose_path if args.save_pose else None}, ensure_ascii=False))
+                                  "pose_file": pose_path if args.save_pose else None,
+                                  "render": output_path(video, args.render, ".mp4") if args.render else None},
+                                 ensure_ascii=False))
             else:
                 print(f"{video}: {translation}")
             sys.stdout.flush()
+            if args.render:
+                render(video, pose_path, translation, args.render, progress=not args.json)
     return 1 if failed else 0
+
+
+def check_output_folder(videos, flag, folder):
+    """The output folder `folder` of `flag` is writable, and no two videos share the <stem> their files there
+    are named after (the later video's would replace the earlier's); else one error line."""
+    utils.ensure_writable_dir(folder, flag)
+    stems = Counter(os.path.splitext(os.path.basename(video))[0] for video in videos)
+    shared = sorted(stem for stem, count in stems.items() if count > 1)  # once over a glob of many videos
+    if shared:
+        utils.fail(f"{flag} {folder}: several videos are named {shared[0]!r} (without folder and "
+                   "extension), so their files would overwrite each other; translate them in separate runs "
+                   f"with separate {flag} folders, or use script/extract_poses.py, which mirrors the folders")
+
+
+def output_path(video, folder, extension):
+    return os.path.join(folder, os.path.splitext(os.path.basename(video))[0] + extension)
+
+
+def render(video, pose_path, translation, folder, progress):
+    """<folder>/<name>.mp4: the video with its skeleton and the translation under it; <name>.srt: the
+    translation as a subtitle. A failure is reported on stderr; the translation stands."""
+    import pose_render
+    out = output_path(video, folder, ".mp4")
+    try:
+        clip = pose_render.read_pose(pose_path)
+        frames = pose_render.render_clip([clip], out, video=video, subtitle=translation, progress=progress)
+    except pose_render.RenderError as error:
+        sys.stderr.write(f"{video}: not rendered: {error}\n")
+        return
+    pose_render.write_srt(output_path(video, folder, ".srt"), translation,
+                          frames / (clip.fps or pose_render.DEFAULT_FPS))
+    if pose_render.subtitle_font(translation) is None:
+        sys.stderr.write(f"{out}: no installed font has this translation's characters; its subtitle is in the "
+                         ".srt file only\n")
 
 
 if __name__ == "__main__":
