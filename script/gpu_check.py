@@ -209,7 +209,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="small shapes and few steps: a smoke run on CPU")
     parser.add_argument("--out", default=None, help="also write the JSON summary to this file")
-    parser.add_argument("--steps", default="nccl_broadcast,syncs,benchmark,demo_resume",
+    parser.add_argument("--steps", default="nccl_broadcast,syncs,demo_resume,benchmark",
                         help="which steps, comma-separated")
     parser.add_argument("--budget", type=float, default=480, help="seconds for all steps together")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -227,8 +227,8 @@ def main(argv=None):
 
     steps = {"nccl_broadcast": lambda: child_step("nccl_broadcast", left(120)),
              "syncs": lambda: child_step("syncs", left(240)),
-             "demo_resume": lambda: demo_resume(args.tiny, left(360)),
-             "benchmark": lambda: benchmark(args.tiny, left(420))}
+             "demo_resume": lambda: demo_resume(args.tiny, left(240)),
+             "benchmark": lambda: benchmark(args.tiny, left(480))}
     for name in args.steps.split(","):
         start = time.time()
         print(f"gpu_check: {name} ...", flush=True)
