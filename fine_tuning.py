@@ -64,6 +64,9 @@ def get_args_parser():
     p.add_argument("--skip_bad_samples", action="store_true", help="skip and count unreadable pose files")
     p.add_argument("--rgb_support", action="store_true", help="(the RGB branch is not part of this pose-only model)")
     p.add_argument("--quick_break", type=int, default=0, help="cap training steps per epoch (0: no cap)")
+    p.add_argument("--log_every", type=int, default=50,
+                   help="read the training values to the host (progress bar, wandb) every N steps and at the end of "
+                        "each epoch; the device runs ahead in between")
     p.add_argument("--save_one_batch", action="store_true", help="save the first training batch to one_batch.pt")
     # model
     p.add_argument("--mt5_path", default=MODEL.mt5_path, help="overrides config.mt5_path (default: the --finetune folder's mT5, else config.mt5_path)")
@@ -104,10 +107,15 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_one_epoch(engine, loader, epoch, args, run=None):
+    """One epoch. The step's values (losses, alpha, curvature, health statistics...) stay on the device, summed
+    there; they are read to the host, one sync that waits for every queued kernel, only every --log_every steps
+    and at the end of the epoch. The loss is checked for non-finite values at every step, on the device: the
+    run fails at the next read, naming the first bad step (the last good checkpoint is the previous epoch's)."""
     model = engine.module
     engine.train()
-    sums, count, skipped, skipped_steps, samples, flops, start = defaultdict(float), 0, 0, 0, 0, 0.0, time.time()
+    skipped, skipped_steps, samples, flops, start = 0, 0, 0, 0.0, time.time()
     steps = min(len(loader), args.quick_break) if args.quick_break else len(loader)
+    sums = StepSums()
     # closed when the loop ends or raises, so that an error line never continues the bar's line
     with tqdm(loader, total=steps, desc=f"train {epoch}", disable=not utils.is_main_process(),
               dynamic_ncols=True) as bar:
@@ -121,26 +129,21 @@ def train_one_epoch(engine, loader, epoch, args, run=None):
                 skipped_steps += 1
                 continue
             out = engine(batch)  # the model moves the batch to its device and precision
-            loss = out["loss"]
-            if not utils.all_ranks_true(torch.isfinite(loss).item()):
-                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step} "
-                                    f"(optimizer update {int(model.global_step)})")
-            engine.step(loss)  # backward; at an accumulation boundary both optimizers step
+            sums.add(step, out)
+            engine.step(out["loss"])  # backward; at an accumulation boundary both optimizers step
             samples += len(batch["name"])
             flops += model.training_flops(batch)
-            values = {key: float(value.detach()) for key, value in out.items()}
-            for key, value in values.items():
-                sums[key] += value
-            count += 1
-            if run is not None:  # every step: the losses, alpha, curvature, temperature, margin, part weights, lrs
-                run.log({**{f"train/{k}": v for k, v in values.items()}, **engine.lrs(), "epoch": epoch})
-            bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", lr=f"{engine.lr():.2e}")
+            if sums.count % args.log_every == 0 or step == steps - 1:
+                means = sums.read(epoch, int(model.global_step))
+                if run is not None:  # the means since the last read, with the learning rates
+                    run.log({**{f"train/{k}": v for k, v in means.items()}, **engine.lrs(), "epoch": epoch})
+                bar.set_postfix(loss=f"{sums.epoch_means()['loss']:.3f}", lr=f"{engine.lr():.2e}")
     skipped = sum(utils.gather_objects(skipped))  # every rank's
-    if count == 0:
+    if sums.count == 0:
         utils.fail(f"epoch {epoch} trained on no sample: all {skipped} samples it read were unreadable and skipped "
                    "(--skip_bad_samples); fix or remove the bad pose files. Stopping without saving this epoch")
-    stats = {key: value / max(count, 1) for key, value in sums.items()}
-    stats["lr"] = engine.lr()
+    sums.read(epoch, int(model.global_step))  # what the last read did not see (none when it was the last step)
+    stats = {**sums.epoch_means(), "lr": engine.lr()}
     if skipped:
         print(f"epoch {epoch}: skipped {skipped} bad samples (--skip_bad_samples)"
               + (f"; {skipped_steps} steps skipped on every rank because one rank had no readable sample"
@@ -151,6 +154,43 @@ def train_one_epoch(engine, loader, epoch, args, run=None):
     print(f"epoch {epoch}: {stats['samples_per_s']:.1f} samples/s, {stats['tflops']:.2f} TFLOP/s"
           + (f", model FLOPs utilisation {100 * stats['mfu']:.1f} %" if "mfu" in stats else ""))
     return stats
+
+
+class StepSums:
+    """The training step's values summed on the device, and the first step whose loss was not finite (-1: none),
+    read to the host in one transfer by `read`."""
+
+    def __init__(self):
+        self.sums, self.first_bad, self.count = {}, None, 0
+        self.host, self.host_count, self.last = {}, 0, {}
+
+    def add(self, step, out):
+        bad = torch.where(torch.isfinite(out["loss"].detach()), -1, step)
+        self.first_bad = bad if self.first_bad is None else torch.where(self.first_bad >= 0, self.first_bad, bad)
+        for key, value in out.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.count += 1
+
+    def read(self, epoch, update):
+        """The means since the previous read (a dict); raises NonFiniteLoss, on every rank together, when a loss
+        was not finite."""
+        if self.count == self.host_count:
+            return {}
+        keys = list(self.sums)
+        values = torch.stack([self.first_bad.float(), *(self.sums[k] for k in keys)]).tolist()
+        first_bad = int(values[0])
+        if not utils.all_ranks_true(first_bad < 0):
+            where = f"step {first_bad}" if first_bad >= 0 else "a step of another rank"
+            raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, {where} (read at optimizer update {update})")
+        steps = self.count - self.host_count
+        means = {k: (v - self.host.get(k, 0.0)) / steps for k, v in zip(keys, values[1:])}
+        self.host, self.host_count = dict(zip(keys, values[1:])), self.count
+        return means
+
+    def epoch_means(self):
+        """The epoch's means so far, as of the last read."""
+        return {k: v / max(self.host_count, 1) for k, v in self.host.items()}
 
 
 def throughput(samples, flops, seconds, dtype):

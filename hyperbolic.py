@@ -4,25 +4,113 @@ Notation: the ball of curvature -c (c > 0) is {x : c ||x||^2 < 1}; lambda_x = 2 
 conformal factor and (+)_c Möbius addition. Every function works in float32: callers run it with autocast
 disabled and float32 inputs (bf16 loses the ball's boundary: 1 - c ||x||^2 underflows).
 
-Most operations are the `geoopt.PoincareBall` methods. Two are written here, each tested against geoopt:
-- `expmap` / `logmap` for the Fréchet iterations: geoopt's tan_k / artan_k choose between the spherical
-  and hyperbolic formulas with `if torch.all(...)` on the curvature, a device-to-host sync on a GPU;
-  harmless for the ~20 calls per step made through geoopt, not for 50 loop iterations.
-- `pairwise_dist`: geoopt has no pairwise form, and broadcasting its dist over all (part, token) and
-  (anchor, target) pairs builds (..., N, M, D) Möbius sums that dominated the branch's cost.
+The operations the training step uses are written here, sync-free, each tested against geoopt's: geoopt's
+tan_k / artan_k (under expmap0, dist0, mobius_matvec, weighted_midpoint) choose between the spherical and the
+hyperbolic formula with `if torch.all(...)` on the curvature, a device-to-host sync per call on a GPU, which
+stops the host from queueing the step ahead of the device. The ball's curvature is negative by construction
+(c = softplus(isp_c) > 0), so the hyperbolic formula is the only one needed; `_tan_k` / `_artan_k` compute it
+with geoopt's operations, scripted as geoopt's are, so values and gradients are geoopt's bit for bit. geoopt's scripted elementwise
+helpers (tanh, artanh with their clamps, project, mobius_add) have no branch and are used as they are.
+`pairwise_dist` has no geoopt counterpart: broadcasting geoopt's dist over all (part, token) and
+(anchor, target) pairs builds (..., N, M, D) Möbius sums.
 """
 import math
+from typing import List
 
 import geoopt
 import torch
 import torch.nn.functional as F
 from geoopt.manifolds.stereographic import math as stereo_math
+from geoopt.utils import clamp_abs, sabs
 from torch import nn
 
 
 def make_ball(init_c):
     """The one PoincareBall shared by every hyperbolic module; c = softplus(isp_c) is learnable."""
     return geoopt.PoincareBall(c=float(init_c), learnable=True)
+
+
+# The scripted helpers below take k = -c; the functions after them read the ball's k for each use, as
+# geoopt's PoincareBall methods do. Scripted like geoopt's own, they run the same forward and backward graphs,
+# so values and gradients are geoopt's bit for bit.
+@torch.jit.script
+def _tan_k(x: torch.Tensor, k: torch.Tensor):
+    """tan_k(x) for k < 0: tanh(sqrt(|k|) x) / sqrt(|k|) (argument clamped at +-15, as geoopt's)."""
+    k_sqrt = sabs(k).sqrt()
+    return k_sqrt.reciprocal() * stereo_math.tanh(x * k_sqrt)
+
+
+@torch.jit.script
+def _artan_k(x: torch.Tensor, k: torch.Tensor):
+    """artan_k(x) for k < 0: artanh(sqrt(|k|) x) / sqrt(|k|) (argument clamped to +-(1 - 1e-7))."""
+    k_sqrt = sabs(k).sqrt()
+    return k_sqrt.reciprocal() * stereo_math.artanh(x * k_sqrt)
+
+
+@torch.jit.script
+def _expmap0(u: torch.Tensor, k: torch.Tensor):
+    u_norm = u.norm(dim=-1, p=2, keepdim=True).clamp_min(1e-15)
+    return _tan_k(u_norm, k) * (u / u_norm)
+
+
+@torch.jit.script
+def _dist0(x: torch.Tensor, k: torch.Tensor):
+    return 2.0 * _artan_k(x.norm(dim=-1, p=2), k)
+
+
+@torch.jit.script
+def _mobius_matvec(m: torch.Tensor, x: torch.Tensor, k: torch.Tensor):
+    x_norm = x.norm(dim=-1, keepdim=True, p=2).clamp_min(1e-15)
+    mx = torch.tensordot(x, m, ([-1], [1]))
+    mx_norm = mx.norm(dim=-1, keepdim=True, p=2).clamp_min(1e-15)
+    result = _tan_k(mx_norm / x_norm * _artan_k(x_norm, k), k) * (mx / mx_norm)
+    zero = (mx == 0).prod(dim=-1, keepdim=True, dtype=torch.bool)
+    return torch.where(zero, torch.zeros(1, dtype=result.dtype, device=result.device), result)
+
+
+@torch.jit.script
+def _weighted_midpoint(points: torch.Tensor, weights: torch.Tensor, k: torch.Tensor, reducedim: List[int]):
+    lam = 2 / (1 + k * points.pow(2).sum(dim=-1, keepdim=True)).clamp_min(1e-15)
+    weights = weights.unsqueeze(-1)
+    denominator = ((lam - 1) * weights).sum(reducedim, keepdim=True)
+    numerator = (lam * weights * points).sum(reducedim, keepdim=True)
+    two_mean = numerator / clamp_abs(denominator, 1e-10)
+    norm = two_mean.norm(dim=-1, keepdim=True, p=2).clamp_min(1e-15)
+    half = torch.tensor(0.5, dtype=points.dtype, device=points.device)
+    return _tan_k(half * _artan_k(norm, k), k) * (two_mean / norm)
+
+
+def expmap0(u, ball):
+    """exp_0(u) = tanh(sqrt(c) ||u||) u / (sqrt(c) ||u||), projected into the ball (geoopt's
+    PoincareBall.expmap0(u, project=True))."""
+    return stereo_math.project(_expmap0(u, ball.k), k=ball.k, dim=-1)
+
+
+def dist0(x, ball):
+    """d_c(0, x) = 2 artanh(sqrt(c) ||x||) / sqrt(c), over the last axis."""
+    return _dist0(x, ball.k)
+
+
+def mobius_matvec(m, x, ball):
+    """M (x)_c x = tanh(||Mx|| / ||x|| artanh(sqrt(c) ||x||)) Mx / (sqrt(c) ||Mx||), 0 where Mx = 0, projected.
+    m (D_out, D), x (..., D)."""
+    return stereo_math.project(_mobius_matvec(m, x, ball.k), k=ball.k, dim=-1)
+
+
+def weighted_midpoint(points, weights, ball, reducedim):
+    """Weighted Möbius gyromidpoint (Ungar) over the axes `reducedim` of points (..., D), weights shaped like
+    points without the last axis (only their ratios matter):
+
+        m = 1/2 (x)_c ( sum_i w_i lambda_i x_i / sum_i w_i (lambda_i - 1) ),   lambda_i = 2 / (1 - c ||x_i||^2),
+        r (x)_c y = tanh(r artanh(sqrt(c) ||y||)) y / (sqrt(c) ||y||),
+
+    projected. geoopt's PoincareBall.weighted_midpoint (tested), for negative curvature. A closed form: unlike
+    the fixed-point iteration of `frechet_mean` it needs no convergence, also for points near the boundary.
+    """
+    mean = _weighted_midpoint(points, weights, ball.k, list(reducedim))
+    for seen, axis in enumerate(sorted(reducedim)):
+        mean = mean.squeeze(axis - seen)
+    return stereo_math.project(mean, k=ball.k, dim=-1)
 
 
 def mobius_add(x, y, c):
@@ -104,25 +192,6 @@ def pairwise_dist(x, y, c):
     return 2.0 / sqrt_c * stereo_math.artanh(sqrt_c * ratio.sqrt())
 
 
-def gyromidpoint(points, weights, c):
-    """Weighted Möbius gyromidpoint (Ungar), the closed form that stands in for an iterative Fréchet mean:
-
-        m = 1/2 (x)_c ( sum_p w_p lambda_p x_p / sum_p w_p (lambda_p - 1) ),   lambda_p = 2 / (1 - c ||x_p||^2),
-        r (x)_c y = tanh(r artanh(sqrt(c) ||y||)) y / (sqrt(c) ||y||).
-
-    points (B, P, D) on the ball, weights (B, P) (only their ratios matter). Returns (B, D). The same value as
-    geoopt's weighted_midpoint (tested), without its host-side branch on the curvature. Unlike the fixed-point
-    iteration of `frechet_mean` it needs no convergence, also for points near the boundary.
-    """
-    weights = weights.unsqueeze(-1)
-    lam = 2.0 / (1.0 - c * points.pow(2).sum(dim=-1, keepdim=True)).clamp_min(1e-15)
-    combined = (weights * lam * points).sum(dim=1) / (weights * (lam - 1.0)).sum(dim=1).clamp_min(1e-15)
-    sqrt_c = c.sqrt()
-    norm = combined.norm(dim=-1, keepdim=True).clamp_min(1e-15)
-    half = stereo_math.tanh(0.5 * stereo_math.artanh(sqrt_c * norm)) * combined / (sqrt_c * norm)
-    return stereo_math.project(half, k=-c, dim=-1)
-
-
 def clip_features(u, radius):
     """Feature clipping (Guo et al., "Clipped Hyperbolic Classifiers Are Super-Hyperbolic Classifiers",
     CVPR 2022): u <- min(1, r / ||u||) u. After exp_0 the point's radius is at most tanh(sqrt(c) r) / sqrt(c),
@@ -132,7 +201,7 @@ def clip_features(u, radius):
 
 def part_weights(ball, points):
     """w_p = softmax_p d_c(0, x_p): parts farther from the origin (more specific) weigh more. (B, P)."""
-    return torch.softmax(ball.dist0(points, dim=-1), dim=-1)
+    return torch.softmax(dist0(points, ball), dim=-1)
 
 
 def masked_mean(x, mask):
@@ -186,7 +255,7 @@ class HyperbolicProjection(nn.Module):
         return clip_features(u, self.clip_r) if self.clip_r > 0 else u
 
     def forward(self, x):
-        return self.manifold.expmap0(self.tangent(x), dim=-1, project=True)
+        return expmap0(self.tangent(x), self.manifold)
 
 
 PROJECTION_LIMIT = 1.0 - 4e-3  # sqrt(c) ||x|| of geoopt's float32 projection (its eps for float32)
@@ -234,7 +303,8 @@ def make_attention_parameters(hyp_dim, manifold):
 def token_keys(ball, values, weight, bias):
     """k_t = (W (x)_c v_t) (+)_c b, with the Möbius matrix-vector product
     W (x)_c v = tanh(||Wv|| / ||v|| artanh(sqrt(c) ||v||)) Wv / (sqrt(c) ||Wv||). values (B, L, D)."""
-    return ball.mobius_add(ball.mobius_matvec(weight.float(), values, dim=-1), bias.float(), dim=-1)
+    keys = stereo_math.mobius_add(mobius_matvec(weight.float(), values, ball), bias.float(), k=ball.k, dim=-1)
+    return stereo_math.project(keys, k=ball.k, dim=-1)
 
 
 def token_attention(ball, parts, keys, token_mask, temperature):
@@ -251,10 +321,9 @@ def token_context(ball, values, attention):
 
         c_p = 1/2 (x)_c ( sum_t a_pt lambda_{v_t} v_t / sum_t a_pt (lambda_{v_t} - 1) ).
 
-    values (B, L, D), attention (B, P, L) -> (B, P, D). geoopt's weighted_midpoint wants the weights
-    without the manifold axis (they get unsqueezed on `dim`) and the token axis as `reducedim`.
+    values (B, L, D), attention (B, P, L) -> (B, P, D): values gain a part axis, the token axis is reduced.
     """
-    return ball.weighted_midpoint(values.unsqueeze(1), attention, reducedim=[2], dim=-1)
+    return weighted_midpoint(values.unsqueeze(1), attention, ball, reducedim=[2])
 
 
 class HyperbolicContrastiveLoss(nn.Module):

@@ -298,7 +298,7 @@ class Uni_Sign(nn.Module):
         """pooled/attn modes: the parts' weighted mean on the ball, (B, D), and (B,) booleans of Fréchet
         iterations still moving at their end (None for the closed-form gyromidpoint)."""
         if self.config.hyp_midpoint == "gyro":
-            return hyp.gyromidpoint(parts, weights, self.manifold.c.float()), None
+            return hyp.weighted_midpoint(parts, weights, self.manifold, reducedim=[1]), None
         return hyp.frechet_mean(parts, weights, self.manifold.c.float(), return_unconverged=True)
 
     def teacher_forced(self, inputs_embeds, attention_mask, labels):
@@ -323,7 +323,7 @@ class Uni_Sign(nn.Module):
         """The four parts' points on the ball, (B, 4, hyp_dim) in PARTS order (float32); with_tangents: also
         their tangent vectors at the origin (detached, for the health statistics)."""
         tangents = [getattr(self, HYP_PART_MODULES[p]).tangent(part_features[p]) for p in PARTS]
-        points = torch.stack([self.manifold.expmap0(u, dim=-1, project=True) for u in tangents], dim=1)
+        points = torch.stack([hyp.expmap0(u, self.manifold) for u in tangents], dim=1)
         return (points, torch.stack([u.detach() for u in tangents], dim=1)) if with_tangents else points
 
     def pooled_text_point(self, text_features, text_mask):

@@ -39,12 +39,14 @@ FLAG_RULES = (
     ("--alpha", "alpha", _between(0, 1), "between 0 and 1 (the cross-entropy's share of the loss)"),
     ("--label_smoothing", "label_smoothing", _between(0, 1), "between 0 and 1"),
     ("--label_smoothing_hyp", "label_smoothing_hyp", _between(0, 1), "between 0 and 1"),
+    ("--hyp_clip_r", "hyp_clip_r", _finite_at_least(0), "0 (no clipping) or a positive radius"),
 )
 # The same for the flags only training reads (not checked under --eval).
 TRAINING_FLAG_RULES = (
     ("--epochs", "epochs", _at_least(1), "at least 1; to only evaluate, pass --eval"),
     ("--gradient_accumulation_steps", "gradient_accumulation_steps", _at_least(1), "at least 1"),
     ("--quick_break", "quick_break", _at_least(0), "0 (no cap) or a number of steps"),
+    ("--log_every", "log_every", _at_least(1), "at least 1 (steps between reads of the training values)"),
     ("--lr", "lr", _finite_at_least(0), "a number of at least 0"),
     ("--min-lr", "min_lr", _finite_at_least(0), "a number of at least 0"),
     ("--hyp_lr", "hyp_lr", _finite_at_least(0), "a number of at least 0"),

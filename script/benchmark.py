@@ -8,6 +8,7 @@
     python script/benchmark.py step --baseline REV   # training step: working tree vs a git revision
     python script/benchmark.py convs        # the ST-GCN's convolutions against the machine's matrix-product rate
     python script/benchmark.py gpu          # bf16 ZeRO-2 step at the mT5-base shape (--tiny: CPU smoke run)
+    python script/benchmark.py syncs        # device-to-host reads per forward + backward: no branch, pooled, token
     python script/benchmark.py run --baseline REV    # a whole 1-step fine_tuning.py run: working tree vs a revision
     python script/benchmark.py render       # skeleton drawing per frame vs the mp4 and GIF encoders
 
@@ -16,38 +17,26 @@ index: "memory_ratio" and "startup_s"; convs: GFLOP/s; extract: pipeline_ms_per_
 step, TFLOP/s, MFU, memory per configuration; render: draw_ms_per_frame and the encoders').
 """
 import argparse
+import importlib
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# sub-command -> the module (script/bench_*.py) whose main(argv) runs it
+BENCHMARKS = {"data": "bench_data", "index": "bench_index", "hyperbolic": "bench_hyperbolic", "extract": "bench_extract",
+              "step": "bench_step", "convs": "bench_convs", "gpu": "bench_gpu", "run": "bench_run",
+              "render": "bench_render", "syncs": "bench_syncs"}
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["data", "hyperbolic", "index", "metrics", "extract", "step", "convs", "gpu", "run", "render"])
+    parser.add_argument("which", choices=sorted([*BENCHMARKS, "metrics"]))
     args, rest = parser.parse_known_args()
     if args.which == "metrics":
         return bench_metrics()
-    if args.which == "data":
-        import bench_data as bench
-    elif args.which == "extract":
-        import bench_extract as bench
-    elif args.which == "step":
-        import bench_step as bench
-    elif args.which == "convs":
-        import bench_convs as bench
-    elif args.which == "gpu":
-        import bench_gpu as bench
-    elif args.which == "run":
-        import bench_run as bench
-    elif args.which == "index":
-        import bench_index as bench
-    elif args.which == "render":
-        import bench_render as bench
-    else:
-        import bench_hyperbolic as bench
-    bench.main(rest)
+    importlib.import_module(BENCHMARKS[args.which]).main(rest)
 
 
 def bench_metrics():

@@ -88,44 +88,10 @@ def child_nccl_broadcast():
 
 
 def child_syncs():
-    import torch
-    import sys as _sys
-    _sys.path.insert(0, os.path.join(ROOT, "script"))
+    import bench_syncs
     import utils
-    from bench_hyperbolic import build_tiny_mt5, random_batch
-    from models import Uni_Sign
-    import fine_tuning
     utils.init_distributed()
-    cuda = torch.cuda.is_available()
-    device = utils.device()
-    counts, warned = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        mt5 = build_tiny_mt5(os.path.join(tmp, "mt5"))
-        for mode in ("off", "pooled", "token"):
-            flags = ["--mt5_path", mt5]
-            if mode != "off":
-                flags += ["--use_hyperbolic", "--hyp_text_cmp", mode, "--hyp_text_emb_src", "decoder"]
-            args = fine_tuning.get_args_parser().parse_args(flags)
-            utils.set_seed(0)
-            model = Uni_Sign(args).to(device)
-            model.set_total_updates(100)
-            batch = random_batch(model.mt5_tokenizer, 4, 16, 8)
-            model(batch)["loss"].backward()  # warm-up: first-call work is not counted
-            model.zero_grad()
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.set_sync_debug_mode("warn")
-            import warnings
-            with warnings.catch_warnings(record=True) as caught, torch.profiler.profile(activities=activities) as prof:
-                warnings.simplefilter("always")
-                model(batch)["loss"].backward()
-            if cuda:
-                torch.cuda.set_sync_debug_mode(0)
-            counts[mode] = sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
-            warned[mode] = sum("synchroniz" in str(w.message) for w in caught)
-    print(json.dumps({"device": str(device), "host_reads_per_step": counts,
-                      "cuda_sync_warnings": warned if cuda else None}))
+    print(json.dumps(bench_syncs.measure()))
 
 
 # ----------------------------------------------------------------------------- steps run from the parent
@@ -214,7 +180,7 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=480, help="seconds for all steps together")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sys.path.insert(0, ROOT)
+    sys.path[:0] = [ROOT, os.path.join(ROOT, "script")]
     if args.child:
         return {"nccl_broadcast": child_nccl_broadcast, "syncs": child_syncs}[args.child]()
     import torch

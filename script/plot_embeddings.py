@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import hyperbolic as hyp  # noqa: E402
 import model_io  # noqa: E402
 import utils  # noqa: E402
 
@@ -127,6 +128,10 @@ def draw(xy, distances, weights, c, energy, title, path_stem):
         disk.text(r * np.cos(label_angle), r * np.sin(label_angle), f"{d:g}", color="0.5", fontsize=7,
                   ha="center", va="center", bbox={"fc": "white", "ec": "none", "pad": 0.6}, zorder=1)
     disk.plot(np.cos(theta), np.sin(theta), color="black", lw=1.1, zorder=1)  # the ideal boundary
+    # the float32 projection limit: a part point there has lost its radial gradient (hyperbolic.health_stats)
+    limit = hyp.PROJECTION_LIMIT
+    disk.plot(limit * np.cos(theta), limit * np.sin(theta), color="tab:red", lw=0.8, ls=(0, (1, 1.5)), zorder=1)
+    at_limit = float((np.linalg.norm(xy[:, :4], axis=-1) >= limit - 1e-4).mean())
     disk.plot([0], [0], marker="+", color="black", ms=7, mew=1.0, zorder=4)
     for j in range(xy.shape[1]):
         disk.scatter(xy[:, j, 0], xy[:, j, 1], s=55 if j == 4 else 26, marker=MARKERS[j], color=COLOURS[j],
@@ -138,7 +143,8 @@ def draw(xy, distances, weights, c, energy, title, path_stem):
                 columnspacing=1.0, markerscale=1.2)
     disk.text(0.5, -0.07, f"Poincaré disk of curvature $-c$, $c$ = {c:.3f}; dashed rings: distance to the origin. "
               f"\nDistances to the origin are exact; directions: the principal plane of the tangent\n"
-              f"space at the origin ({100 * energy:.1f} % of the variance).", transform=disk.transAxes, ha="center",
+              f"space at the origin ({100 * energy:.1f} % of the variance). Red dots: float32 projection limit,\n"
+              f"{100 * at_limit:.0f} % of the part points at it.", transform=disk.transAxes, ha="center",
               va="top", fontsize=7.5, color="0.3")
 
     spread = fig.add_subplot(grid[0, 1])
@@ -213,8 +219,10 @@ def main(args):
     title = f"{os.path.basename(os.path.normpath(args.finetune))}: {dataset_name} {args.split}, {len(names)} samples"
     draw(xy, distances, weights, c, energy, title, os.path.join(args.output_dir, "poincare_disk"))
     save_coordinates(os.path.join(args.output_dir, "embeddings_2d"), names, xy, distances, weights, c, energy)
+    at_limit = float((np.linalg.norm(xy[:, :4], axis=-1) >= hyp.PROJECTION_LIMIT - 1e-4).mean())
     print(f"{len(names)} samples x {len(POINT_NAMES)} points (curvature c = {c:.3f}, plane holds {100 * energy:.1f} % "
-          f"of the variance): {os.path.join(args.output_dir, 'poincare_disk.png')} (and .pdf), embeddings_2d.npz/.csv")
+          f"of the variance; {100 * at_limit:.0f} % of the part points at the float32 projection limit): "
+          f"{os.path.join(args.output_dir, 'poincare_disk.png')} (and .pdf), embeddings_2d.npz/.csv")
 
 
 if __name__ == "__main__":

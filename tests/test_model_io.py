@@ -302,10 +302,14 @@ def test_plot_script_draws_every_sample_from_a_folder(exported, small_demo, tmp_
     plot_embeddings.main(plot_embeddings.get_args_parser().parse_args([
         "--finetune", str(exported), "--split", "dev", "--output_dir", str(out),
         "--label_path", small_demo["label_paths"]["dev"], "--pose_dir", small_demo["pose_dir"]]))
-    assert "12 samples x 5 points" in capsys.readouterr().out  # the dataset comes from the folder's config
+    said = capsys.readouterr().out
+    assert "12 samples x 5 points" in said  # the dataset comes from the folder's config
     for name in ("poincare_disk.png", "poincare_disk.pdf", "embeddings_2d.npz", "embeddings_2d.csv"):
         assert os.path.getsize(out / name) > 1000, name
     saved = np.load(out / "embeddings_2d.npz")
+    import hyperbolic
+    at_limit = (np.linalg.norm(saved["xy"][:, :4], axis=-1) >= hyperbolic.PROJECTION_LIMIT - 1e-4).mean()
+    assert f"{100 * at_limit:.0f} % of the part points at the float32 projection limit" in said
     assert saved["xy"].shape == (12, 5, 2) and (np.linalg.norm(saved["xy"], axis=-1) < 1).all()
     assert saved["part_weights"].shape == (12, 4) and np.allclose(saved["part_weights"].sum(axis=1), 1, atol=1e-5)
     assert len((out / "embeddings_2d.csv").read_text().splitlines()) == 1 + 12 * 5

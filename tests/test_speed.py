@@ -152,3 +152,11 @@ def test_whole_run_benchmark_runs_one_round():
     _, summary = run_benchmark("run", "--baseline", "HEAD", "--rounds", "1", "--threads", str(e2e.THREADS))
     assert summary["baseline_s"] > 0 and summary["work_s"] > 0
     assert summary["ratio"] == pytest.approx(summary["baseline_s"] / summary["work_s"], rel=1e-2)
+
+
+def test_the_branch_adds_no_host_reads_to_the_step():
+    """Token and pooled mode read the host no more often per forward + backward than the pose-only model (the
+    reads left are transformers' attention-mask checks); geoopt's curvature branches used to add 18 and 27."""
+    import bench_syncs
+    reads = bench_syncs.measure(batch_size=2, frames=8, text_len=5)["syncs_per_step"]
+    assert reads["token"] == reads["pooled"] == reads["off"], reads

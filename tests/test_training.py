@@ -217,3 +217,23 @@ def test_broken_pose_file_stops_with_its_name_or_is_skipped_and_counted(tiny_dem
     skipped = check_ok(run([sys.executable, "fine_tuning.py", *args, "--skip_bad_samples"]))
     assert "skipped 1 bad samples" in skipped.stdout
     assert read_log(tmp_path / "out")[0]["train_skipped_samples"] == 1
+
+
+def test_step_values_stay_on_the_device_until_read():
+    """fine_tuning.StepSums: adding a step reads nothing to the host; one read gives the means since the last
+    read and the epoch's; a non-finite loss fails the next read, naming its step."""
+    from fine_tuning import NonFiniteLoss, StepSums
+    from test_hyperbolic import HostSyncRecorder
+    sums = StepSums()
+    with HostSyncRecorder() as recorder:
+        for step in range(4):
+            sums.add(step, {"loss": torch.tensor(float(step)), "alpha": torch.tensor(0.5)})
+    assert recorder.calls == []
+    assert sums.read(0, 4) == {"loss": 1.5, "alpha": 0.5}
+    sums.add(4, {"loss": torch.tensor(10.0), "alpha": torch.tensor(0.5)})
+    assert sums.read(0, 5) == {"loss": 10.0, "alpha": 0.5} and sums.epoch_means()["loss"] == 16.0 / 5
+    assert sums.read(0, 5) == {}  # nothing new since the last read
+    for step, loss in ((5, 1.0), (6, math.nan), (7, math.inf), (8, 1.0)):
+        sums.add(step, {"loss": torch.tensor(loss), "alpha": torch.tensor(0.5)})
+    with pytest.raises(NonFiniteLoss, match="epoch 0, step 6"):
+        sums.read(0, 9)
