@@ -234,8 +234,9 @@ def paired_bootstrap(baseline, system, refs, dataset="", resamples=1000, seed=0)
     Why not sacrebleu's paired_bs: it would compute our BLEU-4 (the same sacrebleu BLEU on the formatted
     texts), but it resamples sacrebleu metrics only, and our ROUGE-L is the rouge 1.0.1 protocol (rouge_l_f),
     which sacrebleu lacks; its p-value rule also calls identical systems different (see _difference_summary).
-    So both metrics are resampled here with our own scorer, on the same indices. BLEU comes from per-sentence statistics (bleu_sentence_stats; on the identity resample it equals
-    translation_metrics' bleu4 exactly) and ROUGE-L is a mean of per-sentence F, so a resample costs sums.
+    So both metrics are resampled here with our own scorer, on the same indices. BLEU comes from per-sentence
+    statistics (bleu_sentence_stats; on the identity resample it equals translation_metrics' bleu4 exactly) and
+    ROUGE-L is a mean of per-sentence F, so a resample costs sums, not a tokenisation.
     Returns {"samples", "resamples", "seed", "baseline": {bleu4, rouge}, "system": {...},
     "bleu4": {difference, ci95, p_value}, "rouge": {...}}."""
     _check_lengths(baseline, refs)

@@ -76,7 +76,8 @@ def get_args_parser():
     p = argparse.ArgumentParser("Ablation of Geo-Sign's hyperbolic branch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="Demo", help=f"one of {', '.join(RECIPES)} (each has its recipe)")
-    p.add_argument("--seeds", type=int, default=2, help=f"runs per configuration, seeds {FIRST_SEED}, {FIRST_SEED + 1}, ...")
+    p.add_argument("--seeds", type=int, default=2,
+                   help=f"runs per configuration, seeds {FIRST_SEED}, {FIRST_SEED + 1}, ...")
     p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (Demo 7, CSL_Daily 40)")
     p.add_argument("--out", default=os.path.join("out", "ablation"), help="folder of the runs and the tables")
     p.add_argument("--configs", nargs="+", default=["default"],
@@ -207,7 +208,8 @@ def plot_embeddings(args, name, seed, run_dir, run):
     """script/plot_embeddings.py on the run's best checkpoint and test split; the plot's path."""
     cmd = [sys.executable, os.path.join("script", "plot_embeddings.py"), "--finetune",
            os.path.join(run_dir, "best_checkpoint.pth"), "--dataset", args.dataset, "--split", "test",
-           "--output_dir", os.path.join(run_dir, "embeddings"), "--max_samples", str(QUICK_SAMPLES if args.quick else 200)]
+           "--output_dir", os.path.join(run_dir, "embeddings"),
+           "--max_samples", str(QUICK_SAMPLES if args.quick else 200)]
     cmd += [part for flag, option in (("mt5_path", "--mt5_path"), ("pose_dir", "--pose_dir"),
                                       ("test_label_path", "--label_path")) if getattr(args, flag)
             for part in (option, getattr(args, flag))]
@@ -281,7 +283,8 @@ def markdown(args, rows):
                  f"{vs['bleu4']['difference']:+.2f} [{vs['bleu4']['ci95'][0]:+.2f}, {vs['bleu4']['ci95'][1]:+.2f}]"
                  if vs else "-", f"{vs['bleu4']['p_value']:.3f}" if vs else "-"]
         if paper:
-            cells.append("{:.2f} / {:.2f}".format(*row["paper_test_bleu4_rouge"]) if row["paper_test_bleu4_rouge"] else "-")
+            published = row["paper_test_bleu4_rouge"]
+            cells.append("{:.2f} / {:.2f}".format(*published) if published else "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Scores: mean ± sd over the seeds, each run's best-dev epoch (test scored by the best-dev "
               "checkpoint). at limit / w entropy: the last epoch's train_hyp_at_limit and train_hyp_w_entropy, mean "

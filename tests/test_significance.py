@@ -68,7 +68,8 @@ def test_seeded_and_close_systems_not_significant(released):
 
 
 def test_formats_for_the_dataset_like_evaluate():
-    hyps, better, refs = ["今天 星期五。", "他四岁"], ["今天星期五。", "他四岁。"], ["今天星期五。", "他四岁。"]
+    refs = ["今天星期五。", "他四岁。"]
+    hyps, better = ["今天 星期五。", "他四岁"], list(refs)
     result = M.paired_bootstrap(hyps, better, refs, dataset="CSL_Daily", resamples=20)
     assert result["baseline"]["bleu4"] == pytest.approx(M.evaluate(hyps, refs, "CSL_Daily", "SLT")["bleu4"])
     assert result["system"]["bleu4"] == pytest.approx(100.0)
