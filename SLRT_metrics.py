@@ -3,7 +3,9 @@
 SLT: cumulative BLEU-1..4 (sacrebleu, 13a, exp smoothing) and ROUGE-L F as the `rouge` 1.0.1
 package computes it. CSLR: word error rate with substitution / insertion / deletion rates.
 ISLR: top-1 per-instance and per-class accuracy. All scores are percentages.
+Two systems on the same references: a paired bootstrap of their BLEU-4 and ROUGE-L difference.
 CLI: python SLRT_metrics.py --hyp H.txt --ref R.txt [--dataset CSL_Daily] [--task SLT]
+     python SLRT_metrics.py --hyp NEW.txt --baseline OLD.txt --ref R.txt [--resamples 1000] [--seed 0]
 """
 import argparse
 import json
@@ -11,6 +13,7 @@ import re
 import sys
 from collections import defaultdict
 
+import numpy as np
 from sacrebleu.metrics import BLEU
 
 import config
@@ -188,6 +191,78 @@ def evaluate(hyps, refs, dataset, task):
     raise ValueError(f"unknown task {task!r}: expected 'SLT', 'ISLR' or 'CSLR'")
 
 
+def bleu_sentence_stats(hyps, refs):
+    """(N, 10) int array of each pair's BLEU sufficient statistics: hypothesis and reference length, then the
+    matched and the total n-grams of orders 1-4 (sacrebleu, 13a, as translation_metrics scores).
+
+    Corpus BLEU only sums these over the sentences, so the BLEU of any multiset of sentences (a bootstrap
+    resample) is bleu4_from_stats of the rows' sum: one tokenisation per sentence, not one per resample."""
+    _check_lengths(hyps, refs)
+    bleu = BLEU(max_ngram_order=4, tokenize="13a", smooth_method="exp")
+    rows = []
+    for hyp, ref in zip(hyps, refs):
+        stats = bleu.corpus_score([hyp], [[ref]])
+        rows.append([stats.sys_len, stats.ref_len, *stats.counts, *stats.totals])
+    return np.array(rows, dtype=np.int64)
+
+
+def bleu4_from_stats(summed):
+    """Corpus BLEU-4 (exp smoothing) of summed bleu_sentence_stats rows: sacrebleu's own formula."""
+    summed = [int(v) for v in summed]
+    return BLEU.compute_bleu(summed[2:6], summed[6:10], summed[0], summed[1], smooth_method="exp",
+                             max_ngram_order=4).score
+
+
+def _difference_summary(deltas, observed):
+    """Observed difference, percentile 95 % interval of the resampled differences, two-sided p-value.
+
+    p = (1 + #{b : |d_b - mean(d)| >= |observed|}) / (B + 1): the resampled differences shifted to mean 0
+    stand for the null hypothesis "no difference" (Efron & Tibshirani 1993, 16.4), and the +1s count the
+    observed sample itself, so p is never 0. Identical systems: every d_b = 0, so p = 1 (sacrebleu's paired_bs
+    centres |d_b| and counts strictly greater ones, which gives identical systems p = 1 / (B + 1))."""
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    extreme = int(np.sum(np.abs(deltas - deltas.mean()) >= abs(observed)))
+    return {"difference": float(observed), "ci95": [float(low), float(high)],
+            "p_value": (1 + extreme) / (len(deltas) + 1)}
+
+
+def paired_bootstrap(baseline, system, refs, dataset="", resamples=1000, seed=0):
+    """Paired bootstrap resampling (Koehn 2004) of system minus baseline, BLEU-4 and ROUGE-L, on one reference
+    list: each resample draws N sentence indices with replacement (numpy Generator seeded with `seed`) and
+    scores both systems on the same indices. Texts are formatted for `dataset` as evaluate() does.
+
+    Why not sacrebleu's paired_bs: it would compute our BLEU-4 (the same sacrebleu BLEU on the formatted
+    texts), but it resamples sacrebleu metrics only, and our ROUGE-L is the rouge 1.0.1 protocol (rouge_l_f),
+    which sacrebleu lacks; its p-value rule also calls identical systems different (see _difference_summary).
+    So both metrics are resampled here with our own scorer, on the same indices. BLEU comes from per-sentence
+    statistics (bleu_sentence_stats; on the identity resample it equals translation_metrics' bleu4 exactly) and
+    ROUGE-L is a mean of per-sentence F, so a resample costs sums, not a tokenisation.
+    Returns {"samples", "resamples", "seed", "baseline": {bleu4, rouge}, "system": {...},
+    "bleu4": {difference, ci95, p_value}, "rouge": {...}}."""
+    _check_lengths(baseline, refs)
+    _check_lengths(system, refs)
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1 (got {resamples})")
+    refs = format_for_dataset(refs, dataset, is_reference=True)
+    sides = {}
+    for side, hyps in (("baseline", baseline), ("system", system)):
+        hyps = format_for_dataset(hyps, dataset, is_reference=False)
+        sides[side] = (bleu_sentence_stats(hyps, refs), np.array([rouge_l_f(h, r) for h, r in zip(hyps, refs)]))
+    rng = np.random.default_rng(seed)
+    drawn = {side: np.empty((resamples, 2)) for side in sides}
+    for b in range(resamples):
+        index = rng.integers(0, len(refs), len(refs))
+        for side, (stats, rouge) in sides.items():
+            drawn[side][b] = bleu4_from_stats(stats[index].sum(0)), 100.0 * rouge[index].mean()
+    result = {"samples": len(refs), "resamples": resamples, "seed": seed}
+    for side, (stats, rouge) in sides.items():
+        result[side] = {"bleu4": bleu4_from_stats(stats.sum(0)), "rouge": 100.0 * float(rouge.mean())}
+    for k, metric in enumerate(("bleu4", "rouge")):
+        deltas = drawn["system"][:, k] - drawn["baseline"][:, k]
+        result[metric] = _difference_summary(deltas, result["system"][metric] - result["baseline"][metric])
+    return result
+
+
 def read_reference_file(path):
     """(names, texts) of a `sample: NAME, prediction: TEXT` / `..., ground-truth: TEXT` file."""
     names, texts = [], []
@@ -211,20 +286,73 @@ def _read_lines(path):
 
 def read_sentences(path):
     """One sentence per line, or the literature's `sample: ...` format when every line has it."""
+    return _read_named(path)[1]
+
+
+def _read_named(path):
+    """(sample names, sentences) of a `sample: ...` file; (None, sentences) of plain lines."""
     lines = _read_lines(path)
     if lines and all(_SAMPLE_LINE.match(line) for line in lines):
-        return read_reference_file(path)[1]
-    return lines
+        return read_reference_file(path)
+    return None, lines
+
+
+def _read_input(flag, path):
+    """_read_named of a command-line file, or stop with one `error:` line naming the flag and the file."""
+    try:
+        names, texts = _read_named(path)
+    except UnicodeDecodeError:
+        sys.exit(f"error: {flag} {path} is not UTF-8 text: pass a text file with one sentence per line")
+    except OSError as err:
+        sys.exit(f"error: {flag} {path}: cannot read it ({err.strerror or err})")
+    except ValueError as err:  # a line that breaks the `sample: ...` format: the message names file and line
+        sys.exit(f"error: {flag} {err}")
+    if not texts:
+        sys.exit(f"error: {flag} {path} is empty: it must hold one sentence per line")
+    return names, texts
+
+
+def _check_pairs_with_reference(flag, path, names, texts, ref_path, ref_names, refs):
+    """Stop with one `error:` line when a hypothesis file does not pair up line by line with the references
+    (other line count, or other sample names in `sample: ...` files)."""
+    if len(texts) != len(refs):
+        sys.exit(f"error: {flag} {path} has {len(texts)} lines but --ref {ref_path} has {len(refs)}: the files "
+                 "must pair up line by line")
+    if names is not None and ref_names is not None and names != ref_names:
+        line = next(k for k, (a, b) in enumerate(zip(names, ref_names)) if a != b) + 1
+        sys.exit(f"error: {flag} {path} line {line} is sample {names[line - 1]!r} but --ref {ref_path} line {line} "
+                 f"is {ref_names[line - 1]!r}: the files must list the same samples in the same order")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Score hypotheses against references.")
+    parser = argparse.ArgumentParser(description="Score hypotheses against references, or compare two systems.")
     parser.add_argument("--hyp", required=True, help="hypotheses, one sentence per line")
     parser.add_argument("--ref", required=True, help="references, one sentence per line")
     parser.add_argument("--dataset", default="", help="decides the formatting (CSL datasets: characters)")
     parser.add_argument("--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
+    parser.add_argument("--baseline", default=None,
+                        help="a second system's hypotheses: paired bootstrap of --hyp minus --baseline (SLT)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (with --baseline)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (with --baseline)")
     args = parser.parse_args(argv)
-    result = evaluate(read_sentences(args.hyp), read_sentences(args.ref), args.dataset, args.task)
+    if args.baseline is not None and args.task != "SLT":
+        sys.exit(f"error: --baseline compares BLEU-4 and ROUGE-L, so it needs --task SLT (got --task {args.task})")
+    if args.resamples < 1:
+        sys.exit(f"error: --resamples must be at least 1 (got {args.resamples})")
+    ref_names, refs = _read_input("--ref", args.ref)
+    hyps = {}
+    for flag, path in (("--hyp", args.hyp), ("--baseline", args.baseline)):
+        if path is not None:
+            names, hyps[flag] = _read_input(flag, path)
+            _check_pairs_with_reference(flag, path, names, hyps[flag], args.ref, ref_names, refs)
+    try:
+        if args.baseline is None:
+            result = evaluate(hyps["--hyp"], refs, args.dataset, args.task)
+        else:
+            result = paired_bootstrap(hyps["--baseline"], hyps["--hyp"], refs, args.dataset, args.resamples,
+                                      args.seed)
+    except ValueError as err:  # e.g. references without a word (WER)
+        sys.exit(f"error: --ref {args.ref}: {err}")
     json.dump(result, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 
