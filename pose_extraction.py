@@ -158,6 +158,12 @@ class PoseEstimator:
                 options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
                 tool.session = onnxruntime.InferenceSession(tool.onnx_model, sess_options=options,
                                                             providers=tool.session.get_providers())
+            if device == "cuda" and "CUDAExecutionProvider" not in tool.session.get_providers():
+                # onnxruntime falls back to the CPU with a mere warning when its CUDA provider fails to load
+                # (a CUDA or cuDNN version that onnxruntime-gpu was not built for)
+                raise ModelError(f"--device cuda: onnxruntime could not use the GPU for {tool.onnx_model} and fell "
+                                 "back to the CPU; install the onnxruntime-gpu build for this machine's CUDA and "
+                                 "cuDNN, or use --device cpu")
             if tool.mean is not None:  # rtmlib's (crop - mean) / std then runs in float32, the model's input
                 tool.mean, tool.std = np.float32(tool.mean), np.float32(tool.std)  # type, not float64 (3x faster)
             shape = _input_shape(tool.session)

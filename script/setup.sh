@@ -33,6 +33,12 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 pip install -r requirements.txt -c constraints.txt
 pip install --no-deps "$RTMLIB" -c constraints.txt
+if command -v nvidia-smi >/dev/null 2>&1; then
+    # the GPU build of onnxruntime (the same module name) for pose extraction with --device cuda
+    echo "setup: NVIDIA GPU found, replacing onnxruntime with onnxruntime-gpu (pose extraction on the GPU)"
+    pip uninstall -y onnxruntime
+    pip install "onnxruntime-gpu==$(sed -n 's/^onnxruntime-gpu==//p' constraints.txt)" --no-deps
+fi
 echo "setup: compiling DeepSpeed's communication op for this machine (once per environment)"
 python -c "import utils; utils.build_communication_op()"
 echo "$want" > "$stamp"

@@ -93,3 +93,14 @@ def test_every_process_builds_deepspeeds_op_with_the_environments_own_ninja(monk
     utils.use_environment_extension_cache()
     assert shutil.which("ninja") == os.path.join(scripts, "ninja")
     assert os.environ["PATH"].split(os.pathsep) == [scripts, str(tmp_path), "/usr/bin", "/bin"]
+
+
+def test_a_gpu_machine_gets_the_gpu_build_of_onnxruntime():
+    """--device cuda for pose extraction needs onnxruntime-gpu: setup.sh swaps it in where nvidia-smi exists,
+    at its pinned version, which must exist beside the CPU build's pin."""
+    setup = read("script/setup.sh")
+    gpu_block = setup[setup.index("if command -v nvidia-smi >/dev/null 2>&1; then\n    # the GPU build"):]
+    gpu_block = gpu_block[:gpu_block.index("\nfi\n")]
+    assert "pip uninstall -y onnxruntime" in gpu_block and "onnxruntime-gpu==" in gpu_block
+    pins = dict(line.partition("==")[::2] for line in requirement_lines(read("constraints.txt")))
+    assert pins.get("onnxruntime-gpu") and pins.get("onnxruntime")

@@ -90,6 +90,15 @@ def test_model_flags_are_checked(models):
             pose_extraction.PoseEstimator(det_model=models[0], pose_model=models[1], device="cuda")
 
 
+def test_a_cuda_session_that_fell_back_to_the_cpu_is_refused(models, monkeypatch):
+    """onnxruntime-gpu whose CUDA provider fails to load runs on the CPU with only a warning: refused instead."""
+    import onnxruntime
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(pose_extraction.ModelError, match="fell back to the CPU"):
+        pose_extraction.PoseEstimator(det_model=models[0], pose_model=models[1], device="cuda")
+
+
 def test_folder_run_mirrors_paths_skips_failures_and_resumes(models, tmp_path):
     src, out = tmp_path / "videos", tmp_path / "poses"
     tiny.write_video(str(src / "signer1" / "a.mp4"), moving_person(12), SIZE)
