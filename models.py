@@ -87,7 +87,7 @@ def load_mt5(path, safetensors_only=False):
     from transformers import AutoTokenizer, MT5ForConditionalGeneration
     fix = ("It is part of a model folder: copy the folder anew or export it again (script/export_model.py)."
            if safetensors_only else
-           f"Download google/mt5-base with `huggingface-cli download google/mt5-base --local-dir {path}` or set "
+           f"Download google/mt5-base with `hf download google/mt5-base --local-dir {path}` or set "
            "--mt5_path / config.mt5_path; for the demo run `python script/make_demo.py`.")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise MT5FolderError(f"mT5 not found at {os.path.abspath(path)} (no config.json there). {fix}")

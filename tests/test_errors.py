@@ -325,7 +325,7 @@ def test_a_broken_mt5_folder_is_one_line_naming_it(capsys, demo, tmp_path, how, 
     shutil.copytree(demo["mt5_path"], mt5)
     break_mt5(mt5, how)
     line = fine_tuning_refuses(capsys, base_args(demo, tmp_path / "out", epochs=1, steps=1) + ["--mt5_path", mt5])[0]
-    assert f"mT5 at {mt5}" in line and needle in line and "huggingface-cli download" in line
+    assert f"mT5 at {mt5}" in line and needle in line and "hf download google/mt5-base" in line
 
 
 # ---------------------------------------------------------------------------- bad files met while training
