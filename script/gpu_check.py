@@ -191,7 +191,7 @@ def main(argv=None):
     def left(most):
         return max(1.0, min(most, deadline - time.time()))
 
-    steps = {"nccl_broadcast": lambda: child_step("nccl_broadcast", left(120)),
+    steps = {"nccl_broadcast": lambda: child_step("nccl_broadcast", left(300)),
              "syncs": lambda: child_step("syncs", left(240)),
              "demo_resume": lambda: demo_resume(args.tiny, left(240)),
              "benchmark": lambda: benchmark(args.tiny, left(480))}

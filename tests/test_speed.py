@@ -160,3 +160,17 @@ def test_the_branch_adds_no_host_reads_to_the_step():
     import bench_syncs
     reads = bench_syncs.measure(batch_size=2, frames=8, text_len=5)["syncs_per_step"]
     assert reads["token"] == reads["pooled"] == reads["off"], reads
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_device_independent_steps_on_cpu(tmp_path):
+    """script/gpu_check.py --tiny: the start-up broadcast of the 0-d parameters forced on (gloo here, NCCL on a
+    GPU machine) and the host-read count, each in a process of its own, into one JSON summary."""
+    out = tmp_path / "summary.json"
+    result = e2e.run([sys.executable, "script/gpu_check.py", "--tiny", "--steps", "nccl_broadcast,syncs", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary == json.loads(out.read_text())
+    assert summary["nccl_broadcast"]["broadcast_ok"] and summary["nccl_broadcast"]["backend"] == "gloo"
+    reads = summary["syncs"]["syncs_per_step"]
+    assert reads["token"] == reads["off"] and summary["syncs"]["ok"]
