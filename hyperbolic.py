@@ -293,7 +293,7 @@ def make_attention_parameters(hyp_dim, manifold):
     """hyp_attn_W (hyp_dim x hyp_dim, Euclidean ManifoldParameter, init identity) and hyp_attn_b (a point
     of the ball, init at the origin), so that at initialisation the keys are the token points themselves.
     W lives on geoopt.Euclidean(ndim=2): Riemannian Adam then treats it as plain Adam would, while the
-    Riemannian group keeps all of the attention's parameters together (SPEC: both ManifoldParameters).
+    Riemannian group keeps all of the attention's parameters together (both are ManifoldParameters in Geo-Sign).
     """
     weight = geoopt.ManifoldParameter(torch.eye(hyp_dim), manifold=geoopt.Euclidean(ndim=2))
     bias = geoopt.ManifoldParameter(torch.zeros(hyp_dim), manifold=manifold)

@@ -1,4 +1,4 @@
-"""Whole-body poses from videos, written as Uni-Sign pose pickles (SPEC section 1's format).
+"""Whole-body poses from videos, written as Uni-Sign pose pickles (the format: docs/design.md).
 
 rtmlib's whole-body pipeline on onnxruntime: a YOLOX person detector, then RTMPose/RTMW (COCO-WholeBody,
 133 keypoints) on the largest person's box. Shared by script/extract_poses.py and script/translate_video.py.

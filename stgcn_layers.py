@@ -1,4 +1,4 @@
-"""Spatial-temporal graph convolution (ST-GCN) over the four skeleton parts (SPEC.md section 2).
+"""Spatial-temporal graph convolution (ST-GCN) over the four skeleton parts (Uni-Sign, ICLR 2025; Yan et al., AAAI 2018).
 
 Module and child names are the released checkpoint's key names: keep them.
 """

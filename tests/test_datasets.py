@@ -45,7 +45,7 @@ def write_pose(path, keypoints, scores, as_list=True, **extra):
 
 
 def reference_normalise(keypoints, scores):
-    """SPEC section 1 written as plain per-point loops, to check the vectorised version against."""
+    """The pose normalisation written as plain per-point loops, to check the vectorised version against."""
     body_points = [keypoints[t, i] for t in range(len(keypoints)) for i in BODY if scores[t, i] > 0.3]
     parts = {}
     if len(body_points) < 4:

@@ -13,7 +13,7 @@ import SLRT_metrics as M  # noqa: E402
 
 REFERENCE_DIR = os.path.join(REPO, "tests", "data", "reference_outputs")
 
-# SPEC.md section 5: Uni-Sign's released pose-only outputs, scored with the reference protocol.
+# The literature's evaluation protocol (docs/design.md): Uni-Sign's released pose-only outputs, scored with the reference protocol.
 TABLE = {
     ("csl_daily", "test"): (1176, 53.8698, 40.9948, 32.0866, 25.6986, 55.0035),
     ("csl_daily", "dev"): (1077, 53.2951, 40.5583, 31.6529, 25.2676, 54.3024),
