@@ -29,6 +29,7 @@ for folder in (ROOT, os.path.join(ROOT, "script")):
         sys.path.insert(0, folder)
 
 import config  # noqa: E402
+from models import STABLE_RECIPE  # noqa: E402
 import SLRT_metrics  # noqa: E402
 import utils  # noqa: E402
 from make_demo import safe_load_labels, write_labels  # noqa: E402
@@ -86,6 +87,9 @@ def get_args_parser():
     p.add_argument("--quick", action="store_true", help=f"dev/test cut to {QUICK_SAMPLES} samples, {QUICK_STEPS} "
                                                         "steps an epoch, 2 epochs unless --epochs")
     p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the finished runs of an earlier call into the same --out (same command and recipe): "
+                        "adding a configuration trains only it")
     for flag in DATA_FLAGS:
         p.add_argument(f"--{flag}", default=None, help="passed on to fine_tuning.py")
     return p
@@ -174,6 +178,16 @@ def run_step(run, cmd, log_path, what):
         utils.fail(f"{what} failed (exit {code}): {last[:300]}; its whole output: {log_path}")
 
 
+def finished_run(run_dir, identity, epochs):
+    """True when run_dir holds a run of this very command that logged all its epochs (--reuse)."""
+    try:
+        with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
+            same = json.load(f) == json.loads(json.dumps(identity))
+        return same and len(utils.read_log(run_dir)) == epochs
+    except (OSError, ValueError):
+        return False
+
+
 def best_record(records):
     """The log record of the epoch that wrote best_checkpoint.pth: the first with the best dev BLEU-4."""
     best = records[-1]["best_dev_bleu4"]
@@ -185,7 +199,12 @@ def train_and_score(args, name, seed, run):
     run_dir = os.path.join(args.out, name, f"seed{seed}")
     os.makedirs(run_dir, exist_ok=True)
     cmd = fine_tuning_command(args, name, seed, run_dir, args.finetune)
-    run_step(run, cmd, os.path.join(run_dir, "stdout.txt"), f"{name} seed {seed}: fine_tuning.py")
+    # what makes a finished run reusable: the same command and the same meaning of --hyp_recipe stable
+    identity = {"command": cmd[1:], "stable_recipe": STABLE_RECIPE if "stable" in CONFIGS[name] else None}
+    if not (args.reuse and finished_run(run_dir, identity, args.epochs)):
+        run_step(run, cmd, os.path.join(run_dir, "stdout.txt"), f"{name} seed {seed}: fine_tuning.py")
+        with open(os.path.join(run_dir, "run.json"), "w", encoding="utf-8") as f:
+            json.dump(identity, f)
     records = utils.read_log(run_dir)
     best = best_record(records)
     predictions_dir = run_dir

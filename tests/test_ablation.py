@@ -169,3 +169,22 @@ def test_a_failed_run_is_one_error_line(tmp_path, capsys):
     assert "fine_tuning.py: error: unrecognized arguments: --hyp_recipe stable" in err  # the run's own error line
     assert str(tmp_path / "token_released" / "seed42" / "stdout.txt") in err
     assert not (tmp_path / "ablation.json").exists()
+
+
+def test_reuse_trains_only_what_is_new_or_changed(tmp_path, monkeypatch):
+    """--reuse keeps a finished run of the same command and the same stable recipe; a new configuration, or a
+    changed meaning of --hyp_recipe stable, trains again."""
+    def trainings(calls):
+        return sorted((c[c.index("--output_dir") + 1], c.count("--hyp_recipe")) for c in calls
+                      if c[1] == "fine_tuning.py" and "--eval" not in c)
+    flags = ["--out", str(tmp_path), "--epochs", "3", "--resamples", "20", "--mt5_path", str(tmp_path), "--seeds", "1"]
+    first = []
+    A.main(flags + ["--configs", "pose"], run=fake_runner(first, dev_bleu4=[1.0, 3.0, 2.0]))
+    assert len(trainings(first)) == 2  # pose and its reference, token_released
+    again = []
+    A.main(flags + ["--configs", "pose", "token_stable", "--reuse"], run=fake_runner(again, dev_bleu4=[1.0, 3.0, 2.0]))
+    assert trainings(again) == [(str(tmp_path / "token_stable" / "seed42"), 1)]
+    monkeypatch.setitem(A.STABLE_RECIPE, "hyp_clip_r", 9.0)
+    changed = []
+    A.main(flags + ["--configs", "token_stable", "--reuse"], run=fake_runner(changed, dev_bleu4=[1.0, 3.0, 2.0]))
+    assert trainings(changed) == [(str(tmp_path / "token_stable" / "seed42"), 1)]
