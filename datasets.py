@@ -1,4 +1,4 @@
-"""Pose datasets: loading, normalisation, frame selection and batching (SPEC section 1).
+"""Pose datasets: loading, normalisation, frame selection and batching (the format and normalisation: docs/design.md).
 
 Public: build_dataset, DataConfig, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
 BadSampleError, LabelFileError. Pickles are read by safe_pickle.py's unpicklers, which run no code.
@@ -142,7 +142,7 @@ def _evenly_spaced(num_frames, count):
 
 
 def normalise_pose(keypoints, scores):
-    """Parts (T, V, 3) of (x, y, confidence), float32, per SPEC section 1.
+    """Parts (T, V, 3) of (x, y, confidence), float32, normalised as docs/design.md describes.
 
     Body: bbox of the confident (> 0.3) body points over all frames, scale = max(width, height),
     (xs, ys) = ((xmin + xmax - scale) / 2, (ymin + ymax - scale) / 2), xy <- ((xy - (xs, ys)) / scale - 0.5) * 2.
