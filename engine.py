@@ -465,6 +465,42 @@ def save_atomic(obj, path):
             os.remove(tmp)
 
 
+# The temporary files save_atomic, link_atomic and utils.append_log write in an output folder, and commit's in its
+# deepspeed/ folder (which carries the host's name: pids are per machine).
+TEMPORARY_FILES = re.compile(r"(?:checkpoint\.pth|best_checkpoint\.pth|log\.txt)\.tmp-(?P<pid>\d+)")
+
+
+def remove_stale_temporaries(output_dir):
+    """Remove the temporary files a process killed mid-write (kill -9, a node lost) left in `output_dir`: ours
+    only (TEMPORARY_FILES, and deepspeed/latest.tmp-<this host>-<pid>), and only where that pid is no longer a
+    live process of this machine; says so in one line. A half-written checkpoint.pth.tmp-<pid> is as large as
+    the checkpoint. Run at the start of a training run, which owns its output folder (check_output_dir)."""
+    ds_dir = os.path.join(output_dir, "deepspeed")
+    latest = re.compile(rf"latest\.tmp-{re.escape(socket.gethostname())}-(?P<pid>\d+)")
+    stale = [os.path.join(folder, name) for folder, pattern in ((output_dir, TEMPORARY_FILES), (ds_dir, latest))
+             if os.path.isdir(folder) for name in sorted(os.listdir(folder))
+             if (match := pattern.fullmatch(name)) and not process_is_alive(int(match["pid"]))]
+    for path in stale:
+        os.remove(path)
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) that stopped runs left half-written: " + ", ".join(stale))
+    return stale
+
+
+def process_is_alive(pid):
+    """Whether `pid` is a live process on this machine (signal 0 checks without sending anything; a process of
+    another user answers EPERM and counts as alive)."""
+    if not 0 < pid < 2**31:
+        return True  # not a process id os.kill checks (0 and negatives address groups): keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def link_atomic(src, dst):
     """Make `dst` the same file as `src` (a hard link: no second write of a multi-GB checkpoint), atomically.
     `src` is later replaced by os.replace, which gives it a new inode and leaves `dst` as it is."""

@@ -10,6 +10,7 @@ from tqdm import tqdm
 import config
 import utils
 from datasets import BadSampleError, load_pose
+from engine import remove_stale_temporaries
 
 
 def _at_least(low):
@@ -157,17 +158,21 @@ RUN_FILES = ("log.txt", "checkpoint.pth", "best_checkpoint.pth", "deepspeed")
 
 def check_output_dir(args):
     """--output_dir must be a folder we can write to, and, unless --resume or --overwrite, hold no earlier
-    run (its checkpoints and log would be replaced). With --overwrite the earlier run's log and resumable
-    state are removed here; its checkpoints are replaced by the new run's first save."""
+    run (its checkpoints and log would be replaced). A training run that goes ahead removes the temporary
+    files of earlier runs killed while writing (engine.remove_stale_temporaries). With --overwrite the earlier
+    run's log and resumable state are removed here; its checkpoints are replaced by the new run's first save."""
     out = args.output_dir
     utils.ensure_writable_dir(out, "--output_dir")
-    if args.eval or args.resume:
+    if args.eval:
         return
-    earlier = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    earlier = [] if args.resume else [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
     if earlier and not args.overwrite:
         utils.fail(f"--output_dir {out} holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, "
                    "choose another --output_dir, or pass --overwrite to replace it")
-    if earlier and utils.is_main_process():
+    if not utils.is_main_process():
+        return
+    remove_stale_temporaries(out)
+    if earlier:
         print(f"--overwrite: replacing the run in {out}")
         if os.path.exists(os.path.join(out, "log.txt")):
             os.remove(os.path.join(out, "log.txt"))

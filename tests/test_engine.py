@@ -5,6 +5,8 @@ import os
 import pickle
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -323,6 +325,38 @@ def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["best_checkpoint.pth", "checkpoint.pth", "deepspeed"]
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored after the block
+
+
+def dead_pid():
+    """The id of a process that has ended (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_start_removes_what_killed_runs_left_half_written_and_nothing_else(tmp_path, capsys, resume):
+    """kill -9 while checkpoint.pth was written left checkpoint.pth.tmp-<pid> (as large as the checkpoint) through
+    every later resume. A run starting in the folder removes our temporaries of dead processes, and keeps those
+    of live processes, of other hosts and anything not named as ours."""
+    import preflight
+    dead, host = dead_pid(), socket.gethostname()
+    stale = [f"checkpoint.pth.tmp-{dead}", f"best_checkpoint.pth.tmp-{dead}", f"log.txt.tmp-{dead}"]
+    kept = [f"checkpoint.pth.tmp-{os.getpid()}", f"checkpoint.pth.tmp-{dead}.bak", f"notes.tmp-{dead}",
+            "dev_tmp_pres.txt"]
+    if resume:  # a run's folder: its resumable state, and commit()'s temporary `latest`
+        (tmp_path / "deepspeed").mkdir()
+        stale.append(f"deepspeed/latest.tmp-{host}-{dead}")
+        kept += ["checkpoint.pth", f"deepspeed/latest.tmp-other-{host}-{dead}"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"half")
+    preflight.check_output_dir(SimpleNamespace(output_dir=str(tmp_path), eval=False, resume=resume, overwrite=False))
+    left = {os.path.relpath(os.path.join(folder, name), tmp_path) for folder, _, names in os.walk(tmp_path)
+            for name in names}
+    assert left == set(kept)
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and f"removed {len(stale)} temporary file(s)" in out
+    assert all(str(tmp_path / name) in out for name in stale)
 
 
 # ---------------------------------------------------------------------------- end to end (fine_tuning.py)
