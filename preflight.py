@@ -11,6 +11,7 @@ import config
 import utils
 from datasets import BadSampleError, load_pose
 from engine import remove_stale_temporaries
+from model_io import ModelFileError, check_mt5_weights
 
 
 def _at_least(low):
@@ -84,12 +85,16 @@ def check_flags(args):
 
 def preflight(args, datasets):
     """Everything about the files that can be checked before training starts (after check_flags), so that a
-    set-up mistake costs no epoch: every split non-empty with its pose files on disk (with --skip_bad_samples:
-    the missing ones announced, and at least one readable sample per split), an output folder that can be
-    written and holds no earlier run (unless --resume or --overwrite), and at least one optimizer update per
-    epoch. `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the
+    set-up mistake costs no epoch: an output folder that can be written and holds no earlier run (unless
+    --resume or --overwrite), an mT5 whose pickled weights (if any) hold only tensors, every split non-empty
+    with its pose files on disk (with --skip_bad_samples: the missing ones announced, and at least one
+    readable sample per split), and at least one optimizer update per epoch. `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the
     first problem."""
     check_output_dir(args)
+    try:  # before transformers reads a pickled mT5 (its refusal is a traceback advising weights_only=False)
+        check_mt5_weights(args.mt5_path)
+    except ModelFileError as err:
+        utils.fail(str(err))
 
     for phase, dataset in datasets.items():
         label_path = getattr(args, f"{phase}_label_path") or getattr(config, f"{phase}_label_paths")[args.dataset]

@@ -19,6 +19,7 @@ import torch
 
 import datasets
 import fine_tuning
+import model_io
 import preflight
 from e2e import ROOT, base_args, check_ok, clean_env, free_port, read_log, read_predictions, run
 from in_process import fine_tuning_refuses
@@ -326,6 +327,24 @@ def test_a_broken_mt5_folder_is_one_line_naming_it(capsys, demo, tmp_path, how, 
     break_mt5(mt5, how)
     line = fine_tuning_refuses(capsys, base_args(demo, tmp_path / "out", epochs=1, steps=1) + ["--mt5_path", mt5])[0]
     assert f"mT5 at {mt5}" in line and needle in line and "huggingface-cli download" in line
+
+
+def test_a_planted_pickle_as_the_mt5_weights_is_one_line_naming_it(capsys, demo, tmp_path):
+    """transformers refused it too (weights_only), but as torch's traceback advising weights_only=False, which
+    would run the file's code."""
+    from safetensors.torch import load_file
+    from test_engine import Planted
+    mt5, marker = tmp_path / "mt5", tmp_path / "marker"
+    shutil.copytree(demo["mt5_path"], mt5)
+    genuine = load_file(mt5 / "model.safetensors")
+    (mt5 / "model.safetensors").unlink()
+    torch.save(genuine, mt5 / "pytorch_model.bin")  # pickled genuine weights pass the check
+    model_io.check_mt5_weights(str(mt5))
+    torch.save({**genuine, "shared.weight": Planted(str(marker))}, mt5 / "pytorch_model.bin")
+    line, out, err = fine_tuning_refuses(capsys, base_args(demo, tmp_path / "out", epochs=1, steps=1)
+                                         + ["--mt5_path", mt5])
+    assert f"refusing {mt5 / 'pytorch_model.bin'}" in line and "Unsupported global: GLOBAL io.open" in line
+    assert "weights_only" not in out + err and not marker.exists()
 
 
 # ---------------------------------------------------------------------------- bad files met while training
