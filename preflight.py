@@ -3,6 +3,7 @@
 one `error:` line."""
 import math
 import os
+import re
 import shutil
 
 from tqdm import tqdm
@@ -87,9 +88,10 @@ def preflight(args, datasets):
     """Everything about the files that can be checked before training starts (after check_flags), so that a
     set-up mistake costs no epoch: an output folder that can be written and holds no earlier run (unless
     --resume or --overwrite), an mT5 whose pickled weights (if any) hold only tensors, every split non-empty
-    with its pose files on disk (with --skip_bad_samples: the missing ones announced, and at least one
-    readable sample per split), and at least one optimizer update per epoch. `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the
-    first problem."""
+    (and, for --task ISLR, of isolated signs) with its pose files on disk (with --skip_bad_samples: the missing
+    ones announced, and at least one readable sample per split), and at least one optimizer update per epoch.
+    `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the first
+    problem."""
     check_output_dir(args)
     try:  # before transformers reads a pickled mT5 (its refusal is a traceback advising weights_only=False)
         check_mt5_weights(args.mt5_path)
@@ -100,6 +102,8 @@ def preflight(args, datasets):
         label_path = getattr(args, f"{phase}_label_path") or getattr(config, f"{phase}_label_paths")[args.dataset]
         if len(dataset) == 0:
             utils.fail(f"the {phase} split has no samples ({label_path}): check the label file")
+        if args.task == "ISLR":
+            check_isolated_signs(dataset, phase, label_path)
         missing = [s["pose_path"] for s in dataset.samples if not os.path.exists(s["pose_path"])]
         if missing:
             listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -131,6 +135,31 @@ def preflight(args, datasets):
                        f"training steps of an epoch ({len(datasets['train'])} samples, --batch_size {args.batch_size}"
                        + (f", --quick_break {args.quick_break}" if args.quick_break else "")
                        + "): no optimizer update would ever happen; lower --gradient_accumulation_steps")
+
+
+# An isolated sign's name: at most this many words (WLASL's longest: "every tuesday", "cochlear implant"), or of
+# CJK characters (Chinese isolated-sign vocabularies' longest words have four).
+MAX_SIGN_WORDS, MAX_SIGN_CHARACTERS = 3, 4
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def looks_like_a_sentence(text):
+    """Whether a label text is longer than an isolated sign's name: more than MAX_SIGN_WORDS words or
+    MAX_SIGN_CHARACTERS CJK characters."""
+    return len(text.split()) > MAX_SIGN_WORDS or len(CJK.findall(text)) > MAX_SIGN_CHARACTERS
+
+
+def check_isolated_signs(dataset, phase, label_path, looked_at=1000):
+    """--task ISLR classifies each video as one of the label texts: on sentence labels every sentence becomes a
+    class of its own and the run trains to top-1 0.00 without a word. Refuse a split whose entries (the first
+    `looked_at`) are mostly sentences (looks_like_a_sentence), naming the label file and the flags."""
+    texts = [dataset.samples[i]["text"] for i in range(min(len(dataset), looked_at))]
+    sentences = [text for text in texts if looks_like_a_sentence(text)]
+    if 2 * len(sentences) > len(texts):
+        utils.fail(f"--task ISLR recognises one isolated sign per video, but {len(sentences)} of the {len(texts)} "
+                   f"{phase} labels{' looked at' if len(texts) < len(dataset) else ''} in {label_path} are sentences "
+                   f"(e.g. {sentences[0]!r}): use --task SLT to translate them, or point --{phase}_label_path at "
+                   "isolated-sign labels (WLASL's)")
 
 
 def check_pose_files(dataset, phase, label_path, skip_bad_samples):

@@ -298,6 +298,24 @@ def test_skip_bad_samples_with_every_sample_of_a_split_bad_is_refused_before_tra
     assert f"every {phase} sample is unreadable" in line and demo["label_paths"][phase] in line
 
 
+def test_islr_on_sentence_labels_is_refused_naming_the_label_file(capsys, demo, isolated_sign_demo, tmp_path):
+    """--task ISLR on sentence labels made every sentence a class and trained silently to top-1 0.00."""
+    line = preflight_refuses(capsys, demo, tmp_path / "out", "--task", "ISLR")
+    assert line.startswith("error: --task ISLR") and demo["label_paths"]["dev"] in line
+    assert "--dev_label_path" in line and "--task SLT" in line
+    args = fine_tuning.get_args_parser().parse_args(base_args(isolated_sign_demo, tmp_path / "ok") + ["--task", "ISLR"])
+    preflight.preflight(args, fine_tuning.load_splits(args))  # isolated signs pass
+
+
+@pytest.mark.parametrize("dataset, phase, isolated", [("WLASL", "train", True), ("CSL_Daily", "dev", False),
+                                                      ("How2Sign", "test", False), ("OpenASL", "dev", False)])
+def test_the_real_label_files_are_told_apart_as_isolated_signs_or_sentences(tmp_path, dataset, phase, isolated):
+    os.makedirs(tmp_path / phase)
+    split = datasets.build_dataset(dataset, phase, datasets.DataConfig(task="ISLR"), pose_dir=str(tmp_path))
+    sentences = sum(map(preflight.looks_like_a_sentence, (split.samples[i]["text"] for i in range(len(split)))))
+    assert (sentences == 0) if isolated else (sentences > 0.9 * len(split))
+
+
 def break_mt5(folder, how):
     """A copy of a working mT5 folder, broken one way."""
     if how == "config.json":
