@@ -201,9 +201,9 @@ def evaluate(model, loader, args, split, synced=False):
     for part, _ in parts:
         results.update(part)
     skipped = sum(count for _, count in parts)
-    if skipped:
-        print(f"skipped {skipped} bad {split} samples (--skip_bad_samples): scored {len(results)} of "
-              f"{len(loader.dataset)}")
+    if skipped:  # each sample is in one batch of one rank: those not scored were skipped
+        utils.report_skipped(args.output_dir, split, [s["pose_path"] for s in loader.dataset.samples
+                                                      if s["name"] not in results], len(loader.dataset))
     names = [s["name"] for s in loader.dataset.samples if s["name"] in results]
     hyps, refs = [results[n][0] for n in names], [results[n][1] for n in names]
     metrics = score(hyps, refs, args.dataset, args.task)

@@ -245,6 +245,18 @@ def write_predictions(output_dir, split, names, hyps, refs):
         f.writelines(f"sample: {n}, ground-truth: {r}\n" for n, r in zip(names, refs))
 
 
+def report_skipped(output_dir, split, paths, total, shown=3):
+    """Name the pose files of a split that --skip_bad_samples skipped: the first `shown` in one line, all of them
+    in output_dir/<split>_skipped_samples.txt (written by rank 0), so that they can be fixed or removed."""
+    listing = os.path.join(output_dir, f"{split}_skipped_samples.txt")
+    if is_main_process():
+        with open(listing, "w", encoding="utf-8") as f:
+            f.writelines(path + "\n" for path in paths)
+    first = ", ".join(paths[:shown]) + (", ..." if len(paths) > shown else "")
+    print(f"skipped {len(paths)} bad {split} samples (--skip_bad_samples): scored {total - len(paths)} of {total}; "
+          f"skipped: {first} (all listed in {listing})")
+
+
 def init_wandb(args):
     """wandb run on rank 0; offline (and saying where) when there are no credentials."""
     if not (args.wandb and is_main_process()):

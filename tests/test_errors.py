@@ -240,8 +240,11 @@ def test_overwrite_replaces_the_run_and_skipped_eval_samples_are_counted_per_spl
     truncate(pose_file(demo, "test", 2))
     result = check_ok(fine_tune(demo, out, "--overwrite", "--skip_bad_samples", fresh=True))  # start-up notices too
     assert "1 of the 4 dev pose files" in result.stdout and pose_file(demo, "dev", 1) in result.stdout
-    assert "skipped 1 bad dev samples (--skip_bad_samples): scored 3 of 4" in result.stdout
-    assert "skipped 1 bad test samples (--skip_bad_samples): scored 3 of 4" in result.stdout
+    for split, index in (("dev", 1), ("test", 2)):  # counted, and named: on screen and in a list
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"skipped 1 bad {split} samples"))
+        assert "(--skip_bad_samples): scored 3 of 4" in line and pose_file(demo, split, index) in line
+        listing = out / f"{split}_skipped_samples.txt"
+        assert str(listing) in line and listing.read_text().splitlines() == [pose_file(demo, split, index)]
     log = read_log(out)
     assert [r["epoch"] for r in log] == [0]  # the earlier run's log is gone, not appended to
     assert log[0]["dev_skipped_samples"] == 1 and log[0]["test_skipped_samples"] == 1
