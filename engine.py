@@ -372,20 +372,39 @@ def local_rank():
 
 
 def rng_state():
-    """This process's random generators as tensors and plain numbers (loadable with weights_only)."""
+    """This process's random generators as tensors and plain numbers (loadable with weights_only): Python's,
+    numpy's, torch's host generator and, on a GPU, the generator of this rank's device (mT5's dropout draws
+    from it), through DeepSpeed's accelerator API. The CPU accelerator's generator is torch's host one."""
+    from deepspeed.accelerator import get_accelerator
     np_state = np.random.get_state(legacy=False)
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                      "gauss": float(np_state["gauss"])}}
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                       "gauss": float(np_state["gauss"])}}
+    accelerator = get_accelerator()
+    if accelerator.device_name() != "cpu":
+        state["accelerator"] = {"name": accelerator.device_name(), "state": accelerator.get_rng_state()}
+    return state
 
 
 def set_rng_state(state):
+    """Restore what rng_state() saved. The device generator is restored on the same kind of accelerator; a state
+    saved before it was kept, or on another kind, leaves it as set_seed seeded it (with a warning on a GPU)."""
+    from deepspeed.accelerator import get_accelerator
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state(("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["gauss"]))
+    accelerator, saved = get_accelerator(), state.get("accelerator")
+    if accelerator.device_name() == "cpu":
+        return
+    if saved is not None and saved["name"] == accelerator.device_name():
+        accelerator.set_rng_state(saved["state"])
+    else:
+        print(f"warning: --resume: the saved state holds no {accelerator.device_name()} random generator (saved "
+              f"{'on ' + saved['name'] if saved else 'before it was kept'}), so dropout draws differ from an "
+              "uninterrupted run's")
 
 
 # ---------------------------------------------------------------------------- plain checkpoints

@@ -194,6 +194,48 @@ def test_resume_restores_both_optimizers_and_the_counter(tmp_path):
     assert ckpt["epoch"] == 0 and ckpt["max_accuracy"] == 1.5
 
 
+class FakeGPU:
+    """DeepSpeed's accelerator as a GPU's looks to engine.rng_state: a device generator of its own (a tensor),
+    recording what it is set to; everything else is the real (CPU) accelerator's."""
+
+    def __init__(self, real, state):
+        self.real, self.state, self.restored = real, state, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def device_name(self, device_index=None):
+        return "cuda"
+
+    def get_rng_state(self, device_index=None):
+        return self.state.clone()
+
+    def set_rng_state(self, new_state, device_index=None):
+        self.restored.append(new_state.clone())
+
+
+def test_resume_restores_the_accelerators_random_generator(tmp_path, monkeypatch, capsys):
+    """On a GPU mT5's dropout draws from the device's generator, which a resumed run re-seeded: dropout replayed
+    the masks of the run's first epochs. It is saved through DeepSpeed's accelerator API and restored; a state
+    saved without it (before it was kept) still resumes, saying that dropout draws differ."""
+    import deepspeed.accelerator
+    from deepspeed.accelerator import get_accelerator
+    eng = build()
+    (tmp_path / "old").mkdir(), (tmp_path / "new").mkdir()
+    eng.save(str(tmp_path / "old"), epoch=0, best=1.0, improved=True)  # on the CPU: no device generator
+    gpu = FakeGPU(get_accelerator(), torch.arange(16, dtype=torch.uint8))
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: gpu)
+    eng.save(str(tmp_path / "new"), epoch=0, best=1.0, improved=True)
+    saved = engine.load_trusted(tmp_path / "new" / "deepspeed" / "epoch0" / "mp_rank_00_model_states.pt")
+    assert torch.equal(saved["rng"][0]["accelerator"]["state"], gpu.state)
+
+    gpu.state = torch.zeros(16, dtype=torch.uint8)  # the resumed process's generator, seeded afresh
+    assert build().resume(str(tmp_path / "new")) == (1, 1.0)
+    assert len(gpu.restored) == 1 and torch.equal(gpu.restored[0], torch.arange(16, dtype=torch.uint8))
+    assert build().resume(str(tmp_path / "old")) == (1, 1.0) and len(gpu.restored) == 1
+    assert "holds no cuda random generator" in capsys.readouterr().out
+
+
 class Planted:
     def __init__(self, marker):
         self.marker = marker
