@@ -175,6 +175,18 @@ def test_zero3_checkpoint_gathers_the_whole_model():
     assert eng.module.lin.weight.numel() == 0  # partitioned again after the gather
 
 
+def test_zero3_counts_the_flops_of_the_whole_weights(tiny_mt5_path):
+    """ZeRO-3 partitions every parameter (numel 0 on each rank; DeepSpeed keeps the whole size in ds_numel and
+    ds_shape), and the FLOP count, first computed during training, came out ~0: ~0 TFLOP/s and MFU."""
+    from models import Uni_Sign
+    settings = SimpleNamespace(mt5_path=tiny_mt5_path, use_hyperbolic=False)
+    whole = Uni_Sign(settings)._flop_weight_counts
+    model = Uni_Sign(settings)
+    eng = engine.Engine(model, make_args(zero_stage=3, use_hyperbolic=False), total_updates=10, warmup_updates=1)
+    assert eng.module.pose_proj.weight.numel() == 0  # partitioned
+    assert eng.module._flop_weight_counts == whole and min(whole.values()) > 0
+
+
 # ---------------------------------------------------------------------------- save and resume
 
 def test_resume_restores_both_optimizers_and_the_counter(tmp_path):
