@@ -151,6 +151,31 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_that_it_is_slow(monkeypat
     assert ("warning: --dtype bf16 on a CPU without bf16 instructions" in out) == (not native)
 
 
+@pytest.mark.parametrize("name, capability, dtype, tflops", [
+    ("NVIDIA H100 80GB HBM3", (9, 0), "bf16", 989.4), ("NVIDIA H100 PCIe", (9, 0), "bf16", 756.5),
+    ("NVIDIA H100 NVL", (9, 0), "bf16", 835.5), ("NVIDIA H200", (9, 0), "bf16", 989.4),
+    ("NVIDIA H200 NVL", (9, 0), "fp16", 835.5), ("NVIDIA A100-SXM4-80GB", (8, 0), "bf16", 312.0),
+    ("NVIDIA A100-PCIE-40GB", (8, 0), "bf16", 312.0), ("NVIDIA L40S", (8, 9), "bf16", 362.0),
+    ("NVIDIA L40", (8, 9), "bf16", 181.0), ("NVIDIA L4", (8, 9), "bf16", 121.0),
+    ("Tesla V100-SXM2-32GB", (7, 0), "fp16", 125.0), ("Tesla V100-PCIE-16GB", (7, 0), "fp16", 112.0),
+    ("Tesla V100-SXM2-32GB", (7, 0), "bf16", None), ("NVIDIA A10G", (8, 6), "bf16", None),
+    ("NVIDIA H100 80GB HBM3", (9, 0), "fp32", None)])
+def test_peak_flops_of_each_gpu_variant_or_none(monkeypatch, capsys, name, capability, dtype, tflops):
+    """Names were matched by substring: H100 PCIe and H100/H200 NVL got the SXM peak, and V100 its fp16 peak
+    under bf16, which it only emulates. An unknown peak is None, said once with why."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    utils.say_once.cache_clear()
+    assert utils.peak_flops(dtype) == (tflops * 1e12 if tflops else None)
+    said = capsys.readouterr().out
+    assert ("model FLOPs utilisation is not reported" in said) == (tflops is None)
+    if dtype == "bf16" and capability < (8, 0):
+        assert "compute capability 7.0" in said and "no bf16 tensor cores" in said
+    utils.peak_flops(dtype)
+    assert capsys.readouterr().out == ""  # once
+
+
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_bf16_checkpoint_holds_the_fp32_master_weights(zero_stage):
     from deepspeed.utils import safe_get_full_fp32_param
