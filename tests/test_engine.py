@@ -471,7 +471,13 @@ def resume_demo(small_demo, tmp_path_factory):
 
 @pytest.mark.slow
 def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(resume_demo, tmp_path):
-    args = lambda out: base_args(resume_demo, out, epochs=2, steps=2) + ["--num_workers", "2"]  # noqa: E731
+    """Two epochs after the resume: the persistent dev/test loaders drew their workers' seed from the global
+    generator when they first started (epoch 0 in one run, the resumed epoch in the other), which shifted the
+    training's random draws from the second epoch after the resume on. Without the hyperbolic branch, whose own
+    resume is not yet exact (issue 24 item 8: ~1e-5 relative by the second epoch), the logs are equal bit for bit."""
+    def args(out):
+        return [a for a in base_args(resume_demo, out, epochs=3, steps=2) if a != "--use_hyperbolic"] + [
+            "--num_workers", "2"]
     check_ok(run([sys.executable, "fine_tuning.py", *args(tmp_path / "whole")]))
     stopped = run([sys.executable, "-c", STOP_AT.format(call=3), *args(tmp_path / "parts")])  # epoch 1, step 0
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
@@ -479,14 +485,10 @@ def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(resum
     assert "Traceback" not in stopped.stderr and no_temporary_files(tmp_path / "parts")
     check_ok(run([sys.executable, "fine_tuning.py", *args(tmp_path / "parts"), "--resume"]))
     whole, parts = read_log(tmp_path / "whole"), read_log(tmp_path / "parts")
-    assert [r["epoch"] for r in parts] == [0, 1]
-    for a, b in zip(whole, parts):  # scores equal; training averages equal up to float32 round-off
+    assert [r["epoch"] for r in parts] == [0, 1, 2]
+    for a, b in zip(whole, parts):
         assert a.keys() == b.keys()
-        for key in a:
-            if key.startswith(("dev_", "test_", "best_")) or key == "epoch":
-                assert a[key] == b[key], key
-            elif key not in TIMING:
-                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+        assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
     for split in ("dev", "test"):  # the last epoch's translations, line for line
         whole_lines = read_predictions(tmp_path / "whole" / f"{split}_tmp_pres.txt")
         assert len(whole_lines) == 4 and whole_lines == read_predictions(tmp_path / "parts" / f"{split}_tmp_pres.txt")
