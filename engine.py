@@ -372,20 +372,39 @@ def local_rank():
 
 
 def rng_state():
-    """This process's random generators as tensors and plain numbers (loadable with weights_only)."""
+    """This process's random generators as tensors and plain numbers (loadable with weights_only): Python's,
+    numpy's, torch's host generator and, on a GPU, the generator of this rank's device (mT5's dropout draws
+    from it), through DeepSpeed's accelerator API. The CPU accelerator's generator is torch's host one."""
+    from deepspeed.accelerator import get_accelerator
     np_state = np.random.get_state(legacy=False)
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                      "gauss": float(np_state["gauss"])}}
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                       "gauss": float(np_state["gauss"])}}
+    accelerator = get_accelerator()
+    if accelerator.device_name() != "cpu":
+        state["accelerator"] = {"name": accelerator.device_name(), "state": accelerator.get_rng_state()}
+    return state
 
 
 def set_rng_state(state):
+    """Restore what rng_state() saved. The device generator is restored on the same kind of accelerator; a state
+    saved before it was kept, or on another kind, leaves it as set_seed seeded it (with a warning on a GPU)."""
+    from deepspeed.accelerator import get_accelerator
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state(("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["gauss"]))
+    accelerator, saved = get_accelerator(), state.get("accelerator")
+    if accelerator.device_name() == "cpu":
+        return
+    if saved is not None and saved["name"] == accelerator.device_name():
+        accelerator.set_rng_state(saved["state"])
+    else:
+        print(f"warning: --resume: the saved state holds no {accelerator.device_name()} random generator (saved "
+              f"{'on ' + saved['name'] if saved else 'before it was kept'}), so dropout draws differ from an "
+              "uninterrupted run's")
 
 
 # ---------------------------------------------------------------------------- plain checkpoints
@@ -463,6 +482,42 @@ def save_atomic(obj, path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+# The temporary files save_atomic, link_atomic and utils.append_log write in an output folder, and commit's in its
+# deepspeed/ folder (which carries the host's name: pids are per machine).
+TEMPORARY_FILES = re.compile(r"(?:checkpoint\.pth|best_checkpoint\.pth|log\.txt)\.tmp-(?P<pid>\d+)")
+
+
+def remove_stale_temporaries(output_dir):
+    """Remove the temporary files a process killed mid-write (kill -9, a node lost) left in `output_dir`: ours
+    only (TEMPORARY_FILES, and deepspeed/latest.tmp-<this host>-<pid>), and only where that pid is no longer a
+    live process of this machine; says so in one line. A half-written checkpoint.pth.tmp-<pid> is as large as
+    the checkpoint. Run at the start of a training run, which owns its output folder (check_output_dir)."""
+    ds_dir = os.path.join(output_dir, "deepspeed")
+    latest = re.compile(rf"latest\.tmp-{re.escape(socket.gethostname())}-(?P<pid>\d+)")
+    stale = [os.path.join(folder, name) for folder, pattern in ((output_dir, TEMPORARY_FILES), (ds_dir, latest))
+             if os.path.isdir(folder) for name in sorted(os.listdir(folder))
+             if (match := pattern.fullmatch(name)) and not process_is_alive(int(match["pid"]))]
+    for path in stale:
+        os.remove(path)
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) that stopped runs left half-written: " + ", ".join(stale))
+    return stale
+
+
+def process_is_alive(pid):
+    """Whether `pid` is a live process on this machine (signal 0 checks without sending anything; a process of
+    another user answers EPERM and counts as alive)."""
+    if not 0 < pid < 2**31:
+        return True  # not a process id os.kill checks (0 and negatives address groups): keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def link_atomic(src, dst):

@@ -241,9 +241,9 @@ def evaluate(model, loader, args, split, synced=False):
     for part, _ in parts:
         results.update(part)
     skipped = sum(count for _, count in parts)
-    if skipped:
-        print(f"skipped {skipped} bad {split} samples (--skip_bad_samples): scored {len(results)} of "
-              f"{len(loader.dataset)}")
+    if skipped:  # each sample is in one batch of one rank: those not scored were skipped
+        utils.report_skipped(args.output_dir, split, [s["pose_path"] for s in loader.dataset.samples
+                                                      if s["name"] not in results], len(loader.dataset))
     names = [s["name"] for s in loader.dataset.samples if s["name"] in results]
     hyps, refs = [results[n][0] for n in names], [results[n][1] for n in names]
     metrics = score(hyps, refs, args.dataset, args.task)
@@ -285,15 +285,27 @@ def build_loader(dataset, collator, args, train):
                                            generator=torch.Generator(), **dict(common, persistent_workers=False))
     batches = [list(range(i, min(i + args.batch_size, len(dataset)))) for i in range(0, len(dataset), args.batch_size)]
     mine = batches[utils.rank()::utils.world_size()]
-    return torch.utils.data.DataLoader(dataset, batch_sampler=mine, **common)
+    # Every DataLoader draws its workers' base seed when an iterator starts, from the global generator unless it
+    # has its own: the persistent evaluation workers start once, in the first epoch a process evaluates, so that
+    # draw shifted the training's random numbers differently in a resumed run. Their own generator, seeded from
+    # (seed, split, rank), leaves the global one alone.
+    split_stream = -1 - ("dev", "test").index(dataset.phase)  # apart from the epochs (>= 0)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=mine, **common,
+                                       generator=torch.Generator().manual_seed(loader_seed(args.seed, split_stream)))
+
+
+def loader_seed(seed, stream):
+    """A DataLoader generator's seed from (seed, stream, rank) only (stream: the training epoch, or a negative
+    number per evaluation split), below 2**63 (a torch seed is 64-bit): unchanged for every seed up to ~1e8, no
+    overflow for larger ones."""
+    return ((seed * 1_000_003 + stream) * 65_537 + utils.rank()) % 2**63
 
 
 def set_epoch(loader, epoch, seed):
     """This epoch's shuffle and the seeds of its DataLoader workers, from (seed, epoch, rank) only, so that
     they do not depend on when the run started or was resumed."""
     loader.sampler.set_epoch(epoch)
-    # below 2**63 (a torch seed is 64-bit): unchanged for every seed up to ~1e8, no overflow for larger ones
-    loader.generator.manual_seed(((seed * 1_000_003 + epoch) * 65_537 + utils.rank()) % 2**63)
+    loader.generator.manual_seed(loader_seed(seed, epoch))
 
 
 def load_splits(args):

@@ -22,9 +22,11 @@ import json
 import os
 import pickle
 import sys
+import zipfile
 
 import torch
 
+import config
 from models import ModelConfig, Uni_Sign
 from safe_pickle import refusal_reason
 
@@ -177,6 +179,26 @@ def read_model(source):
     return {"state": ckpt["model"], "args": args, "meta": meta, "folder": False}
 
 
+def check_mt5_weights(mt5_path):
+    """Refuse, with a ModelFileError naming the file, a pickled mT5 weight file (pytorch_model*.bin, which
+    transformers reads when the folder has no safetensors) that holds anything but tensors, before transformers
+    reads it: its own torch.load(weights_only=True) refuses it too, but as a traceback whose advice (load with
+    weights_only=False) would run the file's code. Memory-mapped, so a multi-GB file costs little to check."""
+    if not os.path.isdir(mt5_path) or any(name.endswith(".safetensors") for name in os.listdir(mt5_path)):
+        return
+    for name in sorted(os.listdir(mt5_path)):
+        path = os.path.join(mt5_path, name)
+        if not (name.startswith("pytorch_model") and name.endswith(".bin") and os.path.isfile(path)):
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OSError) as err:
+            raise ModelFileError(f"mT5 at {os.path.abspath(mt5_path)}: refusing {path}: it holds more than tensors "
+                                 f"or is damaged ({refusal_reason(err, 200)}), and pickled weights are never loaded "
+                                 "beyond tensors; replace the folder with google/mt5-base's own files (`huggingface-cli "
+                                 f"download google/mt5-base --local-dir {mt5_path}`)") from None
+
+
 # ---------------------------------------------------------------------------- into a model
 
 def load_weights(model, source, drop_curvature=False, read=None, complete=False, verbose=True):
@@ -254,6 +276,9 @@ def load_model(source, mt5_path=None, device="cpu", read=None, complete=False, v
     settings = ModelConfig.from_args({**read["args"], **({"mt5_path": mt5_path} if mt5_path else {})})
     if not mt5_path and not read["folder"] and settings.mt5_path and not os.path.isdir(settings.mt5_path):
         settings.mt5_path = None  # the training machine's path: fall back to config.mt5_path
-    model = Uni_Sign(settings, safetensors_only=read["folder"] and not mt5_path)
+    safetensors_only = read["folder"] and not mt5_path
+    if not safetensors_only:
+        check_mt5_weights(settings.mt5_path or config.mt5_path)
+    model = Uni_Sign(settings, safetensors_only=safetensors_only)
     load_weights(model, source, read=read, complete=complete, verbose=verbose)
     return model.to(device).eval(), read

@@ -402,17 +402,23 @@ class Uni_Sign(nn.Module):
 
     @functools.cached_property
     def _flop_weight_counts(self):
-        """Weights used once per position, by where they act (the architecture's, so counted once)."""
+        """Weights used once per position, by where they act (the architecture's, so counted once). Sizes and
+        shapes are the whole parameters' also under ZeRO-3, which leaves each rank an empty partition (numel 0,
+        one dimension) and keeps the whole size in ds_numel and ds_shape."""
+        def size(p):
+            return getattr(p, "ds_numel", p.numel())
+
         def matrix_weights(module):
-            return sum(p.numel() for name, p in module.named_parameters() if p.dim() > 1 and not name.endswith(".A"))
+            return sum(size(p) for name, p in module.named_parameters()
+                       if len(getattr(p, "ds_shape", p.shape)) > 1 and not name.endswith(".A"))
 
         mt5 = self.mt5_model
-        embedding = mt5.get_input_embeddings().weight.numel()  # a lookup, not a matrix product
+        embedding = size(mt5.get_input_embeddings().weight)  # a lookup, not a matrix product
         counts = {part: sum(matrix_weights(m[part]) for m in (self.proj_linear, self.gcn_modules,
                                                              self.fusion_gcn_modules)) for part in PARTS}
-        counts.update(pose_proj=self.pose_proj.weight.numel(),
+        counts.update(pose_proj=size(self.pose_proj.weight),
                       encoder=matrix_weights(mt5.get_encoder()) - embedding,
-                      decoder=matrix_weights(mt5.get_decoder()) - embedding + mt5.get_output_embeddings().weight.numel())
+                      decoder=matrix_weights(mt5.get_decoder()) - embedding + size(mt5.get_output_embeddings().weight))
         return counts
 
     # ------------------------------------------------------------------ optimizer groups

@@ -3,6 +3,7 @@
 one `error:` line."""
 import math
 import os
+import re
 import shutil
 
 from tqdm import tqdm
@@ -10,6 +11,8 @@ from tqdm import tqdm
 import config
 import utils
 from datasets import BadSampleError, load_pose
+from engine import remove_stale_temporaries
+from model_io import ModelFileError, check_mt5_weights
 
 
 def _at_least(low):
@@ -85,17 +88,24 @@ def check_flags(args):
 
 def preflight(args, datasets):
     """Everything about the files that can be checked before training starts (after check_flags), so that a
-    set-up mistake costs no epoch: every split non-empty with its pose files on disk (with --skip_bad_samples:
-    the missing ones announced, and at least one readable sample per split), an output folder that can be
-    written and holds no earlier run (unless --resume or --overwrite), and at least one optimizer update per
-    epoch. `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the
-    first problem."""
+    set-up mistake costs no epoch: an output folder that can be written and holds no earlier run (unless
+    --resume or --overwrite), an mT5 whose pickled weights (if any) hold only tensors, every split non-empty
+    (and, for --task ISLR, of isolated signs) with its pose files on disk (with --skip_bad_samples: the missing
+    ones announced, and at least one readable sample per split), and at least one optimizer update per epoch.
+    `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the first
+    problem."""
     check_output_dir(args)
+    try:  # before transformers reads a pickled mT5 (its refusal is a traceback advising weights_only=False)
+        check_mt5_weights(args.mt5_path)
+    except ModelFileError as err:
+        utils.fail(str(err))
 
     for phase, dataset in datasets.items():
         label_path = getattr(args, f"{phase}_label_path") or getattr(config, f"{phase}_label_paths")[args.dataset]
         if len(dataset) == 0:
             utils.fail(f"the {phase} split has no samples ({label_path}): check the label file")
+        if args.task == "ISLR":
+            check_isolated_signs(dataset, phase, label_path)
         missing = [s["pose_path"] for s in dataset.samples if not os.path.exists(s["pose_path"])]
         if missing:
             listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -129,6 +139,31 @@ def preflight(args, datasets):
                        + "): no optimizer update would ever happen; lower --gradient_accumulation_steps")
 
 
+# An isolated sign's name: at most this many words (WLASL's longest: "every tuesday", "cochlear implant"), or of
+# CJK characters (Chinese isolated-sign vocabularies' longest words have four).
+MAX_SIGN_WORDS, MAX_SIGN_CHARACTERS = 3, 4
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def looks_like_a_sentence(text):
+    """Whether a label text is longer than an isolated sign's name: more than MAX_SIGN_WORDS words or
+    MAX_SIGN_CHARACTERS CJK characters."""
+    return len(text.split()) > MAX_SIGN_WORDS or len(CJK.findall(text)) > MAX_SIGN_CHARACTERS
+
+
+def check_isolated_signs(dataset, phase, label_path, looked_at=1000):
+    """--task ISLR classifies each video as one of the label texts: on sentence labels every sentence becomes a
+    class of its own and the run trains to top-1 0.00 without a word. Refuse a split whose entries (the first
+    `looked_at`) are mostly sentences (looks_like_a_sentence), naming the label file and the flags."""
+    texts = [dataset.samples[i]["text"] for i in range(min(len(dataset), looked_at))]
+    sentences = [text for text in texts if looks_like_a_sentence(text)]
+    if 2 * len(sentences) > len(texts):
+        utils.fail(f"--task ISLR recognises one isolated sign per video, but {len(sentences)} of the {len(texts)} "
+                   f"{phase} labels{' looked at' if len(texts) < len(dataset) else ''} in {label_path} are sentences "
+                   f"(e.g. {sentences[0]!r}): use --task SLT to translate them, or point --{phase}_label_path at "
+                   "isolated-sign labels (WLASL's)")
+
+
 def check_pose_files(dataset, phase, label_path, skip_bad_samples):
     """Read every pose file of an evaluation split once (what each evaluation will read), before training: a
     corrupt or truncated file stops the run now, naming it, instead of after the first epoch. With
@@ -159,17 +194,21 @@ RUN_FILES = ("log.txt", "checkpoint.pth", "best_checkpoint.pth", "deepspeed")
 
 def check_output_dir(args):
     """--output_dir must be a folder we can write to, and, unless --resume or --overwrite, hold no earlier
-    run (its checkpoints and log would be replaced). With --overwrite the earlier run's log and resumable
-    state are removed here; its checkpoints are replaced by the new run's first save."""
+    run (its checkpoints and log would be replaced). A training run that goes ahead removes the temporary
+    files of earlier runs killed while writing (engine.remove_stale_temporaries). With --overwrite the earlier
+    run's log and resumable state are removed here; its checkpoints are replaced by the new run's first save."""
     out = args.output_dir
     utils.ensure_writable_dir(out, "--output_dir")
-    if args.eval or args.resume:
+    if args.eval:
         return
-    earlier = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    earlier = [] if args.resume else [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
     if earlier and not args.overwrite:
         utils.fail(f"--output_dir {out} holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, "
                    "choose another --output_dir, or pass --overwrite to replace it")
-    if earlier and utils.is_main_process():
+    if not utils.is_main_process():
+        return
+    remove_stale_temporaries(out)
+    if earlier:
         print(f"--overwrite: replacing the run in {out}")
         if os.path.exists(os.path.join(out, "log.txt")):
             os.remove(os.path.join(out, "log.txt"))

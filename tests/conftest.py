@@ -92,7 +92,22 @@ def micro_demo(demo_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def deepspeed_run(micro_demo, tmp_path_factory):
+def isolated_sign_demo(micro_demo, tmp_path_factory):
+    """micro_demo with each label's text its first gloss: isolated-sign labels, which --task ISLR requires (the
+    videos still sign whole sentences: for runs that check that the task trains and scores, not how well)."""
+    folder, paths = tmp_path_factory.mktemp("isolated_sign_demo"), {}
+    for phase, path in micro_demo["label_paths"].items():
+        with gzip.open(path, "rb") as f:
+            labels = pickle.load(f)
+        paths[phase] = str(folder / f"labels.{phase}")
+        with gzip.open(paths[phase], "wb") as f:
+            pickle.dump({name: {**label, "text": label["gloss"][0], "gloss": label["gloss"][:1]}
+                         for name, label in labels.items()}, f)
+    return {**micro_demo, "label_paths": paths}
+
+
+@pytest.fixture(scope="session")
+def deepspeed_run(micro_demo, isolated_sign_demo, tmp_path_factory):
     """deepspeed_run(dtype, zero_stage, hyperbolic, task): the output folder of a finished 1-epoch run of 2
     micro-batches of 2 samples with gradient accumulation 2 (one optimizer update) on micro_demo, trained on
     first use and shared by the tests that read it (test_training checks what it logged and saved,
@@ -101,7 +116,8 @@ def deepspeed_run(micro_demo, tmp_path_factory):
 
     def get(dtype, zero_stage, hyperbolic, task):
         def train(out):
-            args = base_args(micro_demo, out, epochs=1, steps=2) + [
+            demo = isolated_sign_demo if task == "ISLR" else micro_demo
+            args = base_args(demo, out, epochs=1, steps=2) + [
                 "--dtype", dtype, "--zero_stage", str(zero_stage), "--gradient_accumulation_steps", "2",
                 "--task", task, "--batch_size", "2", "--max_length", "4"]
             if not hyperbolic:

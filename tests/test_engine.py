@@ -5,6 +5,8 @@ import os
 import pickle
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -149,6 +151,31 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_that_it_is_slow(monkeypat
     assert ("warning: --dtype bf16 on a CPU without bf16 instructions" in out) == (not native)
 
 
+@pytest.mark.parametrize("name, capability, dtype, tflops", [
+    ("NVIDIA H100 80GB HBM3", (9, 0), "bf16", 989.4), ("NVIDIA H100 PCIe", (9, 0), "bf16", 756.5),
+    ("NVIDIA H100 NVL", (9, 0), "bf16", 835.5), ("NVIDIA H200", (9, 0), "bf16", 989.4),
+    ("NVIDIA H200 NVL", (9, 0), "fp16", 835.5), ("NVIDIA A100-SXM4-80GB", (8, 0), "bf16", 312.0),
+    ("NVIDIA A100-PCIE-40GB", (8, 0), "bf16", 312.0), ("NVIDIA L40S", (8, 9), "bf16", 362.0),
+    ("NVIDIA L40", (8, 9), "bf16", 181.0), ("NVIDIA L4", (8, 9), "bf16", 121.0),
+    ("Tesla V100-SXM2-32GB", (7, 0), "fp16", 125.0), ("Tesla V100-PCIE-16GB", (7, 0), "fp16", 112.0),
+    ("Tesla V100-SXM2-32GB", (7, 0), "bf16", None), ("NVIDIA A10G", (8, 6), "bf16", None),
+    ("NVIDIA H100 80GB HBM3", (9, 0), "fp32", None)])
+def test_peak_flops_of_each_gpu_variant_or_none(monkeypatch, capsys, name, capability, dtype, tflops):
+    """Names were matched by substring: H100 PCIe and H100/H200 NVL got the SXM peak, and V100 its fp16 peak
+    under bf16, which it only emulates. An unknown peak is None, said once with why."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    utils.say_once.cache_clear()
+    assert utils.peak_flops(dtype) == (tflops * 1e12 if tflops else None)
+    said = capsys.readouterr().out
+    assert ("model FLOPs utilisation is not reported" in said) == (tflops is None)
+    if dtype == "bf16" and capability < (8, 0):
+        assert "compute capability 7.0" in said and "no bf16 tensor cores" in said
+    utils.peak_flops(dtype)
+    assert capsys.readouterr().out == ""  # once
+
+
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_bf16_checkpoint_holds_the_fp32_master_weights(zero_stage):
     from deepspeed.utils import safe_get_full_fp32_param
@@ -173,6 +200,18 @@ def test_zero3_checkpoint_gathers_the_whole_model():
     assert eng.module.lin.weight.numel() == 0  # partitioned again after the gather
 
 
+def test_zero3_counts_the_flops_of_the_whole_weights(tiny_mt5_path):
+    """ZeRO-3 partitions every parameter (numel 0 on each rank; DeepSpeed keeps the whole size in ds_numel and
+    ds_shape), and the FLOP count, first computed during training, came out ~0: ~0 TFLOP/s and MFU."""
+    from models import Uni_Sign
+    settings = SimpleNamespace(mt5_path=tiny_mt5_path, use_hyperbolic=False)
+    whole = Uni_Sign(settings)._flop_weight_counts
+    model = Uni_Sign(settings)
+    eng = engine.Engine(model, make_args(zero_stage=3, use_hyperbolic=False), total_updates=10, warmup_updates=1)
+    assert eng.module.pose_proj.weight.numel() == 0  # partitioned
+    assert eng.module._flop_weight_counts == whole and min(whole.values()) > 0
+
+
 # ---------------------------------------------------------------------------- save and resume
 
 def test_resume_restores_both_optimizers_and_the_counter(tmp_path):
@@ -190,6 +229,48 @@ def test_resume_restores_both_optimizers_and_the_counter(tmp_path):
         torch.testing.assert_close(value, after[key], rtol=0, atol=0, msg=key)
     ckpt = torch.load(tmp_path / "best_checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["max_accuracy"] == 1.5
+
+
+class FakeGPU:
+    """DeepSpeed's accelerator as a GPU's looks to engine.rng_state: a device generator of its own (a tensor),
+    recording what it is set to; everything else is the real (CPU) accelerator's."""
+
+    def __init__(self, real, state):
+        self.real, self.state, self.restored = real, state, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def device_name(self, device_index=None):
+        return "cuda"
+
+    def get_rng_state(self, device_index=None):
+        return self.state.clone()
+
+    def set_rng_state(self, new_state, device_index=None):
+        self.restored.append(new_state.clone())
+
+
+def test_resume_restores_the_accelerators_random_generator(tmp_path, monkeypatch, capsys):
+    """On a GPU mT5's dropout draws from the device's generator, which a resumed run re-seeded: dropout replayed
+    the masks of the run's first epochs. It is saved through DeepSpeed's accelerator API and restored; a state
+    saved without it (before it was kept) still resumes, saying that dropout draws differ."""
+    import deepspeed.accelerator
+    from deepspeed.accelerator import get_accelerator
+    eng = build()
+    (tmp_path / "old").mkdir(), (tmp_path / "new").mkdir()
+    eng.save(str(tmp_path / "old"), epoch=0, best=1.0, improved=True)  # on the CPU: no device generator
+    gpu = FakeGPU(get_accelerator(), torch.arange(16, dtype=torch.uint8))
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: gpu)
+    eng.save(str(tmp_path / "new"), epoch=0, best=1.0, improved=True)
+    saved = engine.load_trusted(tmp_path / "new" / "deepspeed" / "epoch0" / "mp_rank_00_model_states.pt")
+    assert torch.equal(saved["rng"][0]["accelerator"]["state"], gpu.state)
+
+    gpu.state = torch.zeros(16, dtype=torch.uint8)  # the resumed process's generator, seeded afresh
+    assert build().resume(str(tmp_path / "new")) == (1, 1.0)
+    assert len(gpu.restored) == 1 and torch.equal(gpu.restored[0], torch.arange(16, dtype=torch.uint8))
+    assert build().resume(str(tmp_path / "old")) == (1, 1.0) and len(gpu.restored) == 1
+    assert "holds no cuda random generator" in capsys.readouterr().out
 
 
 class Planted:
@@ -325,6 +406,38 @@ def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored after the block
 
 
+def dead_pid():
+    """The id of a process that has ended (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_start_removes_what_killed_runs_left_half_written_and_nothing_else(tmp_path, capsys, resume):
+    """kill -9 while checkpoint.pth was written left checkpoint.pth.tmp-<pid> (as large as the checkpoint) through
+    every later resume. A run starting in the folder removes our temporaries of dead processes, and keeps those
+    of live processes, of other hosts and anything not named as ours."""
+    import preflight
+    dead, host = dead_pid(), socket.gethostname()
+    stale = [f"checkpoint.pth.tmp-{dead}", f"best_checkpoint.pth.tmp-{dead}", f"log.txt.tmp-{dead}"]
+    kept = [f"checkpoint.pth.tmp-{os.getpid()}", f"checkpoint.pth.tmp-{dead}.bak", f"notes.tmp-{dead}",
+            "dev_tmp_pres.txt"]
+    if resume:  # a run's folder: its resumable state, and commit()'s temporary `latest`
+        (tmp_path / "deepspeed").mkdir()
+        stale.append(f"deepspeed/latest.tmp-{host}-{dead}")
+        kept += ["checkpoint.pth", f"deepspeed/latest.tmp-other-{host}-{dead}"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"half")
+    preflight.check_output_dir(SimpleNamespace(output_dir=str(tmp_path), eval=False, resume=resume, overwrite=False))
+    left = {os.path.relpath(os.path.join(folder, name), tmp_path) for folder, _, names in os.walk(tmp_path)
+            for name in names}
+    assert left == set(kept)
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and f"removed {len(stale)} temporary file(s)" in out
+    assert all(str(tmp_path / name) in out for name in stale)
+
+
 # ---------------------------------------------------------------------------- end to end (fine_tuning.py)
 
 from e2e import base_args, check_ok, read_log, read_predictions, run, start_ranks  # noqa: E402
@@ -358,7 +471,13 @@ def resume_demo(small_demo, tmp_path_factory):
 
 @pytest.mark.slow
 def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(resume_demo, tmp_path):
-    args = lambda out: base_args(resume_demo, out, epochs=2, steps=2) + ["--num_workers", "2"]  # noqa: E731
+    """Two epochs after the resume: the persistent dev/test loaders drew their workers' seed from the global
+    generator when they first started (epoch 0 in one run, the resumed epoch in the other), which shifted the
+    training's random draws from the second epoch after the resume on. Without the hyperbolic branch, whose own
+    resume is not yet exact (issue 24 item 8: ~1e-5 relative by the second epoch), the logs are equal bit for bit."""
+    def args(out):
+        return [a for a in base_args(resume_demo, out, epochs=3, steps=2) if a != "--use_hyperbolic"] + [
+            "--num_workers", "2"]
     check_ok(run([sys.executable, "fine_tuning.py", *args(tmp_path / "whole")]))
     stopped = run([sys.executable, "-c", STOP_AT.format(call=3), *args(tmp_path / "parts")])  # epoch 1, step 0
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
@@ -366,14 +485,10 @@ def test_sigterm_then_resume_with_workers_scores_like_an_uninterrupted_run(resum
     assert "Traceback" not in stopped.stderr and no_temporary_files(tmp_path / "parts")
     check_ok(run([sys.executable, "fine_tuning.py", *args(tmp_path / "parts"), "--resume"]))
     whole, parts = read_log(tmp_path / "whole"), read_log(tmp_path / "parts")
-    assert [r["epoch"] for r in parts] == [0, 1]
-    for a, b in zip(whole, parts):  # scores equal; training averages equal up to float32 round-off
+    assert [r["epoch"] for r in parts] == [0, 1, 2]
+    for a, b in zip(whole, parts):
         assert a.keys() == b.keys()
-        for key in a:
-            if key.startswith(("dev_", "test_", "best_")) or key == "epoch":
-                assert a[key] == b[key], key
-            elif key not in TIMING:
-                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+        assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
     for split in ("dev", "test"):  # the last epoch's translations, line for line
         whole_lines = read_predictions(tmp_path / "whole" / f"{split}_tmp_pres.txt")
         assert len(whole_lines) == 4 and whole_lines == read_predictions(tmp_path / "parts" / f"{split}_tmp_pres.txt")

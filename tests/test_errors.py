@@ -19,6 +19,7 @@ import torch
 
 import datasets
 import fine_tuning
+import model_io
 import preflight
 from e2e import ROOT, base_args, check_ok, clean_env, free_port, read_log, read_predictions, run
 from in_process import fine_tuning_refuses
@@ -239,8 +240,11 @@ def test_overwrite_replaces_the_run_and_skipped_eval_samples_are_counted_per_spl
     truncate(pose_file(demo, "test", 2))
     result = check_ok(fine_tune(demo, out, "--overwrite", "--skip_bad_samples", fresh=True))  # start-up notices too
     assert "1 of the 4 dev pose files" in result.stdout and pose_file(demo, "dev", 1) in result.stdout
-    assert "skipped 1 bad dev samples (--skip_bad_samples): scored 3 of 4" in result.stdout
-    assert "skipped 1 bad test samples (--skip_bad_samples): scored 3 of 4" in result.stdout
+    for split, index in (("dev", 1), ("test", 2)):  # counted, and named: on screen and in a list
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"skipped 1 bad {split} samples"))
+        assert "(--skip_bad_samples): scored 3 of 4" in line and pose_file(demo, split, index) in line
+        listing = out / f"{split}_skipped_samples.txt"
+        assert str(listing) in line and listing.read_text().splitlines() == [pose_file(demo, split, index)]
     log = read_log(out)
     assert [r["epoch"] for r in log] == [0]  # the earlier run's log is gone, not appended to
     assert log[0]["dev_skipped_samples"] == 1 and log[0]["test_skipped_samples"] == 1
@@ -297,6 +301,24 @@ def test_skip_bad_samples_with_every_sample_of_a_split_bad_is_refused_before_tra
     assert f"every {phase} sample is unreadable" in line and demo["label_paths"][phase] in line
 
 
+def test_islr_on_sentence_labels_is_refused_naming_the_label_file(capsys, demo, isolated_sign_demo, tmp_path):
+    """--task ISLR on sentence labels made every sentence a class and trained silently to top-1 0.00."""
+    line = preflight_refuses(capsys, demo, tmp_path / "out", "--task", "ISLR")
+    assert line.startswith("error: --task ISLR") and demo["label_paths"]["dev"] in line
+    assert "--dev_label_path" in line and "--task SLT" in line
+    args = fine_tuning.get_args_parser().parse_args(base_args(isolated_sign_demo, tmp_path / "ok") + ["--task", "ISLR"])
+    preflight.preflight(args, fine_tuning.load_splits(args))  # isolated signs pass
+
+
+@pytest.mark.parametrize("dataset, phase, isolated", [("WLASL", "train", True), ("CSL_Daily", "dev", False),
+                                                      ("How2Sign", "test", False), ("OpenASL", "dev", False)])
+def test_the_real_label_files_are_told_apart_as_isolated_signs_or_sentences(tmp_path, dataset, phase, isolated):
+    os.makedirs(tmp_path / phase)
+    split = datasets.build_dataset(dataset, phase, datasets.DataConfig(task="ISLR"), pose_dir=str(tmp_path))
+    sentences = sum(map(preflight.looks_like_a_sentence, (split.samples[i]["text"] for i in range(len(split)))))
+    assert (sentences == 0) if isolated else (sentences > 0.9 * len(split))
+
+
 def break_mt5(folder, how):
     """A copy of a working mT5 folder, broken one way."""
     if how == "config.json":
@@ -326,6 +348,24 @@ def test_a_broken_mt5_folder_is_one_line_naming_it(capsys, demo, tmp_path, how, 
     break_mt5(mt5, how)
     line = fine_tuning_refuses(capsys, base_args(demo, tmp_path / "out", epochs=1, steps=1) + ["--mt5_path", mt5])[0]
     assert f"mT5 at {mt5}" in line and needle in line and "hf download google/mt5-base" in line
+
+
+def test_a_planted_pickle_as_the_mt5_weights_is_one_line_naming_it(capsys, demo, tmp_path):
+    """transformers refused it too (weights_only), but as torch's traceback advising weights_only=False, which
+    would run the file's code."""
+    from safetensors.torch import load_file
+    from test_engine import Planted
+    mt5, marker = tmp_path / "mt5", tmp_path / "marker"
+    shutil.copytree(demo["mt5_path"], mt5)
+    genuine = load_file(mt5 / "model.safetensors")
+    (mt5 / "model.safetensors").unlink()
+    torch.save(genuine, mt5 / "pytorch_model.bin")  # pickled genuine weights pass the check
+    model_io.check_mt5_weights(str(mt5))
+    torch.save({**genuine, "shared.weight": Planted(str(marker))}, mt5 / "pytorch_model.bin")
+    line, out, err = fine_tuning_refuses(capsys, base_args(demo, tmp_path / "out", epochs=1, steps=1)
+                                         + ["--mt5_path", mt5])
+    assert f"refusing {mt5 / 'pytorch_model.bin'}" in line and "Unsupported global: GLOBAL io.open" in line
+    assert "weights_only" not in out + err and not marker.exists()
 
 
 # ---------------------------------------------------------------------------- bad files met while training
