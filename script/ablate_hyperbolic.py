@@ -201,7 +201,8 @@ def train_and_score(args, name, seed, run):
     cmd = fine_tuning_command(args, name, seed, run_dir, args.finetune)
     # what makes a finished run reusable: the same command and the same meaning of --hyp_recipe stable
     identity = {"command": cmd[1:], "stable_recipe": STABLE_RECIPE if "stable" in CONFIGS[name] else None}
-    if not (args.reuse and finished_run(run_dir, identity, args.epochs)):
+    reused = args.reuse and finished_run(run_dir, identity, args.epochs)
+    if not reused:
         run_step(run, cmd, os.path.join(run_dir, "stdout.txt"), f"{name} seed {seed}: fine_tuning.py")
         with open(os.path.join(run_dir, "run.json"), "w", encoding="utf-8") as f:
             json.dump(identity, f)
@@ -212,14 +213,16 @@ def train_and_score(args, name, seed, run):
         predictions_dir = os.path.join(run_dir, "best_eval")
         checkpoint = os.path.join(run_dir, "best_checkpoint.pth")
         cmd = fine_tuning_command(args, name, seed, predictions_dir, checkpoint) + ["--eval"]
-        run_step(run, cmd, os.path.join(run_dir, "best_eval.txt"), f"{name} seed {seed}: --eval of {checkpoint}")
+        if not (reused and os.path.isfile(os.path.join(predictions_dir, "test_tmp_pres.txt"))):
+            run_step(run, cmd, os.path.join(run_dir, "best_eval.txt"), f"{name} seed {seed}: --eval of {checkpoint}")
     result = {"seed": seed, "dir": run_dir, "epochs": len(records), "best_epoch": best["epoch"],
               **{k: best[k] for k in SCORES},
               "test_predictions": os.path.join(predictions_dir, "test_tmp_pres.txt"),
               "test_references": os.path.join(predictions_dir, "test_tmp_refs.txt"),
               "hyp": {k[len("train_"):]: v for k, v in records[-1].items() if k.startswith("train_hyp_")}}
     if "--use_hyperbolic" in CONFIGS[name]:
-        result["plot"] = plot_embeddings(args, name, seed, run_dir, run)
+        drawn = os.path.join(run_dir, "embeddings", "poincare_disk.png")
+        result["plot"] = drawn if reused and os.path.isfile(drawn) else plot_embeddings(args, name, seed, run_dir, run)
     return result
 
 

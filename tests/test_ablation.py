@@ -184,6 +184,8 @@ def test_reuse_trains_only_what_is_new_or_changed(tmp_path, monkeypatch):
     again = []
     A.main(flags + ["--configs", "pose", "token_stable", "--reuse"], run=fake_runner(again, dev_bleu4=[1.0, 3.0, 2.0]))
     assert trainings(again) == [(str(tmp_path / "token_stable" / "seed42"), 1)]
+    reused = str(tmp_path / "token_released" / "seed42")  # its best checkpoint's scores and plot are kept too
+    assert not [c for c in again if any(part.startswith(reused) for part in c)]
     monkeypatch.setitem(A.STABLE_RECIPE, "hyp_clip_r", 9.0)
     changed = []
     A.main(flags + ["--configs", "token_stable", "--reuse"], run=fake_runner(changed, dev_bleu4=[1.0, 3.0, 2.0]))
