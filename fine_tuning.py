@@ -162,7 +162,7 @@ class StepSums:
 
     def __init__(self):
         self.sums, self.first_bad, self.count = {}, None, 0
-        self.host, self.host_count, self.last = {}, 0, {}
+        self.host, self.host_count = {}, 0
 
     def add(self, step, out):
         bad = torch.where(torch.isfinite(out["loss"].detach()), -1, step)

@@ -34,11 +34,10 @@ DEMO_FLAGS = ["--dataset", "Demo", "--task", "SLT", "--use_hyperbolic", "--hyp_t
 
 
 def child_env():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("WANDB_MODE", "disabled")
-    return env
+    """A step's environment: a run of its own (no launcher's rank variables), quiet tokenizers, no wandb upload."""
+    from bench_step import single_process_env
+    return single_process_env(TOKENIZERS_PARALLELISM=os.environ.get("TOKENIZERS_PARALLELISM", "false"),
+                              WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
 
 
 def run_step(cmd, timeout, cwd=ROOT):
