@@ -22,8 +22,8 @@ HYP_PART_MODULES = {"body": "hyp_proj_body", "left": "hyp_proj_left", "right": "
 
 HYP_CHOICES = {"hyp_recipe": ("released", "stable"), "hyp_scale": ("released", "meru"),
                "hyp_midpoint": ("frechet", "gyro")}
-# --hyp_recipe stable: the combination chosen by script/ablate_hyperbolic.py on the demo's dev scores and the
-# branch's health (docs/hyperbolic.md).
+# --hyp_recipe stable: chosen on the demo's dev scores and the branch's health, then measured against the released
+# computation by script/ablate_hyperbolic.py (docs/hyperbolic.md says why this combination).
 STABLE_RECIPE = {"hyp_input_norm": True, "hyp_scale": "meru", "hyp_clip_r": 2.0, "hyp_midpoint": "gyro"}
 
 
