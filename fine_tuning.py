@@ -88,6 +88,8 @@ def get_args_parser():
                         f"({', '.join(f'--{k} {v}' for k, v in STABLE_RECIPE.items())}) unless set otherwise")
     p.add_argument("--hyp_clip_r", type=float, default=MODEL.hyp_clip_r,
                    help="clip the tangent vectors to this norm before the exponential map (0: off)")
+    p.add_argument("--hyp_clip", default=MODEL.hyp_clip, choices=list(HYP_CHOICES["hyp_clip"]),
+                   help="hard: min(1, r/|u|) u (Guo et al. 2022); soft: r tanh(|u|/r) u/|u|, radii keep differing")
     p.add_argument("--hyp_scale", default=MODEL.hyp_scale, choices=list(HYP_CHOICES["hyp_scale"]),
                    help="meru: feature scale that starts near unit radius and can only shrink")
     p.add_argument("--hyp_input_norm", action="store_true", default=MODEL.hyp_input_norm,

@@ -199,6 +199,15 @@ def clip_features(u, radius):
     return u * (radius / u.norm(dim=-1, keepdim=True).clamp_min(1e-15)).clamp(max=1.0)
 
 
+def soft_clip_features(u, radius):
+    """A smooth form of clip_features: u <- r tanh(||u|| / r) u / ||u||. The norm still stays below r (radius
+    after exp_0 below tanh(sqrt(c) r) / sqrt(c)) and ||u|| << r passes almost unchanged (r tanh(n / r) =
+    n - n^3 / (3 r^2) + ...), but unlike the hard clip the new norm keeps growing with ||u|| (slope
+    sech^2(||u|| / r) > 0), so features clipped to the same sphere by the hard clip keep different radii."""
+    norm = u.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    return u * (radius * torch.tanh(norm / radius) / norm)
+
+
 def part_weights(ball, points):
     """w_p = softmax_p d_c(0, x_p): parts farther from the origin (more specific) weigh more. (B, P)."""
     return torch.softmax(dist0(points, ball), dim=-1)
@@ -232,16 +241,17 @@ class HyperbolicProjection(nn.Module):
     - meru_scale: log_scale starts at -log(0.02 sqrt(hyp_dim)), where sqrt(c) ||u|| ~ 1 for unit inputs and the
       initial W (std 0.02), and is clamped so that the scale can only shrink from there (MERU, Desai et al.,
       ICML 2023, clamps its feature scale likewise);
-    - clip_r > 0: u <- min(1, r / ||u||) u before exp_0 (clip_features).
+    - clip_r > 0: u <- min(1, r / ||u||) u before exp_0 (clip_features), or with soft_clip its smooth form
+      r tanh(||u|| / r) u / ||u|| (soft_clip_features).
     """
 
-    def __init__(self, d_in, hyp_dim, manifold, clip_r=0.0, meru_scale=False, input_norm=False):
+    def __init__(self, d_in, hyp_dim, manifold, clip_r=0.0, meru_scale=False, input_norm=False, soft_clip=False):
         super().__init__()
         self.scale_max = -math.log(0.02 * math.sqrt(hyp_dim)) if meru_scale else None
         self.log_scale = nn.Parameter(torch.tensor(self.scale_max or 0.0))
         self.manifold = manifold
         self.proj = nn.Linear(d_in, hyp_dim)
-        self.clip_r, self.input_norm = float(clip_r), bool(input_norm)
+        self.clip_r, self.input_norm, self.soft_clip = float(clip_r), bool(input_norm), bool(soft_clip)
 
     def tangent(self, x):
         """u, the tangent vector at the origin that forward maps onto the ball (float32)."""
@@ -252,7 +262,9 @@ class HyperbolicProjection(nn.Module):
         if self.scale_max is not None:
             log_scale = log_scale.clamp(max=self.scale_max)
         u = log_scale.exp() * F.linear(x, self.proj.weight.float(), self.proj.bias.float())
-        return clip_features(u, self.clip_r) if self.clip_r > 0 else u
+        if self.clip_r <= 0:
+            return u
+        return (soft_clip_features if self.soft_clip else clip_features)(u, self.clip_r)
 
     def forward(self, x):
         return expmap0(self.tangent(x), self.manifold)

@@ -21,7 +21,7 @@ HYP_PART_MODULES = {"body": "hyp_proj_body", "left": "hyp_proj_left", "right": "
 
 
 HYP_CHOICES = {"hyp_recipe": ("released", "stable"), "hyp_scale": ("released", "meru"),
-               "hyp_midpoint": ("frechet", "gyro")}
+               "hyp_midpoint": ("frechet", "gyro"), "hyp_clip": ("hard", "soft")}
 # --hyp_recipe stable: chosen on the demo's dev scores and the branch's health, then measured against the released
 # computation by script/ablate_hyperbolic.py (docs/hyperbolic.md says why this combination).
 STABLE_RECIPE = {"hyp_input_norm": True, "hyp_scale": "meru", "hyp_clip_r": 2.0, "hyp_midpoint": "gyro"}
@@ -43,6 +43,7 @@ class ModelConfig:
     # Remedies for the saturated branch (hyperbolic.HyperbolicProjection); `released` leaves them all off.
     hyp_recipe: str = "released"   # or "stable": the knobs below set to STABLE_RECIPE where left at their defaults
     hyp_clip_r: float = 0.0        # feature clipping radius before exp_0 (0: off)
+    hyp_clip: str = "hard"         # "soft": r tanh(||u|| / r) u / ||u|| instead of min(1, r / ||u||) u
     hyp_scale: str = "released"    # "meru": feature scale starting near unit radius, clamped to only shrink
     hyp_input_norm: bool = False   # LayerNorm(x) / sqrt(d) before the projection
     hyp_midpoint: str = "frechet"  # pooled/attn: "gyro", the closed-form weighted gyromidpoint
@@ -175,7 +176,7 @@ class Uni_Sign(nn.Module):
             smoothing_hyp = settings.label_smoothing_hyp
             self.manifold = ball
             remedies = dict(clip_r=settings.hyp_clip_r, meru_scale=settings.hyp_scale == "meru",
-                            input_norm=settings.hyp_input_norm)
+                            input_norm=settings.hyp_input_norm, soft_clip=settings.hyp_clip == "soft")
             for part in ("body", "right", "left", "face_all"):
                 setattr(self, HYP_PART_MODULES[part],
                         hyp.HyperbolicProjection(256, self.hyp_dim, self.manifold, **remedies))

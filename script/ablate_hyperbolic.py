@@ -48,6 +48,7 @@ CONFIGS = {
     "token_meru": TOKEN + ["--hyp_scale", "meru"],
     "token_norm": TOKEN + ["--hyp_input_norm"],
     "pooled_gyro": POOLED + ["--hyp_midpoint", "gyro"],
+    "token_stable_soft": TOKEN + ["--hyp_recipe", "stable", "--hyp_clip", "soft"],
 }
 DEFAULT_CONFIGS = ("pose", "token_released", "token_stable", "pooled_released", "pooled_stable")
 # The training recipe per dataset: Demo is script/demo.sh's, CSL_Daily the paper's (script/train_paper.sh) in one

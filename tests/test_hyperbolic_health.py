@@ -36,6 +36,28 @@ def test_clip_bounds_the_radius_and_passes_short_vectors(seed, dtype, c):
 
 
 @pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("c", CURVATURES)
+def test_soft_clip_bounds_the_radius_and_keeps_longer_vectors_farther(seed, dtype, c):
+    """r tanh(n / r): below the hard clip's radius, about n for n << r, and unlike the hard clip still increasing
+    in n where the hard clip puts every long vector on one sphere."""
+    gen = torch.Generator().manual_seed(seed)
+    radius = 1.5
+    direction = torch.nn.functional.normalize(torch.randn(64, 16, generator=gen, dtype=dtype), dim=-1)
+    norms = torch.linspace(0.01, 3.0, 64, dtype=dtype).unsqueeze(-1) * radius  # up to 3 r
+    ball = geoopt.PoincareBall(c=c)
+    soft = ball.expmap0(hyp.soft_clip_features(direction * norms, radius), dim=-1).norm(dim=-1)
+    hard = ball.expmap0(hyp.clip_features(direction * norms, radius), dim=-1).norm(dim=-1)
+    bound = math.tanh(math.sqrt(c) * radius) / math.sqrt(c)
+    assert (soft < bound).all() and (soft <= hard * (1 + 1e-6)).all()
+    assert (soft[1:] > soft[:-1]).all()  # strictly farther for longer inputs
+    assert (hard[norms.squeeze(-1) >= radius] == hard[-1]).sum() > 1  # what the hard clip loses
+    small = direction[:4] * 1e-3 * radius
+    assert torch.allclose(hyp.soft_clip_features(small, radius), small, rtol=1e-6, atol=0)
+    assert torch.equal(hyp.soft_clip_features(torch.zeros(2, 16, dtype=dtype), radius), torch.zeros(2, 16, dtype=dtype))
+
+
+@pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("c", CURVATURES)
 def test_weighted_midpoint_equals_geoopts(seed, c):
     gen = torch.Generator().manual_seed(seed)
@@ -145,8 +167,8 @@ def test_stable_recipe_sets_the_knobs_left_at_their_defaults():
     own_clip = ModelConfig(hyp_recipe="stable", hyp_clip_r=1.0)
     assert own_clip.hyp_clip_r == 1.0 and own_clip.hyp_input_norm == STABLE_RECIPE["hyp_input_norm"]
     released = ModelConfig.from_args({"hyp_dim": 256})  # a checkpoint saved before these settings existed
-    assert (released.hyp_recipe, released.hyp_clip_r, released.hyp_scale, released.hyp_input_norm,
-            released.hyp_midpoint) == ("released", 0.0, "released", False, "frechet")
+    assert (released.hyp_recipe, released.hyp_clip_r, released.hyp_clip, released.hyp_scale,
+            released.hyp_input_norm, released.hyp_midpoint) == ("released", 0.0, "hard", "released", False, "frechet")
     with pytest.raises(ValueError, match="hyp_midpoint"):
         ModelConfig(hyp_midpoint="einstein")
 
@@ -159,11 +181,14 @@ def test_remedy_settings_round_trip_through_checkpoint_and_folder(tiny_mt5_path,
     from export_model import export
     flags = ["--mt5_path", tiny_mt5_path, "--use_hyperbolic", "--hyp_text_cmp", mode, "--hyp_text_emb_src",
              "decoder", "--hyp_recipe", "stable", "--hyp_clip_r", "1.5", "--hyp_dim", "16"]
+    flags += ["--hyp_clip", "soft"] if mode == "token" else []
     args = fine_tuning.get_args_parser().parse_args(flags)
     torch.manual_seed(0)
     model = Uni_Sign(args).eval()
     assert model.config.hyp_clip_r == 1.5 and model.config.hyp_input_norm
     assert model.hyp_proj_body.clip_r == 1.5 and model.hyp_proj_text.scale_max is not None
+    assert model.hyp_proj_face.soft_clip == (mode == "token")
+    assert model.config.hyp_clip == ("soft" if mode == "token" else "hard")
     checkpoint = os.path.join(tmp_path, "checkpoint.pth")
     torch.save({"model": model.state_dict(), "args": vars(args), "epoch": 0}, checkpoint)
     batch = random_batch(model.mt5_tokenizer, 2, 8, 5)
