@@ -92,7 +92,7 @@ def test_translation_loss_is_label_smoothed_cross_entropy(tiny_mt5_path):
     inputs_embeds, attention_mask, _, _ = pose_only.encode_pose(batch)
     reference = pose_only.mt5_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=batch["labels"])
     torch.testing.assert_close(out["loss"], reference.loss)  # same shift-right and -100 handling as HF
-    pose_only.label_smoothing = 0.2
+    pose_only.config.label_smoothing = 0.2
     logits = reference.logits.float().flatten(0, 1)
     expected = F.cross_entropy(logits, batch["labels"].flatten(), ignore_index=-100, label_smoothing=0.2)
     torch.testing.assert_close(pose_only(batch)["loss"], expected)
