@@ -162,6 +162,11 @@ def config_from_args(cls, args):
     return cls(**{field.name: values[field.name] for field in dataclasses.fields(cls) if field.name in values})
 
 
+def steps_per_epoch(batches, quick_break=0):
+    """Training steps of an epoch: a rank's `batches`, capped at --quick_break when that is set (0: no cap)."""
+    return min(batches, quick_break) if quick_break else batches
+
+
 def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
