@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import config
+import utils
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
 from sample_index import SampleIndex, StringTableBuilder, json_array_blocks
 
@@ -327,13 +328,8 @@ class DataConfig:
     max_length: int = 256  # frames per video
     skip_bad_samples: bool = False
 
-    @classmethod
-    def from_args(cls, args):
-        """The settings found in `args` (a namespace or dict, or a DataConfig); absent ones take the defaults."""
-        if isinstance(args, cls):
-            return args
-        values = args if isinstance(args, dict) else vars(args)
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+    # The settings found in `args` (a namespace or dict, or a DataConfig); see utils.config_from_args.
+    from_args = classmethod(utils.config_from_args)
 
 
 def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):

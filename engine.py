@@ -227,7 +227,7 @@ class Engine:
             self.ds.save_checkpoint(ds_dir, tag=tag, client_state=client, save_latest=False)
         except BaseException as err:
             full = disk_is_full(err, ds_dir)
-            if local_rank() == 0 and latest_tag(ds_dir) != tag:
+            if utils.local_rank() == 0 and latest_tag(ds_dir) != tag:
                 shutil.rmtree(os.path.join(ds_dir, tag), ignore_errors=True)
             if full:
                 kept = (f"epoch {self.last_saved_epoch} stays resumable" if self.last_saved_epoch is not None
@@ -235,7 +235,7 @@ class Engine:
                 raise CheckpointError(f"could not write {os.path.join(ds_dir, tag)}: the disk is full; free some "
                                       f"space ({kept})") from err
             raise
-        if local_rank() == 0:  # every node: its own copy of the shards may live on its own disk
+        if utils.local_rank() == 0:  # every node: its own copy of the shards may live on its own disk
             commit(ds_dir, tag)
         self.last_saved_epoch = epoch
 
@@ -365,10 +365,6 @@ def commit(ds_dir, tag):
     for name in os.listdir(ds_dir):
         if re.fullmatch(r"epoch\d+", name) and name != tag:
             shutil.rmtree(os.path.join(ds_dir, name), ignore_errors=True)
-
-
-def local_rank():
-    return int(os.environ.get("LOCAL_RANK", 0))
 
 
 def rng_state():

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from typing import NamedTuple
 
 import torch
 import transformers
@@ -108,15 +109,17 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def train_one_epoch(engine, loader, epoch, args, run=None):
-    """One epoch. The step's values (losses, alpha, curvature, health statistics...) stay on the device, summed
-    there; they are read to the host, one sync that waits for every queued kernel, only every --log_every steps
-    and at the end of the epoch. The loss is checked for non-finite values at every step, on the device: the
-    run fails at the next read, naming the first bad step (the last good checkpoint is the previous epoch's)."""
+def train_one_epoch(engine, loader, epoch, steps, log_every=50, skip_bad_samples=False, dtype="fp32", run=None):
+    """One epoch of `steps` batches of `loader` (utils.steps_per_epoch). The step's values (losses, alpha,
+    curvature, health statistics...) stay on the device, summed there; they are read to the host, one sync that
+    waits for every queued kernel, only every `log_every` steps and at the end of the epoch (to the progress bar
+    and the wandb `run`). The loss is checked for non-finite values at every step, on the device: the run fails at
+    the next read, naming the first bad step (the last good checkpoint is the previous epoch's). skip_bad_samples:
+    the loader may yield batches emptied of unreadable samples. dtype: the training precision, whose peak
+    FLOP/s the model FLOPs utilisation is measured against."""
     model = engine.module
     engine.train()
     skipped, skipped_steps, samples, flops, start = 0, 0, 0, 0.0, time.time()
-    steps = min(len(loader), args.quick_break) if args.quick_break else len(loader)
     sums = StepSums()
     # closed when the loop ends or raises, so that an error line never continues the bar's line
     with tqdm(loader, total=steps, desc=f"train {epoch}", disable=not utils.is_main_process(),
@@ -125,7 +128,7 @@ def train_one_epoch(engine, loader, epoch, args, run=None):
             if step >= steps:
                 break
             skipped += batch["num_skipped"]
-            if args.skip_bad_samples and not utils.all_ranks_true(len(batch["name"]) > 0):
+            if skip_bad_samples and not utils.all_ranks_true(len(batch["name"]) > 0):
                 # --skip_bad_samples left some rank an empty batch: every rank skips the step together, since
                 # a rank that went on alone would wait forever for the others in the gradient all-reduce
                 skipped_steps += 1
@@ -135,7 +138,7 @@ def train_one_epoch(engine, loader, epoch, args, run=None):
             engine.step(out["loss"])  # backward; at an accumulation boundary both optimizers step
             samples += len(batch["name"])
             flops += model.training_flops(batch)
-            if sums.count % args.log_every == 0 or step == steps - 1:
+            if sums.count % log_every == 0 or step == steps - 1:
                 means = sums.read(epoch, int(model.global_step))
                 if run is not None:  # the means since the last read, with the learning rates
                     run.log({**{f"train/{k}": v for k, v in means.items()}, **engine.lrs(), "epoch": epoch})
@@ -152,7 +155,7 @@ def train_one_epoch(engine, loader, epoch, args, run=None):
                  if skipped_steps and utils.world_size() > 1 else ""))
     stats["skipped_samples"] = skipped
     stats["skipped_steps"] = skipped_steps
-    stats.update(throughput(samples, flops, time.time() - start, args.dtype))
+    stats.update(throughput(samples, flops, time.time() - start, dtype))
     print(f"epoch {epoch}: {stats['samples_per_s']:.1f} samples/s, {stats['tflops']:.2f} TFLOP/s"
           + (f", model FLOPs utilisation {100 * stats['mfu']:.1f} %" if "mfu" in stats else ""))
     return stats
@@ -205,19 +208,28 @@ def throughput(samples, flops, seconds, dtype):
     return stats
 
 
+class Predictions(NamedTuple):
+    """A split's translations in dataset order (names, hypotheses, references) and the pose files of the samples
+    skipped as unreadable (--skip_bad_samples)."""
+    names: list
+    hyps: list
+    refs: list
+    skipped: list
+
+
 @torch.no_grad()
-def evaluate(model, loader, args, split, synced=False):
-    """Beam-search this rank's batches, gather all ranks' predictions back in dataset order, then score
-    them; the prediction files are written with the literature's CSL formatting. With --skip_bad_samples the
-    scores carry the split's count of skipped samples.
+def evaluate(model, loader, task, num_beams=4, max_new_tokens=100, synced=False):
+    """Beam-search this rank's batches, gather all ranks' predictions back in dataset order, then score them with
+    the task's metrics. Returns (metrics, Predictions), the same on every rank; the caller writes what it keeps.
 
     synced (ZeRO-3 with several ranks): every forward gathers the partitioned parameters from all ranks, so
     the ranks must run the same forwards: transformers keeps a finished rank stepping until all are done
     (synced_gpus), and a rank with fewer (or empty) batches generates on a stand-in batch whose output is dropped."""
-    from SLRT_metrics import evaluate as score, format_for_dataset
+    from SLRT_metrics import evaluate as score
 
     model.eval()
-    mine, skipped, stand_in = {}, 0, None
+    split = loader.dataset.phase
+    mine, stand_in = {}, None
     rounds = max(utils.gather_objects(len(loader))) if synced else len(loader)
     batches = iter(loader)
     # counted by hand (a synced rank may run more rounds than it has batches), closed when the loop ends or
@@ -226,36 +238,43 @@ def evaluate(model, loader, args, split, synced=False):
         for _ in range(rounds):
             batch = next(batches, None)
             if batch is not None:
-                skipped += batch["num_skipped"]
                 bar.update()
             if batch is None or not batch["name"]:
                 if not synced:
                     continue
                 if stand_in is None:
                     stand_in = first_readable_batch(loader)
-                model.generate(stand_in, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len, synced_gpus=True)
+                model.generate(stand_in, num_beams=num_beams, max_new_tokens=max_new_tokens, synced_gpus=True)
                 continue
-            preds = model.generate(batch, num_beams=args.num_beams, max_new_tokens=args.max_tgt_len,
-                                   synced_gpus=synced)
+            preds = model.generate(batch, num_beams=num_beams, max_new_tokens=max_new_tokens, synced_gpus=synced)
             mine.update(zip(batch["name"], zip(preds, batch["text"])))
     results = {}
-    parts = utils.gather_objects((mine, skipped))
-    for part, _ in parts:
+    for part in utils.gather_objects(mine):
         results.update(part)
-    skipped = sum(count for _, count in parts)
-    if skipped:  # each sample is in one batch of one rank: those not scored were skipped
-        utils.report_skipped(args.output_dir, split, [s["pose_path"] for s in loader.dataset.samples
-                                                      if s["name"] not in results], len(loader.dataset))
-    names = [s["name"] for s in loader.dataset.samples if s["name"] in results]
+    samples = loader.dataset.samples
+    names = [s["name"] for s in samples if s["name"] in results]
+    # each sample is in one batch of one rank: those not translated were skipped as unreadable
+    skipped = [s["pose_path"] for s in samples if s["name"] not in results] if len(names) < len(samples) else []
     hyps, refs = [results[n][0] for n in names], [results[n][1] for n in names]
-    metrics = score(hyps, refs, args.dataset, args.task)
-    if utils.is_main_process():
-        utils.write_predictions(args.output_dir, split, names,
-                                format_for_dataset(hyps, args.dataset, is_reference=False),
-                                format_for_dataset(refs, args.dataset, is_reference=True))
+    metrics = score(hyps, refs, loader.dataset.dataset_name, task)
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return metrics, Predictions(names, hyps, refs, skipped)
+
+
+def evaluate_split(model, loader, split, args, synced=False):
+    """evaluate() one split, then what the run keeps of it: the literature's pair of prediction files (CSL
+    formatting, rank 0) and, with --skip_bad_samples, the skipped samples, listed and counted beside the scores."""
+    from SLRT_metrics import format_for_dataset
+
+    metrics, predictions = evaluate(model, loader, args.task, args.num_beams, args.max_tgt_len, synced)
+    if predictions.skipped:
+        utils.report_skipped(args.output_dir, split, predictions.skipped, len(loader.dataset))
+    if utils.is_main_process():
+        utils.write_predictions(args.output_dir, split, predictions.names,
+                                format_for_dataset(predictions.hyps, args.dataset, is_reference=False),
+                                format_for_dataset(predictions.refs, args.dataset, is_reference=True))
     if args.skip_bad_samples:
-        metrics["skipped_samples"] = skipped
+        metrics["skipped_samples"] = len(predictions.skipped)
     return metrics
 
 
@@ -355,11 +374,11 @@ def main(args):
     if args.eval:
         model.to(utils.device(), dtype=_torch_dtype(args.dtype))
         for split, eval_loader in eval_loaders.items():
-            print(f"{split}: " + format_metrics(evaluate(model, eval_loader, args, split)))
+            print(f"{split}: " + format_metrics(evaluate_split(model, eval_loader, split, args)))
         return
 
     train_loader = build_loader(datasets["train"], collator, args, train=True)
-    steps = min(len(train_loader), args.quick_break) if args.quick_break else len(train_loader)
+    steps = utils.steps_per_epoch(len(train_loader), args.quick_break)
     updates_per_epoch = math.ceil(steps / args.gradient_accumulation_steps)
     total_updates = args.epochs * updates_per_epoch
     model.set_total_updates(total_updates)
@@ -376,7 +395,8 @@ def main(args):
         set_epoch(train_loader, epoch, args.seed)
         start = time.time()
         try:
-            train_stats = train_one_epoch(engine, train_loader, epoch, args, run)
+            train_stats = train_one_epoch(engine, train_loader, epoch, steps, args.log_every, args.skip_bad_samples,
+                                          args.dtype, run)
         except NonFiniteLoss as err:
             kept = (f"the last good checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth')}" if epoch > 0
                     else "this run saved no checkpoint (it stopped in its first epoch)")
@@ -384,7 +404,7 @@ def main(args):
         warn_if_saturated(train_stats, epoch, args)
         utils.broadcast_buffers(engine.module)
         synced = args.zero_stage == 3 and world > 1  # generation on partitioned parameters
-        scores = {split: evaluate(engine.module, eval_loader, args, split, synced)
+        scores = {split: evaluate_split(engine.module, eval_loader, split, args, synced)
                   for split, eval_loader in eval_loaders.items()}
         dev_score = scores["dev"][metric]
         improved = best is None or (dev_score > best if higher_is_better else dev_score < best)

@@ -229,6 +229,12 @@ def masked_softmax(scores, mask):
     return torch.softmax(scores, dim=-1) * mask.to(scores.dtype)
 
 
+def linear_f32(layer, x):
+    """layer(x) = x W^T + b in float32 whatever the dtype of the input or of the layer's parameters (the branch's
+    projections and attention pooling, under a bf16 or fp16 engine)."""
+    return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
+
+
 class HyperbolicProjection(nn.Module):
     """h = proj_ball( exp_0(u) ), u = exp(log_scale) * (W x + b), from Euclidean features to the ball.
 
@@ -261,7 +267,7 @@ class HyperbolicProjection(nn.Module):
         log_scale = self.log_scale.float()
         if self.scale_max is not None:
             log_scale = log_scale.clamp(max=self.scale_max)
-        u = log_scale.exp() * F.linear(x, self.proj.weight.float(), self.proj.bias.float())
+        u = log_scale.exp() * linear_f32(self.proj, x)
         if self.clip_r <= 0:
             return u
         return (soft_clip_features if self.soft_clip else clip_features)(u, self.clip_r)

@@ -12,6 +12,7 @@ from torch import nn
 
 import config
 import hyperbolic as hyp
+import utils
 from stgcn_layers import PARTS, build_part_modules, encode_parts
 
 TEXT_SOURCES = ("token", "decoder")
@@ -65,14 +66,8 @@ class ModelConfig:
                 if getattr(self, name) == getattr(released, name):
                     setattr(self, name, value)
 
-    @classmethod
-    def from_args(cls, args):
-        """The settings found in `args` (argparse/SimpleNamespace, a checkpoint's args dict, or a ModelConfig);
-        anything absent takes the default above, anything else in `args` is ignored."""
-        if isinstance(args, cls):
-            return args
-        values = args if isinstance(args, dict) else vars(args)
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+    # The settings found in `args` (a namespace, a checkpoint's args dict, or a ModelConfig): utils.config_from_args.
+    from_args = classmethod(utils.config_from_args)
 
 
 class MT5FolderError(FileNotFoundError):
@@ -131,11 +126,6 @@ def mark_batch_sizes_dynamic(batch):
         torch._dynamo.maybe_mark_dynamic(tensor, 1)
 
 
-def linear_f32(layer, x):
-    """layer(x) in float32 whatever the dtype of the input or of the layer's parameters."""
-    return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
-
-
 class Uni_Sign(nn.Module):
     """Four-part ST-GCN pose encoder -> pose_proj -> mT5, plus the hyperbolic branch when use_hyperbolic.
 
@@ -146,43 +136,38 @@ class Uni_Sign(nn.Module):
 
     def __init__(self, model_config, safetensors_only=False):
         super().__init__()
-        settings = ModelConfig.from_args(model_config)
-        self.config = settings
-        self.use_hyperbolic = settings.use_hyperbolic
-        self.hyp_dim = settings.hyp_dim
-        self.text_source = settings.hyp_text_emb_src
-        self.text_comparison = settings.hyp_text_cmp
-        self.alpha0 = settings.alpha
-        self.label_smoothing = settings.label_smoothing
+        # The one copy of the settings: the model reads its fields where it uses them, so that a change to the
+        # config (say, use_hyperbolic switched off for a benchmark) is the model's, and export writes what it runs.
+        self.config = settings = ModelConfig.from_args(model_config)
         self.total_updates = 0
 
         # Registration order follows the released state dict: own parameters, buffers, then children.
         self.part_para = nn.Parameter(torch.zeros(4 * 256))
-        if self.use_hyperbolic:
+        if settings.use_hyperbolic:
             ball = hyp.make_ball(settings.init_c)  # registered below, after pose_proj
-            self.hyp_attn_W, self.hyp_attn_b = hyp.make_attention_parameters(self.hyp_dim, ball)
-            if self.text_comparison != "token":  # kept for the checkpoint layout, unused by this mode
+            self.hyp_attn_W, self.hyp_attn_b = hyp.make_attention_parameters(settings.hyp_dim, ball)
+            if settings.hyp_text_cmp != "token":  # kept for the checkpoint layout, unused by this mode
                 self.hyp_attn_W.requires_grad_(False)
                 self.hyp_attn_b.requires_grad_(False)
             self.loss_alpha_logit = nn.Parameter(torch.zeros(()))
         # Optimizer updates done (alpha's progress); in the checkpoint only for Geo-Sign models.
-        self.register_buffer("global_step", torch.zeros((), dtype=torch.long), persistent=self.use_hyperbolic)
+        self.register_buffer("global_step", torch.zeros((), dtype=torch.long), persistent=settings.use_hyperbolic)
 
         self.proj_linear, self.gcn_modules, self.fusion_gcn_modules = build_part_modules()
         self.mt5_tokenizer, self.mt5_model = load_mt5(settings.mt5_path or config.mt5_path, safetensors_only)
         d_model = self.mt5_model.config.d_model
         self.pose_proj = nn.Linear(4 * 256, d_model)
-        if self.use_hyperbolic:
+        if settings.use_hyperbolic:
             smoothing_hyp = settings.label_smoothing_hyp
             self.manifold = ball
             remedies = dict(clip_r=settings.hyp_clip_r, meru_scale=settings.hyp_scale == "meru",
                             input_norm=settings.hyp_input_norm, soft_clip=settings.hyp_clip == "soft")
             for part in ("body", "right", "left", "face_all"):
                 setattr(self, HYP_PART_MODULES[part],
-                        hyp.HyperbolicProjection(256, self.hyp_dim, self.manifold, **remedies))
-            self.hyp_proj_text = hyp.HyperbolicProjection(d_model, self.hyp_dim, self.manifold, **remedies)
+                        hyp.HyperbolicProjection(256, settings.hyp_dim, self.manifold, **remedies))
+            self.hyp_proj_text = hyp.HyperbolicProjection(d_model, settings.hyp_dim, self.manifold, **remedies)
             self.geom_loss = hyp.HyperbolicContrastiveLoss(self.manifold, smoothing_hyp)
-            if self.text_comparison == "attn":
+            if settings.hyp_text_cmp == "attn":
                 self.text_pool_attn = nn.Linear(d_model, 1)
         self._init_own_linears()
 
@@ -257,8 +242,8 @@ class Uni_Sign(nn.Module):
         outputs = self.teacher_forced(inputs_embeds, attention_mask, labels)
         logits = outputs.logits.float()
         ce_loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
-                                  label_smoothing=self.label_smoothing)
-        if not self.use_hyperbolic:
+                                  label_smoothing=self.config.label_smoothing)
+        if not self.config.use_hyperbolic:
             return {"loss": ce_loss, "ce_loss": ce_loss.detach()}
 
         text_features, text_mask = self.text_features(outputs, labels)
@@ -276,7 +261,7 @@ class Uni_Sign(nn.Module):
         weights = hyp.part_weights(ball, parts)  # (B, 4)
         temperature = self.geom_loss.temperature()
         unconverged = None
-        if self.text_comparison == "token":
+        if self.config.hyp_text_cmp == "token":
             tokens = self.hyp_proj_text(text_features)  # (B, L, D)
             keys = hyp.token_keys(ball, tokens, self.hyp_attn_W, self.hyp_attn_b)
             attention = hyp.token_attention(ball, parts, keys, text_mask, temperature)
@@ -309,13 +294,14 @@ class Uni_Sign(nn.Module):
         return self.mt5_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask,
             decoder_input_ids=shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id),
-            output_hidden_states=self.use_hyperbolic and self.text_source == "decoder", use_cache=False)
+            output_hidden_states=self.config.use_hyperbolic and self.config.hyp_text_emb_src == "decoder",
+            use_cache=False)
 
     def text_features(self, outputs, labels):
         """(text features (B, L, d_model), text mask (B, L)): the last decoder hidden state of the teacher-forced
         pass (`decoder`) or the targets' token embeddings (`token`); padding is masked out."""
         text_mask = labels != -100
-        if self.text_source == "decoder":
+        if self.config.hyp_text_emb_src == "decoder":
             return outputs.decoder_hidden_states[-1], text_mask
         pad_id = self.mt5_model.config.pad_token_id
         return self.mt5_model.get_encoder().embed_tokens(labels.masked_fill(~text_mask, pad_id)), text_mask
@@ -329,10 +315,10 @@ class Uni_Sign(nn.Module):
 
     def pooled_text_point(self, text_features, text_mask):
         """pooled/attn modes: the text's one point, hyp_proj_text of its masked mean or attention-pooled features."""
-        if self.text_comparison == "pooled":
+        if self.config.hyp_text_cmp == "pooled":
             pooled = hyp.masked_mean(text_features, text_mask)
         else:
-            scores = linear_f32(self.text_pool_attn, text_features).squeeze(-1)
+            scores = hyp.linear_f32(self.text_pool_attn, text_features).squeeze(-1)
             pooled = (hyp.masked_softmax(scores, text_mask).unsqueeze(-1) * text_features).sum(dim=1)
         return self.hyp_proj_text(pooled)
 
@@ -343,7 +329,7 @@ class Uni_Sign(nn.Module):
         weights (B, 4) the part weights). The text point is what pooled/attn modes compare the parts' Fréchet
         mean with; in token mode, which compares each part with its own attention context, it is the
         uniform-weight gyromidpoint of the sample's token points."""
-        if not self.use_hyperbolic:
+        if not self.config.use_hyperbolic:
             raise ValueError("this model has no hyperbolic branch (trained without --use_hyperbolic)")
         inputs_embeds, attention_mask, part_features, _ = self.encode_pose(batch)
         labels = batch["labels"].to(inputs_embeds.device)
@@ -351,7 +337,7 @@ class Uni_Sign(nn.Module):
         text_features = text_features.float()
         with torch.autocast(device_type=inputs_embeds.device.type, enabled=False):
             parts = self.part_points(part_features)
-            if self.text_comparison == "token":
+            if self.config.hyp_text_cmp == "token":
                 uniform = text_mask.float() / text_mask.sum(dim=1, keepdim=True).clamp_min(1)
                 text = hyp.token_context(self.manifold, self.hyp_proj_text(text_features), uniform.unsqueeze(1))[:, 0]
             else:
@@ -368,13 +354,13 @@ class Uni_Sign(nn.Module):
         self.global_step += 1
 
     def alpha(self):
-        """alpha = clamp(alpha0 + 0.1 progress + 0.2 sigmoid(loss_alpha_logit), 0.1, 1), progress in [0, 1]
-        (0 while set_total_updates was not called). A device tensor: no host sync."""
+        """alpha = clamp(alpha0 + 0.1 progress + 0.2 sigmoid(loss_alpha_logit), 0.1, 1) with alpha0 = config.alpha and
+        progress in [0, 1] (0 while set_total_updates was not called). A device tensor: no host sync."""
         if self.total_updates > 0:
             progress = (self.global_step.float() / self.total_updates).clamp(0.0, 1.0)
         else:
             progress = torch.zeros((), device=self.global_step.device)
-        return (self.alpha0 + 0.1 * progress + 0.2 * torch.sigmoid(self.loss_alpha_logit.float())).clamp(0.1, 1.0)
+        return (self.config.alpha + 0.1 * progress + 0.2 * torch.sigmoid(self.loss_alpha_logit.float())).clamp(0.1, 1.0)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -426,7 +412,7 @@ class Uni_Sign(nn.Module):
     def hyperbolic_parameters(self):
         """Parameters for Riemannian Adam (no weight decay): the attention's ManifoldParameters (token
         mode) and the curvature `manifold.isp_c`. Empty without the hyperbolic branch."""
-        if not self.use_hyperbolic:
+        if not self.config.use_hyperbolic:
             return []
         params = [self.hyp_attn_W, self.hyp_attn_b, self.manifold.isp_c]
         return [p for p in params if p.requires_grad]

@@ -129,9 +129,7 @@ def preflight(args, datasets):
 
     if not args.eval:
         per_rank = math.ceil(len(datasets["train"]) / utils.world_size())  # DistributedSampler's share
-        steps = math.ceil(per_rank / args.batch_size)
-        if args.quick_break:
-            steps = min(steps, args.quick_break)
+        steps = utils.steps_per_epoch(math.ceil(per_rank / args.batch_size), args.quick_break)
         if steps < args.gradient_accumulation_steps:
             utils.fail(f"--gradient_accumulation_steps {args.gradient_accumulation_steps} is more than the {steps} "
                        f"training steps of an epoch ({len(datasets['train'])} samples, --batch_size {args.batch_size}"

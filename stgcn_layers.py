@@ -8,14 +8,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from datasets import PART_INDICES
+
 HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
               (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
 BODY_EDGES = [(0, 1), (0, 2), (0, 3), (0, 4), (3, 5), (5, 7), (4, 6), (6, 8)]
 FACE_EDGES = ([(i, i + 1) for i in range(8)] + [(i, i + 1) for i in range(9, 16)] + [(16, 9)]
               + [(17, i) for i in range(17)])
 
-PART_GRAPHS = {"body": (9, BODY_EDGES), "left": (21, HAND_EDGES), "right": (21, HAND_EDGES),
-               "face_all": (18, FACE_EDGES)}
+# part -> (nodes, edges): node v of a part is the keypoint datasets.PART_INDICES[part][v], the one list of them.
+PART_GRAPHS = {part: (len(PART_INDICES[part]), edges) for part, edges in
+               (("body", BODY_EDGES), ("left", HAND_EDGES), ("right", HAND_EDGES), ("face_all", FACE_EDGES))}
 
 
 def graph_adjacency(num_nodes, edges):

@@ -1,6 +1,7 @@
 """Set-up helpers for fine_tuning.py and pretraining.py: distributed start, precision, logging, wandb
 and the training-curve plot (the training engine and its checkpoints are engine.py's)."""
 import contextlib
+import dataclasses
 import functools
 import gc
 import io
@@ -67,9 +68,8 @@ def init_distributed():
             if not line.endswith("built successfully"):
                 print(line)
     rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if get_accelerator().device_name() != "cpu":
-        get_accelerator().set_device(local_rank)
+        get_accelerator().set_device(local_rank())
     setup_for_distributed(rank == 0)
     return rank, world
 
@@ -133,10 +133,15 @@ def world_size():
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def local_rank():
+    """This process's rank on its node (the launcher's LOCAL_RANK; 0 for a plain process): its GPU's index."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def device():
     from deepspeed.accelerator import get_accelerator
     name = get_accelerator().device_name()
-    return torch.device("cpu") if name == "cpu" else torch.device(name, int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu") if name == "cpu" else torch.device(name, local_rank())
 
 
 def comm_device():
@@ -145,6 +150,21 @@ def comm_device():
     if dist.is_initialized() and dist.get_backend() != "gloo":
         return device()
     return torch.device("cpu")
+
+
+def config_from_args(cls, args):
+    """The dataclass `cls` (ModelConfig, DataConfig) with the fields found in `args`: an argparse or SimpleNamespace,
+    a dict (a checkpoint's args) or already a `cls`, returned as it is. Absent fields take their defaults, and
+    anything else in `args` is ignored, so that one namespace of flags feeds every settings class."""
+    if isinstance(args, cls):
+        return args
+    values = args if isinstance(args, dict) else vars(args)
+    return cls(**{field.name: values[field.name] for field in dataclasses.fields(cls) if field.name in values})
+
+
+def steps_per_epoch(batches, quick_break=0):
+    """Training steps of an epoch: a rank's `batches`, capped at --quick_break when that is set (0: no cap)."""
+    return min(batches, quick_break) if quick_break else batches
 
 
 def set_seed(seed):

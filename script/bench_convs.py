@@ -78,11 +78,18 @@ def measure(args):
         conv_s = seconds(lambda: torch.autograd.grad(conv(x), wanted, grad_out), args.repeats)
         matmul_s = seconds(lambda: torch.autograd.grad(conv_as_matmul(x, conv.weight, conv.bias), wanted, grad_out),
                            args.repeats)
-        flops = 3 * 2 * args.batch_size * args.frames * nodes * in_channels * out_channels * kernel
-        results.append({"shape": f"{in_channels}->{out_channels} k{kernel} V{nodes}",
-                        "conv_gflops": round(flops / conv_s / 1e9, 1), "matmul_gflops": round(flops / matmul_s / 1e9, 1),
-                        "ratio": round(conv_s / matmul_s, 3)})
+        results.append(conv_rates((in_channels, out_channels, kernel, nodes), args.batch_size, args.frames,
+                                  conv_s, matmul_s))
     return mm_gflops, results
+
+
+def conv_rates(shape, batch_size, frames, conv_s, matmul_s):
+    """One convolution shape's result from its two times (s): FLOPs = 3 (forward + backward) x 2 per multiply-add x
+    B T V C_in C_out k, as GFLOP/s of each form, and ratio = conv time / matrix-product time."""
+    in_channels, out_channels, kernel, nodes = shape
+    flops = 3 * 2 * batch_size * frames * nodes * in_channels * out_channels * kernel
+    return {"shape": f"{in_channels}->{out_channels} k{kernel} V{nodes}", "conv_gflops": round(flops / conv_s / 1e9, 1),
+            "matmul_gflops": round(flops / matmul_s / 1e9, 1), "ratio": round(conv_s / matmul_s, 3)}
 
 
 def main(argv=None):

@@ -114,12 +114,22 @@ def child(args):
     peak = utils.peak_flops(run_args.dtype)
     memory = (torch.cuda.max_memory_allocated() if cuda
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
-    result = {"ms_per_step": round(1000 * step_s, 2), "samples_per_s": round(args.batch_size / step_s, 3),
-              "tflops": round(flops / step_s / 1e12, 4), "mfu": round(flops / step_s / peak, 4) if peak else None,
-              "peak_memory_gib": round(memory / 2**30, 3), "memory_kind": "gpu_allocated" if cuda else "cpu_rss",
+    result = {**step_rates(step_s, args.batch_size, flops, peak), "peak_memory_gib": round(memory / 2**30, 3), "memory_kind": "gpu_allocated" if cuda else "cpu_rss",
               "warmup_s": round(warmup_s, 1), "flops_per_step": flops, "dtype": run_args.dtype,
               "device": torch.cuda.get_device_name() if cuda else "cpu"}
     print(json.dumps(result), flush=True)
+
+
+def step_rates(step_s, batch_size, flops, peak):
+    """A configuration's rates from its mean step time (s): ms per step, samples/s, achieved TFLOP/s (`flops` per
+    step) and model FLOPs utilisation, achieved / `peak` FLOP/s (None where the peak is unknown)."""
+    return {"ms_per_step": round(1000 * step_s, 2), "samples_per_s": round(batch_size / step_s, 3),
+            "tflops": round(flops / step_s / 1e12, 4), "mfu": round(flops / step_s / peak, 4) if peak else None}
+
+
+def step_ratio(configs, numerator, denominator):
+    """How many times longer a step of configuration `numerator` takes than one of `denominator`."""
+    return round(configs[numerator]["ms_per_step"] / configs[denominator]["ms_per_step"], 4)
 
 
 def run_child(args, mt5_path, mode, compiled):
@@ -158,12 +168,10 @@ def main(argv=None):
                       f"{c['tflops']:.3f} TFLOP/s, MFU {c['mfu'] if c['mfu'] is not None else 'n/a'}, "
                       f"peak memory {c['peak_memory_gib']:.2f} GiB ({c['memory_kind']}), {c['device']}", flush=True)
     summary = {"batch_size": args.batch_size, "frames": args.frames, "text_len": args.text_len,
-               "token_over_pose": round(configs["token"]["ms_per_step"] / configs["pose"]["ms_per_step"], 4)}
+               "token_over_pose": step_ratio(configs, "token", "pose")}
     if args.compile:
-        summary["token_over_pose_compiled"] = round(
-            configs["token_compiled"]["ms_per_step"] / configs["pose_compiled"]["ms_per_step"], 4)
-        summary["eager_over_compiled"] = {m: round(configs[m]["ms_per_step"] / configs[m + "_compiled"]["ms_per_step"], 4)
-                                          for m in ("pose", "token")}
+        summary["token_over_pose_compiled"] = step_ratio(configs, "token_compiled", "pose_compiled")
+        summary["eager_over_compiled"] = {m: step_ratio(configs, m, m + "_compiled") for m in ("pose", "token")}
     print(f"token-mode / pose-only step: {summary['token_over_pose']:.3f}")
     print(json.dumps({**summary, "configs": configs}))
 

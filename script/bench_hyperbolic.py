@@ -3,7 +3,7 @@
     python script/benchmark.py hyperbolic [--repeats 7] [--batch_size 8] [--frames 64] [--text_len 20]
 
 One model, one batch: each timed step is forward + backward, once with the branch on and once with it
-switched off (`model.use_hyperbolic = False`, the pose-only Uni-Sign path), interleaved after a warm-up.
+switched off (`model.config.use_hyperbolic = False`, the pose-only Uni-Sign path), interleaved after a warm-up.
 A small mT5 (d_model 128, 2 + 2 layers) is built in a temporary folder. Prints both median times and
 their ratio; the last line is JSON {"ratio", "time_off_ms", "time_on_ms"}.
 """
@@ -23,7 +23,6 @@ for folder in (ROOT, os.path.join(ROOT, "script")):
     if folder not in sys.path:
         sys.path.insert(0, folder)
 
-PART_NODES = {"body": 9, "left": 21, "right": 21, "face_all": 18}
 SENTENCES = ["他现在在哪儿呢？", "你最喜欢哪个季节？", "今天天气很好，我们一起去公园散步吧。",
              "他什么时候能回来？"]
 
@@ -31,22 +30,23 @@ SENTENCES = ["他现在在哪儿呢？", "你最喜欢哪个季节？", "今天�
 def build_tiny_mt5(out_dir):
     """A small tokenizer + mT5 (the demo's builder), written to out_dir."""
     import make_demo
-    return make_demo.build_tokenizer_and_mt5(SENTENCES + list(make_demo.PROMPT_TEXTS), out_dir, seed=0)
+    return make_demo.build_tokenizer_and_mt5(SENTENCES, out_dir, seed=0)  # the builder adds the prompts
 
 
 def random_batch(tokenizer, batch_size, frames, text_len, seed=0):
     """A collated batch of the interface's shape: smooth random poses, varied lengths, ~text_len targets."""
+    from datasets import PART_INDICES, PROMPTS
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(frames * 3 // 4, frames + 1, (batch_size,), generator=gen)
     lengths[0] = frames
     pose = {}
-    for part, nodes in PART_NODES.items():
+    for part, nodes in ((part, len(indices)) for part, indices in PART_INDICES.items()):
         walk = torch.cumsum(torch.randn(batch_size, frames, nodes, 2, generator=gen) * 0.02, dim=1)
         xy = (torch.rand(batch_size, 1, nodes, 2, generator=gen) * 2 - 1 + walk).clamp(-1, 1)
         score = torch.rand(batch_size, frames, nodes, 1, generator=gen)
         pose[part] = torch.cat([xy, score], dim=-1)
     pose_mask = (torch.arange(frames)[None] < lengths[:, None]).long()
-    prompt = tokenizer(["Translate sign language video to Chinese: "] * batch_size, return_tensors="pt", padding=True)
+    prompt = tokenizer([PROMPTS["Chinese"]] * batch_size, return_tensors="pt", padding=True)
     ids = torch.randint(3, len(tokenizer), (batch_size, text_len), generator=gen)
     ids[:, -1] = tokenizer.eos_token_id
     labels_mask = torch.ones_like(ids)
@@ -58,7 +58,7 @@ def random_batch(tokenizer, batch_size, frames, text_len, seed=0):
 
 def timed_step(model, batch, hyperbolic_on):
     """Wall time (s) of one forward + backward with the branch on or off."""
-    model.use_hyperbolic = hyperbolic_on
+    model.config.use_hyperbolic = hyperbolic_on
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
     model(batch)["loss"].backward()
@@ -92,7 +92,7 @@ def main(argv=None):
         order = (False, True) if repeat % 2 == 0 else (True, False)  # alternate: no order bias
         for hyperbolic_on in order:
             times[hyperbolic_on].append(timed_step(model, batch, hyperbolic_on))
-    model.use_hyperbolic = True
+    model.config.use_hyperbolic = True
     off_ms, on_ms = (1000 * statistics.median(times[flag]) for flag in (False, True))
     # Neighbouring steps share the machine's load: their ratios tell whether other jobs skewed the medians.
     paired = statistics.median(on / off for on, off in zip(times[True], times[False]))

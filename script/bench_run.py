@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,7 +71,7 @@ def run_once(code_root, demo_flags, output_dir, args):
 
 
 def main(argv=None):
-    from bench_step import git_worktree
+    from bench_step import git_worktree, side_by_side
     args = parse(argv)
     times = {"baseline": [], "work": []}
     cpu = {"baseline": [], "work": []}
@@ -87,15 +86,11 @@ def main(argv=None):
                     cpu[tree].append(cpu_s)
                 print(f"round {round_index + 1}/{args.rounds}: baseline {times['baseline'][-1]:.2f} s, "
                       f"working tree {times['work'][-1]:.2f} s", flush=True)
-    base, work = statistics.median(times["baseline"]), statistics.median(times["work"])
-    paired = statistics.median(b / w for b, w in zip(times["baseline"], times["work"]))
-    base_cpu, work_cpu = statistics.median(cpu["baseline"]), statistics.median(cpu["work"])
-    print(f"baseline {args.baseline}: {base:.2f} s, working tree {work:.2f} s per run (medians of {args.rounds}): "
-          f"ratio {base / work:.3f} (median of per-round ratios {paired:.3f}; CPU time ratio {base_cpu / work_cpu:.3f})")
-    print(json.dumps({"ratio": round(base / work, 4), "paired_ratio": round(paired, 4),
-                      "cpu_ratio": round(base_cpu / work_cpu, 4), "baseline_s": round(base, 2),
-                      "work_s": round(work, 2), "baseline_cpu_s": round(base_cpu, 2), "work_cpu_s": round(work_cpu, 2),
-                      "rounds": args.rounds}))
+    summary = side_by_side(times, cpu, "s")
+    print(f"baseline {args.baseline}: {summary['baseline_s']:.2f} s, working tree {summary['work_s']:.2f} s per run "
+          f"(medians of {args.rounds}): ratio {summary['ratio']:.3f} (median of per-round ratios "
+          f"{summary['paired_ratio']:.3f}; CPU time ratio {summary['cpu_ratio']:.3f})")
+    print(json.dumps({**summary, "rounds": args.rounds}))
 
 
 if __name__ == "__main__":

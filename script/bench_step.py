@@ -17,6 +17,7 @@ Last line: JSON {"ratio": the smaller of the two modes' ratios, "pose": {...}, "
 """
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import statistics
@@ -104,7 +105,10 @@ def build_training(run_args, model, total_updates=1000):
         Engine = None
     if Engine is not None:
         engine = Engine(model, run_args, total_updates, 10)
-        return lambda batches, epoch: fine_tuning.train_one_epoch(engine, batches, epoch, run_args)
+        if "args" in inspect.signature(fine_tuning.train_one_epoch).parameters:  # trees that passed the flags whole
+            return lambda batches, epoch: fine_tuning.train_one_epoch(engine, batches, epoch, run_args)
+        return lambda batches, epoch: fine_tuning.train_one_epoch(engine, batches, epoch, len(batches),
+                                                                  run_args.log_every, dtype=run_args.dtype)
     import geoopt
     optimizer = torch.optim.AdamW(model.euclidean_param_groups(run_args.weight_decay), lr=run_args.lr,
                                   betas=tuple(run_args.opt_betas))
@@ -180,15 +184,24 @@ def main(argv=None):
           f"{args.steps} steps x {args.rounds} rounds per tree and mode"
           + ("; working tree with --compile" if args.compile else ""))
     for mode in args.modes:
-        base, work = (statistics.median(times[mode][tree]) for tree in ("baseline", "work"))
-        paired = statistics.median(b / w for b, w in zip(times[mode]["baseline"], times[mode]["work"]))
-        base_cpu, work_cpu = (statistics.median(cpu_times[mode][tree]) for tree in ("baseline", "work"))
-        summary[mode] = {"baseline_ms": round(base, 2), "work_ms": round(work, 2), "ratio": round(base / work, 4),
-                         "paired_ratio": round(paired, 4), "baseline_cpu_ms": round(base_cpu, 2),
-                         "work_cpu_ms": round(work_cpu, 2), "cpu_ratio": round(base_cpu / work_cpu, 4)}
-        print(f"{mode:>5}: baseline {base:.1f} ms, working tree {work:.1f} ms per step: ratio {base / work:.3f} "
-              f"(median of per-round ratios {paired:.3f}; process CPU time ratio {base_cpu / work_cpu:.3f})")
+        summary[mode] = s = side_by_side(times[mode], cpu_times[mode], "ms")
+        print(f"{mode:>5}: baseline {s['baseline_ms']:.1f} ms, working tree {s['work_ms']:.1f} ms per step: ratio "
+              f"{s['ratio']:.3f} (median of per-round ratios {s['paired_ratio']:.3f}; process CPU time ratio "
+              f"{s['cpu_ratio']:.3f})")
     print(json.dumps({"ratio": min(s["ratio"] for s in summary.values()), **summary}))
+
+
+def side_by_side(wall, cpu, unit):
+    """The two trees compared from their per-round times in `unit` (wall and process CPU time, each a dict
+    {"baseline": [...], "work": [...]} with one time per round): the medians, ratio = median baseline / median work
+    (> 1: the working tree is faster), paired_ratio = the median of the rounds' own baseline / work ratios (rounds
+    share the machine's load with their neighbours) and cpu_ratio, the ratio of the CPU times' medians."""
+    base, work, base_cpu, work_cpu = (statistics.median(times[tree]) for times in (wall, cpu)
+                                      for tree in ("baseline", "work"))
+    paired = statistics.median(b / w for b, w in zip(wall["baseline"], wall["work"]))
+    return {f"baseline_{unit}": round(base, 2), f"work_{unit}": round(work, 2), "ratio": round(base / work, 4),
+            "paired_ratio": round(paired, 4), f"baseline_cpu_{unit}": round(base_cpu, 2),
+            f"work_cpu_{unit}": round(work_cpu, 2), "cpu_ratio": round(base_cpu / work_cpu, 4)}
 
 
 if __name__ == "__main__":

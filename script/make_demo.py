@@ -27,7 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-PROMPT_TEXTS = ("Translate sign language video to Chinese: ", "Translate sign language video to English: ")
 SOURCE_LABELS = os.path.join(ROOT, "data", "CSL_Daily", "labels.train")
 NUM_GLOSSES = 60           # the most frequent CSL-Daily glosses the demo sentences may use
 GLOSSES_PER_SENTENCE = (2, 4)  # inclusive, as is FRAMES_PER_GLOSS. Short videos keep the 256-channel ST-GCNs
@@ -48,9 +47,10 @@ def build_tokenizer_and_mt5(texts, out_dir, seed=0):
     import torch
     from transformers import AutoTokenizer, MT5Config, MT5ForConditionalGeneration
 
+    from datasets import PROMPTS
     os.makedirs(out_dir, exist_ok=True)
     spm.set_random_generator_seed(seed)
-    corpus = sorted(set(texts) | set(PROMPT_TEXTS))
+    corpus = sorted(set(texts) | set(PROMPTS.values()))
     model_proto = io.BytesIO()  # in memory: a model_prefix path would be recorded in the model, breaking determinism
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus), model_writer=model_proto, model_type="unigram",

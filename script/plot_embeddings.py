@@ -200,7 +200,7 @@ def main(args):
     utils.ensure_writable_dir(args.output_dir, "--output_dir")  # before the model runs, not after
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, read = model_io.load_model(args.finetune, args.mt5_path, device)
-    if not model.use_hyperbolic:
+    if not model.config.use_hyperbolic:
         raise model_io.ModelFileError(f"{args.finetune} has no hyperbolic branch (trained without --use_hyperbolic): "
                                       "there is no Poincaré ball to draw")
     dataset_name = args.dataset or read["args"].get("dataset")

@@ -122,7 +122,7 @@ def free_port():
 def start_ranks(commands, one_node=True):
     """One command per rank, started as DeepSpeed's launcher starts ranks (RANK, LOCAL_RANK, WORLD_SIZE,
     LOCAL_WORLD_SIZE, MASTER_ADDR/PORT; gloo on CPU, a thread each): on one node, or each on a "node" of its own
-    (LOCAL_RANK 0 everywhere). The launcher itself is tested in test_multinode.py and test_errors.py."""
+    (LOCAL_RANK 0 everywhere). The launcher itself is tested in test_multinode.py and test_errors_while_training.py."""
     port, world = free_port(), len(commands)
     return [start(cmd, threads=1, RANK=str(rank), LOCAL_RANK=str(rank if one_node else 0), WORLD_SIZE=str(world),
                   LOCAL_WORLD_SIZE=str(world if one_node else 1), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -133,7 +133,7 @@ def test_tokenizer_follows_t5_conventions_and_round_trips(demo_root):
         tokenizer = tokenizer_class.from_pretrained(demo_root["mt5_path"])
         assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
         assert tokenizer.bos_token_id is None
-        for text in texts + list(make_demo.PROMPT_TEXTS):
+        for text in texts + list(datasets.PROMPTS.values()):
             ids = tokenizer(text).input_ids
             assert ids[-1] == 1 and ids.count(1) == 1 and 2 not in ids and 0 not in ids
             assert tokenizer.decode(ids, skip_special_tokens=True) == text.strip()

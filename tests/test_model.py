@@ -1,4 +1,5 @@
 """Uni_Sign: graphs, ST-GCN wiring, the pose path into mT5, the losses, generation and optimizer groups."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -92,7 +93,7 @@ def test_translation_loss_is_label_smoothed_cross_entropy(tiny_mt5_path):
     inputs_embeds, attention_mask, _, _ = pose_only.encode_pose(batch)
     reference = pose_only.mt5_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=batch["labels"])
     torch.testing.assert_close(out["loss"], reference.loss)  # same shift-right and -100 handling as HF
-    pose_only.label_smoothing = 0.2
+    pose_only.config.label_smoothing = 0.2
     logits = reference.logits.float().flatten(0, 1)
     expected = F.cross_entropy(logits, batch["labels"].flatten(), ignore_index=-100, label_smoothing=0.2)
     torch.testing.assert_close(pose_only(batch)["loss"], expected)
@@ -205,17 +206,34 @@ def test_demo_batches_from_the_collator_train_and_translate(demo_root, model):
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
 
 
+def release_weights_per_position(d_model):
+    """From the released checkpoint's key list (tests/data/official_keys): per ST-GCN part, the weights that act at
+    every (frame, node) (its matrices and convolution kernels, not the graph A), the part's nodes (A's size), and
+    pose_proj's weights, which act at every frame."""
+    from test_checkpoint_keys import read_key_list
+    release = read_key_list("unisign", d_model)
+
+    def weights(prefix):
+        return sum(math.prod(shape) for key, shape in release.items()
+                   if key.startswith(prefix) and len(shape) > 1 and not key.endswith(".A"))
+    stgcn = {part: sum(weights(f"{stack}.{part}.") for stack in ("proj_linear", "gcn_modules", "fusion_gcn_modules"))
+             for part in stgcn_layers.PARTS}
+    nodes = {part: release[f"gcn_modules.{part}.layer0_0.gcn.A"][1] for part in stgcn_layers.PARTS}
+    return stgcn, nodes, math.prod(release["pose_proj.weight"])
+
+
 def test_training_flops_count_every_weight_at_every_position(model):
     batch = batch_for(model, batch_size=2, frames=10)
-    # One ST-GCN part, per (frame, node), by hand: proj 3x64; spatial 64x128, 64x256 + residual 64x128,
-    # 128x512 + residual 128x256; temporal 3 x (256x512 graph conv + 256x256x5 temporal conv).
-    stgcn = 3 * 64 + 64 * 128 + (64 * 256 + 64 * 128) + (128 * 512 + 128 * 256) + 3 * (256 * 512 + 256 * 256 * 5)
-    assert stgcn == 1_507_520
     d_model, vocab = model.mt5_model.config.d_model, model.mt5_model.config.vocab_size
+    stgcn, nodes, pose_proj = release_weights_per_position(d_model)
+    # One ST-GCN part, per (frame, node), by hand from the architecture: proj 3x64; spatial 64x128, 64x256 + residual
+    # 64x128, 128x512 + residual 128x256; temporal 3 x (256x512 graph conv + 256x256x5 temporal conv).
+    by_hand = 3 * 64 + 64 * 128 + (64 * 256 + 64 * 128) + (128 * 512 + 128 * 256) + 3 * (256 * 512 + 256 * 256 * 5)
+    assert stgcn == dict.fromkeys(stgcn_layers.PARTS, by_hand)  # every part is the same stack
     mt5 = model.mt5_model
     encoder = sum(p.numel() for p in mt5.get_encoder().parameters() if p.dim() > 1) - vocab * d_model
     decoder = sum(p.numel() for p in mt5.get_decoder().parameters() if p.dim() > 1) - vocab * d_model
     prompt, target = batch["prompt_ids"].shape[1], batch["labels"].shape[1]
-    per_sample = (stgcn * 10 * (9 + 21 + 21 + 18) + 1024 * d_model * 10 + encoder * (prompt + 10)
-                  + (decoder + vocab * d_model) * target)
+    per_sample = (sum(stgcn[part] * 10 * nodes[part] for part in stgcn_layers.PARTS) + pose_proj * 10
+                  + encoder * (prompt + 10) + (decoder + vocab * d_model) * target)
     assert model.training_flops(batch) == 6 * 2 * per_sample

@@ -43,7 +43,7 @@ def test_a_model_built_from_a_namespace_has_the_command_lines_settings(tiny_mt5_
     cli = fine_tuning.get_args_parser().parse_args(["--mt5_path", tiny_mt5_path, "--use_hyperbolic"])
     from_namespace = Uni_Sign(SimpleNamespace(mt5_path=tiny_mt5_path, use_hyperbolic=True))
     assert from_namespace.config == ModelConfig.from_args(cli) == Uni_Sign(cli).config
-    assert from_namespace.text_source == cli.hyp_text_emb_src == "token"  # the model once said "decoder"
+    assert from_namespace.config.hyp_text_emb_src == cli.hyp_text_emb_src == "token"  # the model once said "decoder"
     release = argparse.Namespace(**{**vars(cli), "hyp_dim": 64, "unknown_release_flag": 1})
     assert Uni_Sign(release).hyp_proj_body.proj.out_features == 64
     with pytest.raises(ValueError, match="hyp_text_cmp"):
