@@ -121,7 +121,7 @@ def test_compiled_training_steps_match_eager_on_one_graph(demo_root, tiny_mt5_pa
 
 def test_convolution_benchmark_runs_tiny(capsys):
     """benchmark.py convs: each encoder convolution shape timed as nn.Conv2d and as a matrix product, in process."""
-    import bench_convs
+    from bench import convs as bench_convs
     bench_convs.main(["--tiny"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["mm_gflops"] > 0 and len(summary["convs"]) == len(bench_convs.SHAPES)
@@ -134,7 +134,7 @@ def test_convolution_as_a_matrix_product_matches_conv2d_with_gradients(kernel):
     """The benchmark's matrix-product form computes what nn.Conv2d computes (forward and every gradient)."""
     import torch
 
-    import bench_convs
+    from bench import convs as bench_convs
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 5, (kernel, 1), padding=((kernel - 1) // 2, 0)).double()
     x = torch.randn(2, 6, 7, 3, dtype=torch.float64, requires_grad=True)
@@ -157,7 +157,7 @@ def test_whole_run_benchmark_runs_one_round():
 def test_the_branch_adds_no_host_reads_to_the_step():
     """Token and pooled mode read the host no more often per forward + backward than the pose-only model (the
     reads left are transformers' attention-mask checks); geoopt's curvature branches used to add 18 and 27."""
-    import bench_syncs
+    from bench import syncs as bench_syncs
     reads = bench_syncs.measure(batch_size=2, frames=8, text_len=5)["syncs_per_step"]
     assert reads["token"] == reads["pooled"] == reads["off"], reads
 
