@@ -7,8 +7,8 @@ the hyperbolic branch's ManifoldParameters, and the checkpoints.
     engine.save(output_dir, epoch, best, improved)              # every epoch
 
 Two kinds of checkpoint are written:
-- output_dir/checkpoint.pth (+ best_checkpoint.pth): a plain dict with the release's keys (`model`,
-  `epoch`, `args`, `max_accuracy`, `global_step`) that --finetune / --eval and the release load; `model`
+- output_dir/checkpoint.pth (+ best_checkpoint.pth): a plain dict with the release's keys, written and read
+  by model_io.py (write_checkpoint, read_model), that --finetune / --eval and the release load; its `model`
   holds the fp32 master weights;
 - output_dir/deepspeed/epoch<N>/: DeepSpeed's resumable state (both optimizers, the scheduler, RNG,
   epoch, best score), of which only the newest epoch is kept. `deepspeed/latest` names it.
@@ -18,7 +18,6 @@ torch.load(weights_only=True), allowing only tensors, containers and the four De
 in `deepspeed_safe_globals`, and refuses the tag otherwise; only then does DeepSpeed load it.
 """
 import contextlib
-import errno
 import glob
 import os
 import random
@@ -32,6 +31,8 @@ import torch
 import torch.distributed as dist
 
 import utils
+from atomic import atomic_open, disk_is_full
+from model_io import CheckpointError, write_checkpoint
 from safe_pickle import refusal_reason
 
 # Flags that say where and how a run is watched, not what it trains: they may differ on --resume.
@@ -46,10 +47,6 @@ class Stopped(BaseException):
     def __init__(self, signum):
         self.signum, self.name = int(signum), signal.Signals(signum).name
         super().__init__(self.name)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read back; the message names the file and the fix."""
 
 
 def deepspeed_config(args, total_updates, warmup_updates):
@@ -211,12 +208,8 @@ class Engine:
         A save that fails or is stopped removes what it wrote; the previous epoch's state stays."""
         state = model_state_dict(self.ds)
         if utils.is_main_process():
-            ckpt = {"model": state, "epoch": epoch, "args": vars(self.args), "max_accuracy": best,
-                    "global_step": int(self.module.global_step)}
-            last = os.path.join(output_dir, "checkpoint.pth")
-            save_atomic(ckpt, last)
-            if improved:
-                link_atomic(last, os.path.join(output_dir, "best_checkpoint.pth"))
+            write_checkpoint(output_dir, state, epoch, vars(self.args), best, int(self.module.global_step),
+                             improved)
         ds_dir = os.path.join(output_dir, "deepspeed")
         tag = f"epoch{epoch}"
         client = {"epoch": epoch, "best": best, "args": plain_args(self.args),
@@ -355,13 +348,8 @@ def commit(ds_dir, tag):
     nodes writing their shards to their own disks prune their own copies (on a shared file system the
     nodes' removals of the same folders are harmless)."""
     tmp = os.path.join(ds_dir, f"latest.tmp-{socket.gethostname()}-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(tag)
-        os.replace(tmp, os.path.join(ds_dir, "latest"))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(os.path.join(ds_dir, "latest"), tmp=tmp) as f:
+        f.write(tag)
     for name in os.listdir(ds_dir):
         if re.fullmatch(r"epoch\d+", name) and name != tag:
             shutil.rmtree(os.path.join(ds_dir, name), ignore_errors=True)
@@ -446,42 +434,8 @@ def _unfused_fp32_master(optimizer, param):
     return None
 
 
-def disk_is_full(err, folder):
-    """Whether a failed write failed for want of space: ENOSPC, or (torch.save writing to a path reports
-    a short write as "unexpected pos") less than 1 MiB left where it wrote."""
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return True
-    if not isinstance(err, (OSError, RuntimeError)):
-        return False
-    try:
-        return shutil.disk_usage(folder).free < 2**20
-    except OSError:
-        return False
-
-
-def save_atomic(obj, path):
-    """torch.save to a temporary file next to `path`, flushed to disk, then renamed: a crash never leaves
-    half a file under `path`, and a failed or stopped save removes its temporary file. A full disk is
-    a CheckpointError naming the file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:  # a file object, so that a full disk is an OSError(ENOSPC)
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
-        if disk_is_full(err, os.path.dirname(os.path.abspath(path))):
-            raise CheckpointError(f"could not write {path}: the disk is full; free some space (the earlier "
-                                  f"checkpoints are intact)") from err
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-# The temporary files save_atomic, link_atomic and utils.append_log write in an output folder, and commit's in its
-# deepspeed/ folder (which carries the host's name: pids are per machine).
+# The temporary files model_io.write_checkpoint and utils.append_log write in an output folder (atomic.atomic_path's
+# default names), and commit's in its deepspeed/ folder (which carries the host's name: pids are per machine).
 TEMPORARY_FILES = re.compile(r"(?:checkpoint\.pth|best_checkpoint\.pth|log\.txt)\.tmp-(?P<pid>\d+)")
 
 
@@ -514,21 +468,6 @@ def process_is_alive(pid):
     except PermissionError:
         return True
     return True
-
-
-def link_atomic(src, dst):
-    """Make `dst` the same file as `src` (a hard link: no second write of a multi-GB checkpoint), atomically.
-    `src` is later replaced by os.replace, which gives it a new inode and leaves `dst` as it is."""
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------- signals

@@ -349,6 +349,7 @@ def main(args):
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
     # read (and, for a model folder, verified) before anything is built from it
+    args.finetune = model_io.resolve_hub_id(args.finetune, "--finetune")  # a Hub id: its cached snapshot folder
     finetuned = model_io.read_model(args.finetune) if args.finetune else None
     args.mt5_path = args.mt5_path or model_io.folder_mt5_path(args.finetune) or config.mt5_path
     args.num_workers = min(args.num_workers, os.cpu_count() or 1)

@@ -1,6 +1,13 @@
-"""Trained models on disk: checkpoints (`.pth`, the release's and ours) and pickle-free model folders.
+"""Trained models on disk, each format's writer beside its reader: checkpoints (`.pth`, the release's and
+ours) and pickle-free model folders. Storage only: it never builds a model (models.Uni_Sign.from_pretrained
+does, from what read_model gives).
 
-A model folder (script/export_model.py writes it, Hugging Face style):
+A checkpoint `.pth` (write_checkpoint, every epoch of a run; the release's best.pth has the same keys):
+
+    {"model": state dict (fp32), "epoch": int, "args": the run's flags as a dict (the release: an
+     argparse.Namespace), "max_accuracy": best dev score so far, "global_step": optimizer updates}
+
+A model folder (write_folder, for script/export_model.py; Hugging Face style):
 
     config.json          {"format": "geo-sign-model", "model": ModelConfig fields, "data", "generation",
                           "training", "files": {relative path: sha256}}
@@ -17,17 +24,18 @@ it read into a model and refuses a checkpoint of another shape, or one that has 
 """
 import argparse
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import pickle
+import re
 import sys
 import zipfile
 
 import torch
 
-import config
-from models import ModelConfig, Uni_Sign
+from atomic import atomic_open, atomic_path, disk_is_full, link_atomic
 from safe_pickle import refusal_reason
 
 FORMAT = "geo-sign-model"
@@ -41,6 +49,10 @@ MIN_MATCHED_FRACTION = 0.5
 
 class ModelFileError(ValueError):
     """A checkpoint or model folder that cannot be used as asked; the message names the file and the fix."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read back; the message names the file and the fix."""
 
 
 def is_model_folder(path):
@@ -131,9 +143,117 @@ def read_folder_config(folder):
     return folder_config
 
 
+# ---------------------------------------------------------------------------- Hugging Face Hub ids
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as transformers' from_pretrained takes it
+# What a Hub id's snapshot may bring: a model folder's files (its mT5 as safetensors; read_folder_config refuses
+# anything else in mt5/ and checks each file's SHA-256), or an mT5's config, tokenizer and safetensors weights.
+FOLDER_FILES = ("config.json", WEIGHTS, "README.md", f"{MT5_DIR}/*.json", f"{MT5_DIR}/*.safetensors",
+                f"{MT5_DIR}/*.model")
+MT5_FILES = ("*.json", "*.model", "*.safetensors")
+MT5_PICKLED_FILES = ("pytorch_model*.bin",)  # only when the repository has no safetensors; check_mt5_weights reads them
+
+
+def resolve_hub_id(source, flag, patterns=FOLDER_FILES, pickled_patterns=(), fix=None, error=None):
+    """`source` as a local path: itself when it exists (a local folder of a Hub id's name wins) or when it is
+    no Hub id (org/name; its reader names it as missing); else the snapshot folder of Hub repository `source`
+    in huggingface_hub's cache, as transformers' from_pretrained finds it: downloaded (only the files matching
+    `patterns`; `pickled_patterns` too where none of them is safetensors) when the Hub can be reached, the
+    cache's copy when not (HF_HUB_OFFLINE=1, no network). Nothing is trusted for coming from the Hub: the
+    folder is read as a local one would be. Not found: `error` (default ModelFileError) naming `flag` and `fix`
+    (default: the `hf download` command)."""
+    if (not source or os.path.exists(source) or not HUB_ID.fullmatch(source) or source.endswith((".pth", ".pt"))
+            or os.path.isdir(source.split("/")[0])):
+        return source
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError
+    try:
+        folder = snapshot_download(source, allow_patterns=list(patterns))
+        if pickled_patterns and not any(name.endswith(".safetensors") for name in os.listdir(folder)):
+            folder = snapshot_download(source, allow_patterns=list(patterns + pickled_patterns))
+    except (OSError, HFValidationError) as err:  # not cached offline, not on the Hub, no network, a bad name
+        where = ("in the Hugging Face cache (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else
+                 "on the Hugging Face Hub nor in its cache")
+        fix = fix or f"download it with `hf download {source}` where the Hub can be reached, or pass a local path"
+        raise (error or ModelFileError)(f"{flag} {source}: no such local path, and not found {where} "
+                                        f"({type(err).__name__}): {fix}") from None
+    return folder
+
+
 def folder_mt5_path(source):
     """The mT5 inside a model folder, or None when `source` is not a folder."""
     return os.path.join(source, MT5_DIR) if source and is_model_folder(source) else None
+
+
+# ---------------------------------------------------------------------------- the writers
+
+def write_checkpoint(output_dir, state, epoch, args, max_accuracy, global_step, best=False):
+    """output_dir/checkpoint.pth, the release's dict (see the top of this file) that read_model reads, written
+    atomically; with best, best_checkpoint.pth becomes the same file (a hard link, not a second write)."""
+    last = os.path.join(output_dir, "checkpoint.pth")
+    save_atomic({"model": state, "epoch": epoch, "args": args, "max_accuracy": max_accuracy,
+                 "global_step": global_step}, last)
+    if best:
+        link_atomic(last, os.path.join(output_dir, "best_checkpoint.pth"))
+
+
+def save_atomic(obj, path):
+    """torch.save to `path` through atomic.atomic_open, flushed to disk before the rename: a crash never
+    leaves half a checkpoint. A full disk is a CheckpointError naming the file."""
+    try:
+        with atomic_open(path, "wb", fsync=True) as f:  # a file object: a full disk is an OSError(ENOSPC)
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as err:
+        if disk_is_full(err, os.path.dirname(os.path.abspath(path))):
+            raise CheckpointError(f"could not write {path}: the disk is full; free some space (the earlier "
+                                  f"checkpoints are intact)") from err
+        raise
+
+
+def folder_config(model, sections):
+    """config.json's content but its file digests: the format, the model's settings (model.config, with mT5
+    inside the folder), `sections` ({"data", "generation", "training"}: what the exporter knows of the run)
+    and mT5's width."""
+    model_settings = dataclasses.asdict(model.config)
+    model_settings["mt5_path"] = MT5_DIR
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model_settings, **sections,
+            "d_model": model.mt5_model.config.d_model}
+
+
+def refuse_existing(out_dir):
+    """A ModelFileError when `out_dir` exists: a model folder is never written over another."""
+    if os.path.exists(out_dir):
+        raise ModelFileError(f"{out_dir} exists; choose a new output folder (nothing is overwritten)")
+
+
+def write_folder(out_dir, model, folder_settings, card):
+    """Write `model` as a model folder (see the top of this file) at `out_dir`, which must not exist: its
+    own weights (safetensors), mT5 and tokenizer (save_pretrained), config.json (folder_settings plus every
+    file's SHA-256, which read_folder_config checks) and the model card's text `card`. Written under a
+    temporary name and renamed when complete; any failure leaves nothing behind and is a ModelFileError."""
+    from safetensors import SafetensorError
+    refuse_existing(out_dir)
+    try:
+        with atomic_path(os.path.normpath(out_dir)) as tmp:
+            mt5_dir = os.path.join(tmp, MT5_DIR)
+            os.makedirs(mt5_dir)
+            model.mt5_model.save_pretrained(mt5_dir, safe_serialization=True)
+            model.mt5_tokenizer.save_pretrained(mt5_dir)
+            own = {k: v for k, v in model.state_dict().items() if not k.startswith(MT5_PREFIX)}
+            save_tensors(own, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
+            files = {os.path.relpath(os.path.join(parent, name), tmp).replace(os.sep, "/"):
+                     sha256(os.path.join(parent, name)) for parent, _, names in os.walk(tmp) for name in names}
+            with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+                json.dump({**folder_settings, "files": dict(sorted(files.items()))}, f, indent=2, ensure_ascii=False)
+            with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+                f.write(card)
+    except (OSError, SafetensorError) as err:  # an unwritable place, or a full disk (safetensors says so in words)
+        full = getattr(err, "errno", None) == errno.ENOSPC or "StorageFull" in str(err) or "No space left" in str(err)
+        raise ModelFileError(
+            f"could not write {out_dir}: " + ("the disk is full; free some space" if full else
+                                              f"{getattr(err, 'strerror', None) or err}; choose another output folder")
+            + " (nothing was left behind)") from None
+    return out_dir
 
 
 # ---------------------------------------------------------------------------- the one reader
@@ -158,7 +278,9 @@ def read_checkpoint_file(path):
 def read_model(source):
     """Read a checkpoint `.pth` or a model folder. Returns dict(state: the full state dict (mT5 included),
     args: the saved settings as a dict (a checkpoint's args, a folder's model + data + generation settings),
-    meta: epoch / global_step / max_accuracy where known, folder: bool)."""
+    meta: epoch / global_step / max_accuracy where known, folder: bool). A Hub id is read from the cache
+    (resolve_hub_id)."""
+    source = resolve_hub_id(source, "model")
     if os.path.isdir(source):
         if not is_model_folder(source):
             raise ModelFileError(f"{source} is a folder without config.json: not a model folder "
@@ -195,7 +317,7 @@ def check_mt5_weights(mt5_path):
         except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OSError) as err:
             raise ModelFileError(f"mT5 at {os.path.abspath(mt5_path)}: refusing {path}: it holds more than tensors "
                                  f"or is damaged ({refusal_reason(err, 200)}), and pickled weights are never loaded "
-                                 "beyond tensors; replace the folder with google/mt5-base's own files (`huggingface-cli "
+                                 "beyond tensors; replace the folder with google/mt5-base's own files (`hf "
                                  f"download google/mt5-base --local-dir {mt5_path}`)") from None
 
 
@@ -252,33 +374,15 @@ def load_weights(model, source, drop_curvature=False, read=None, complete=False,
 
 
 def likely_flags(model, saved_args, mismatched):
-    """The flags whose saved values differ from the model's settings, as a hint for a shape mismatch."""
-    saved = ModelConfig.from_args(saved_args) if saved_args else None
+    """The flags whose saved values differ from the model's settings (model.config, a dataclass with a
+    from_args reader: models.ModelConfig), as a hint for a shape mismatch."""
+    settings = type(model.config)
+    saved = settings.from_args(saved_args) if saved_args else None
     differing = [f"--{f.name} {getattr(saved, f.name)} (this run: {getattr(model.config, f.name)})"
-                 for f in dataclasses.fields(ModelConfig) if saved is not None and f.name != "mt5_path"
+                 for f in dataclasses.fields(settings) if saved is not None and f.name != "mt5_path"
                  and f.name in saved_args and getattr(saved, f.name) != getattr(model.config, f.name)]
     if differing:
         return "it was saved with " + ", ".join(differing) + ": pass the same flags"
     if any(k.startswith(MT5_PREFIX) or k.startswith("pose_proj") for k, _, _ in mismatched):
         return "it was trained with another mT5 (d_model/vocabulary): pass its --mt5_path"
     return "pass the model flags it was trained with (e.g. --hyp_dim)"
-
-
-def load_model(source, mt5_path=None, device="cpu", read=None, complete=False, verbose=False):
-    """A trained Uni_Sign ready for inference, built with the settings saved in `source` (checkpoint, ours or
-    the release's, or model folder) and its weights, in eval mode: the one place that turns a trained model
-    file into a model. mT5 comes from `mt5_path`, else the folder's own, else the checkpoint's saved
-    --mt5_path, else config.mt5_path. A checkpoint without saved flags: its weights tell whether it has the
-    hyperbolic branch. read: what read_model(source) gave, if already read. Returns (model, read_model dict)."""
-    read = read or read_model(source)
-    if "use_hyperbolic" not in read["args"]:
-        read["args"]["use_hyperbolic"] = any(key.startswith("hyp_proj") for key in read["state"])
-    settings = ModelConfig.from_args({**read["args"], **({"mt5_path": mt5_path} if mt5_path else {})})
-    if not mt5_path and not read["folder"] and settings.mt5_path and not os.path.isdir(settings.mt5_path):
-        settings.mt5_path = None  # the training machine's path: fall back to config.mt5_path
-    safetensors_only = read["folder"] and not mt5_path
-    if not safetensors_only:
-        check_mt5_weights(settings.mt5_path or config.mt5_path)
-    model = Uni_Sign(settings, safetensors_only=safetensors_only)
-    load_weights(model, source, read=read, complete=complete, verbose=verbose)
-    return model.to(device).eval(), read

@@ -12,6 +12,7 @@ from torch import nn
 
 import config
 import hyperbolic as hyp
+import model_io
 import utils
 from stgcn_layers import PARTS, build_part_modules, encode_parts
 
@@ -76,11 +77,20 @@ class MT5FolderError(FileNotFoundError):
 
 
 def load_mt5(path, safetensors_only=False):
-    """Tokenizer and MT5ForConditionalGeneration from a save_pretrained folder, or an MT5FolderError that
+    """Tokenizer and MT5ForConditionalGeneration from a save_pretrained folder or a Hub id's cached snapshot
+    (model_io.resolve_hub_id: `google/mt5-base`, a local folder of that name first), or an MT5FolderError that
     says which path was tried, what is wrong with it and how to get google/mt5-base. safetensors_only: never
     read a pickled weight file (model folders)."""
     from safetensors import SafetensorError
     from transformers import AutoTokenizer, MT5ForConditionalGeneration
+    resolved = model_io.resolve_hub_id(path, "--mt5_path", model_io.MT5_FILES, model_io.MT5_PICKLED_FILES,
+                                       fix="fetch google/mt5-base with `hf download google/mt5-base` (into the cache, "
+                                           "for --mt5_path google/mt5-base) where the Hub can be reached, or with "
+                                           f"`--local-dir {config.mt5_path}` for config.mt5_path",
+                                       error=MT5FolderError)
+    if resolved != path:  # a Hub id: its snapshot, checked as a local --mt5_path is (preflight, from_pretrained)
+        path = resolved
+        model_io.check_mt5_weights(path)
     fix = ("It is part of a model folder: copy the folder anew or export it again (script/export_model.py)."
            if safetensors_only else
            f"Download google/mt5-base with `hf download google/mt5-base --local-dir {path}` or set "
@@ -180,15 +190,26 @@ class Uni_Sign(nn.Module):
                 nn.init.zeros_(module.bias)
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu"):
-        """The model of a model folder (script/export_model.py; see model_io.py), in eval mode: its settings
-        from config.json, mT5 and tokenizer from its mt5/, weights from safetensors; nothing is unpickled and
-        every file is checked against its SHA-256."""
-        import model_io
-        if not model_io.is_model_folder(folder):
-            raise model_io.ModelFileError(f"{folder} is not a model folder (no config.json); for a .pth checkpoint "
-                                          "use model_io.load_model")
-        return model_io.load_model(folder, device=device)[0]
+    def from_pretrained(cls, source, mt5_path=None, device="cpu", read=None, complete=False, verbose=False):
+        """A trained model in eval mode, built with the settings saved in `source` and its weights: the one place
+        that turns a trained model file into a model. `source`: a model folder (script/export_model.py: nothing
+        unpickled, every file checked against its SHA-256) or a `.pth` checkpoint, ours or the release's. mT5
+        comes from `mt5_path`, else the folder's own, else the checkpoint's saved --mt5_path, else
+        config.mt5_path. A checkpoint without saved flags: its weights tell whether it has the hyperbolic branch.
+        read: what model_io.read_model(source) gave, if already read (its args and meta describe the run);
+        complete, verbose: as model_io.load_weights."""
+        read = read or model_io.read_model(source)
+        if "use_hyperbolic" not in read["args"]:
+            read["args"]["use_hyperbolic"] = any(key.startswith("hyp_proj") for key in read["state"])
+        settings = ModelConfig.from_args({**read["args"], **({"mt5_path": mt5_path} if mt5_path else {})})
+        if not mt5_path and not read["folder"] and settings.mt5_path and not os.path.isdir(settings.mt5_path):
+            settings.mt5_path = None  # the training machine's path: fall back to config.mt5_path
+        safetensors_only = read["folder"] and not mt5_path
+        if not safetensors_only:
+            model_io.check_mt5_weights(settings.mt5_path or config.mt5_path)
+        model = cls(settings, safetensors_only=safetensors_only)
+        model_io.load_weights(model, source, read=read, complete=complete, verbose=verbose)
+        return model.to(device).eval()
 
     # ------------------------------------------------------------------ pose -> mT5 inputs
     def encode_pose(self, batch):

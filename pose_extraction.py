@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 
+from atomic import atomic_open
+
 # FFmpeg's own complaints about a broken file would interleave with ours; ours name the file and the fix.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2  # noqa: E402
@@ -212,11 +214,5 @@ def write_pose(pose, path):
     """Pickle the pose dict to `path` atomically (a temporary file next to it, then a rename): an interrupted
     run never leaves a half-written pickle that a resumed run would take for a finished one."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(pose, f, protocol=4)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as f:
+        pickle.dump(pose, f, protocol=4)

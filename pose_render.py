@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from atomic import atomic_path
 import pose_extraction  # sets OpenCV's FFmpeg log level before cv2 is first imported
 import cv2  # noqa: E402  (after pose_extraction on purpose)
 from datasets import CONFIDENCE_THRESHOLD, PART_INDICES, BadSampleError, load_pose  # noqa: E402
@@ -246,20 +247,18 @@ def render_clip(clips, out, video=None, fps=None, size=None, labels=None, subtit
     if kind == ".png":  # drawing stops after the wanted frame; the ones before it are drawn, not kept
         frames, total = itertools.islice(frames, frame, frame + 1), 1
     written, writer = 0, None
-    try:
-        writer = open_writer(temporary, (size[0] * len(clips), size[1]), fps)
-        with tqdm(frames, total=total, desc=os.path.basename(out), unit="frame", leave=False, dynamic_ncols=True,
-                  disable=not progress) as bar:
-            for written, image in enumerate(bar, 1):
-                writer.write(image)
-        writer.close()
-        os.replace(temporary, out)
-    finally:
-        for opened in (writer, reader):
-            if opened is not None:
-                opened.close()
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_path(out, temporary):  # the writer is closed before the temporary is renamed or removed
+        try:
+            writer = open_writer(temporary, (size[0] * len(clips), size[1]), fps)
+            with tqdm(frames, total=total, desc=os.path.basename(out), unit="frame", leave=False,
+                      dynamic_ncols=True, disable=not progress) as bar:
+                for written, image in enumerate(bar, 1):
+                    writer.write(image)
+            writer.close()
+        finally:
+            for opened in (writer, reader):
+                if opened is not None:
+                    opened.close()
     return written
 
 

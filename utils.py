@@ -16,8 +16,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from atomic import atomic_open
+
 
 # ---------------------------------------------------------------------------- processes
+
+# What a launcher (deepspeed, torchrun) sets for each process it starts: a process without them is a run of its own.
+LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 
 def use_environment_extension_cache():
     """Keep the C++ ops DeepSpeed compiles on first use (on CPU its communication op, a minute or two) in this
@@ -296,14 +301,8 @@ def append_log(output_dir, record):
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             earlier = f.read()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(earlier + json.dumps(record) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path) as f:
+        f.write(earlier + json.dumps(record) + "\n")
 
 
 def read_log(output_dir):

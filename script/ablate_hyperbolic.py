@@ -23,16 +23,13 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for folder in (ROOT, os.path.join(ROOT, "script")):
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+import config
+import SLRT_metrics
+import utils
+from make_demo import safe_load_labels, write_labels
+from models import STABLE_RECIPE
 
-import config  # noqa: E402
-from models import STABLE_RECIPE  # noqa: E402
-import SLRT_metrics  # noqa: E402
-import utils  # noqa: E402
-from make_demo import safe_load_labels, write_labels  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOKEN = ["--use_hyperbolic", "--hyp_text_cmp", "token"]
 POOLED = ["--use_hyperbolic", "--hyp_text_cmp", "pooled"]

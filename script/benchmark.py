@@ -18,43 +18,18 @@ step, TFLOP/s, MFU, memory per configuration; render: draw_ms_per_frame and the 
 """
 import argparse
 import importlib
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-# sub-command -> the module (script/bench_*.py) whose main(argv) runs it
-BENCHMARKS = {"data": "bench_data", "index": "bench_index", "hyperbolic": "bench_hyperbolic", "extract": "bench_extract",
-              "step": "bench_step", "convs": "bench_convs", "gpu": "bench_gpu", "run": "bench_run",
-              "render": "bench_render", "syncs": "bench_syncs"}
+# sub-command -> the module (script/bench/) whose main(argv) runs it
+BENCHMARKS = {"data": "bench.data", "index": "bench.index", "hyperbolic": "bench.hyperbolic",
+              "metrics": "bench.metrics", "extract": "bench.extract", "step": "bench.step", "convs": "bench.convs",
+              "gpu": "bench.gpu", "run": "bench.run", "render": "bench.render", "syncs": "bench.syncs"}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=sorted([*BENCHMARKS, "metrics"]))
+    parser.add_argument("which", choices=sorted(BENCHMARKS))
     args, rest = parser.parse_known_args()
-    if args.which == "metrics":
-        return bench_metrics()
     importlib.import_module(BENCHMARKS[args.which]).main(rest)
-
-
-def bench_metrics():
-    """Seconds to score the literature's How2Sign test outputs (BLEU-1..4 + ROUGE-L), best of 3."""
-    import json
-    import time
-    import SLRT_metrics
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data",
-                          "reference_outputs", "how2sign")
-    _, hyps = SLRT_metrics.read_reference_file(os.path.join(folder, "test_tmp_pres.txt"))
-    _, refs = SLRT_metrics.read_reference_file(os.path.join(folder, "test_tmp_refs.txt"))
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        SLRT_metrics.translation_metrics(hyps, refs)
-        times.append(time.perf_counter() - start)
-    print(f"scoring {len(hyps)} How2Sign pairs: {min(times):.3f} s (target: under 2 s)")
-    print(json.dumps({"seconds": round(min(times), 4), "pairs": len(hyps), "ratio_to_target": round(min(times) / 2.0, 4)}))
 
 
 if __name__ == "__main__":

@@ -13,22 +13,13 @@ config.mt5_path. OUT_DIR must not exist; it is written under a temporary name an
 Load it with `Uni_Sign.from_pretrained(OUT_DIR)` or `--finetune OUT_DIR`.
 """
 import argparse
-import dataclasses
 import datetime
-import errno
 import json
 import os
-import shutil
-import sys
 
-from safetensors import SafetensorError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import model_io  # noqa: E402
-import utils  # noqa: E402
+import model_io
+import utils
+from models import Uni_Sign
 
 # The run settings worth telling in the card (when the checkpoint saved them).
 TRAINING_KEYS = ("dataset", "task", "epochs", "batch_size", "gradient_accumulation_steps", "lr", "min_lr",
@@ -91,7 +82,7 @@ def build_model(source, mt5_path):
     read = model_io.read_model(source)
     if not read["args"]:
         raise model_io.ModelFileError(f"{source} saved no args: its model settings are unknown")
-    model, read = model_io.load_model(source, mt5_path, read=read, complete=True)
+    model = Uni_Sign.from_pretrained(source, mt5_path, read=read, complete=True)
     if master is not None:
         riemannian = {id(p) for p in model.hyperbolic_parameters()}
         outside = {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) in riemannian}
@@ -112,22 +103,17 @@ def run_scores(checkpoint, meta):
                     if k.startswith(split + "_") and k[len(split) + 1:] in SCORE_NAMES} for split in ("dev", "test")}
 
 
-def folder_config(model, read):
-    """config.json's content but its file digests: the model settings, the data and generation settings and
-    where the weights came from."""
+def run_sections(read):
+    """What config.json says of the run besides the model (model_io.folder_config adds the model's settings):
+    the data and generation settings and where the weights came from."""
     from datasets import prompt_for
     args = read["args"]
     dataset = args.get("dataset", "CSL_Daily")
-    model_settings = dataclasses.asdict(model.config)
-    model_settings["mt5_path"] = model_io.MT5_DIR
-    return {"format": model_io.FORMAT, "format_version": model_io.FORMAT_VERSION,
-            "model": model_settings,
-            "data": {"dataset": dataset, "task": args.get("task", "SLT"), "max_length": args.get("max_length", 256),
+    return {"data": {"dataset": dataset, "task": args.get("task", "SLT"), "max_length": args.get("max_length", 256),
                      "language": "Chinese" if "Chinese" in prompt_for(dataset) else "English"},
             "generation": {"num_beams": args.get("num_beams", 4), "max_tgt_len": args.get("max_tgt_len", 100)},
             "training": {**{k: args[k] for k in TRAINING_KEYS if k in args and _is_plain(args[k])},
-                         **{k: v for k, v in read["meta"].items() if _is_plain(v)}},
-            "d_model": model.mt5_model.config.d_model}
+                         **{k: v for k, v in read["meta"].items() if _is_plain(v)}}}
 
 
 def _is_plain(value):
@@ -219,40 +205,12 @@ def mt5_base_name(model):
 
 
 def export(source, out_dir, mt5_path=None, license_name="other"):
-    """Write the model folder of `source` to `out_dir` (under a temporary name, renamed when complete)."""
-    if os.path.exists(out_dir):
-        raise model_io.ModelFileError(f"{out_dir} exists; choose a new output folder (nothing is overwritten)")
+    """Write the model folder of `source` to `out_dir` (model_io.write_folder: complete or not at all)."""
+    model_io.refuse_existing(out_dir)  # before the model is built
     model, read = build_model(source, mt5_path)
-    tmp = f"{os.path.normpath(out_dir)}.tmp-{os.getpid()}"
-    try:
-        os.makedirs(os.path.join(tmp, model_io.MT5_DIR))
-        mt5_dir = os.path.join(tmp, model_io.MT5_DIR)
-        model.mt5_model.save_pretrained(mt5_dir, safe_serialization=True)
-        model.mt5_tokenizer.save_pretrained(mt5_dir)
-        own = {k: v for k, v in model.state_dict().items() if not k.startswith(model_io.MT5_PREFIX)}
-        model_io.save_tensors(own, os.path.join(tmp, model_io.WEIGHTS), metadata={"format": "pt"})
-        cfg = folder_config(model, read)
-        files = {}
-        for parent, _, names in os.walk(tmp):
-            for name in names:
-                path = os.path.join(parent, name)
-                files[os.path.relpath(path, tmp).replace(os.sep, "/")] = model_io.sha256(path)
-        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump({**cfg, "files": dict(sorted(files.items()))}, f, indent=2, ensure_ascii=False)
-        card = model_card(cfg, run_scores(source, read["meta"]), source, license_name, mt5_base_name(model))
-        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
-        os.replace(tmp, out_dir)
-    except (OSError, SafetensorError) as err:  # an unwritable place, or a full disk (safetensors says so in words)
-        full = getattr(err, "errno", None) == errno.ENOSPC or "StorageFull" in str(err) or "No space left" in str(err)
-        raise model_io.ModelFileError(
-            f"could not write {out_dir}: " + ("the disk is full; free some space" if full else
-                                              f"{getattr(err, 'strerror', None) or err}; choose another output folder")
-            + " (nothing was left behind)") from None
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-    return out_dir
+    cfg = model_io.folder_config(model, run_sections(read))
+    card = model_card(cfg, run_scores(source, read["meta"]), source, license_name, mt5_base_name(model))
+    return model_io.write_folder(out_dir, model, cfg, card)
 
 
 def main(argv=None):

@@ -14,9 +14,8 @@ import multiprocessing
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import pose_extraction  # noqa: E402
-import utils  # noqa: E402
+import pose_extraction
+import utils
 
 
 def get_args_parser():

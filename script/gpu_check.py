@@ -35,7 +35,7 @@ DEMO_FLAGS = ["--dataset", "Demo", "--task", "SLT", "--use_hyperbolic", "--hyp_t
 
 def child_env():
     """A step's environment: a run of its own (no launcher's rank variables), quiet tokenizers, no wandb upload."""
-    from bench_step import single_process_env
+    from bench.common import single_process_env
     return single_process_env(TOKENIZERS_PARALLELISM=os.environ.get("TOKENIZERS_PARALLELISM", "false"),
                               WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
 
@@ -87,7 +87,7 @@ def child_nccl_broadcast():
 
 
 def child_syncs():
-    import bench_syncs
+    from bench import syncs as bench_syncs
     import utils
     utils.init_distributed()
     print(json.dumps(bench_syncs.measure()))
@@ -179,7 +179,6 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=480, help="seconds for all steps together")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "script")]
     if args.child:
         return {"nccl_broadcast": child_nccl_broadcast, "syncs": child_syncs}[args.child]()
     import torch

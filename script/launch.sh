@@ -12,10 +12,31 @@
 #   DEEPSPEED_ARGS="..."   anything else for the deepspeed launcher, e.g. "--include node1:0,1"
 # See README.md, "Several nodes".
 
+# The project's .venv when there is one (its deepspeed and python, without activating it first).
+GEO_SIGN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -x "$GEO_SIGN_ROOT/.venv/bin/deepspeed" ]; then
+    PATH="$GEO_SIGN_ROOT/.venv/bin:$PATH"
+fi
+
+# require_checkpoint PATH: one error line, with where the released checkpoint comes from, when PATH is missing
+# (a file or a model folder; CKPT=... names another).
+require_checkpoint() {
+    if [ ! -e "$1" ]; then
+        echo "error: checkpoint not found: $1: fetch the released $(basename "$1") into $(dirname "$1")/ with" \
+             "\`hf download REPO_ID $(basename "$1") --local-dir $(dirname "$1")\` (REPO_ID: the release's Hub" \
+             "repository; README.md, \"Using real data\"), or set CKPT=PATH" >&2
+        exit 1
+    fi
+}
+
 # launch SCRIPT DEFAULT_NUM_GPUS [script arguments...]: exec the deepspeed launcher on SCRIPT.
 launch() {
     local script=$1 default_gpus=$2
     shift 2
+    if ! command -v deepspeed >/dev/null 2>&1; then
+        echo "error: deepspeed not found and no .venv in $GEO_SIGN_ROOT: run \`bash script/setup.sh\` (it creates .venv)" >&2
+        exit 1
+    fi
     local launcher_args=()
     if [ -n "${HOSTFILE:-}" ]; then
         if [ ! -f "$HOSTFILE" ]; then

@@ -17,15 +17,12 @@ import json
 import os
 import pickle
 import shutil
-import sys
 import time
 from collections import Counter
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 SOURCE_LABELS = os.path.join(ROOT, "data", "CSL_Daily", "labels.train")
 NUM_GLOSSES = 60           # the most frequent CSL-Daily glosses the demo sentences may use
@@ -82,6 +79,43 @@ def build_tokenizer_and_mt5(texts, out_dir, seed=0):
     torch.set_rng_state(cpu_rng_state)  # leave the caller's random stream untouched
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+# ----------------------------------------------------------------------------- a tiny mT5 and random batches
+TINY_SENTENCES = ["他现在在哪儿呢？", "你最喜欢哪个季节？", "今天天气很好，我们一起去公园散步吧。",
+                  "他什么时候能回来？"]
+
+
+def build_tiny_mt5(out_dir):
+    """A small tokenizer + mT5 (the demo's builder on a few sentences), written to out_dir: for tests and
+    benchmarks that need a model, not the demo's data."""
+    return build_tokenizer_and_mt5(TINY_SENTENCES, out_dir, seed=0)  # the builder adds the prompts
+
+
+def random_batch(tokenizer, batch_size, frames, text_len, seed=0):
+    """A collated batch of the interface's shape (datasets.PoseCollator's): smooth random poses, varied
+    lengths, ~text_len targets; for tests and benchmarks of the model without data files."""
+    import torch
+
+    from datasets import PART_INDICES, PROMPTS
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(frames * 3 // 4, frames + 1, (batch_size,), generator=gen)
+    lengths[0] = frames
+    pose = {}
+    for part, nodes in ((part, len(indices)) for part, indices in PART_INDICES.items()):
+        walk = torch.cumsum(torch.randn(batch_size, frames, nodes, 2, generator=gen) * 0.02, dim=1)
+        xy = (torch.rand(batch_size, 1, nodes, 2, generator=gen) * 2 - 1 + walk).clamp(-1, 1)
+        score = torch.rand(batch_size, frames, nodes, 1, generator=gen)
+        pose[part] = torch.cat([xy, score], dim=-1)
+    pose_mask = (torch.arange(frames)[None] < lengths[:, None]).long()
+    prompt = tokenizer([PROMPTS["Chinese"]] * batch_size, return_tensors="pt", padding=True)
+    ids = torch.randint(3, len(tokenizer), (batch_size, text_len), generator=gen)
+    ids[:, -1] = tokenizer.eos_token_id
+    labels_mask = torch.ones_like(ids)
+    labels_mask[1::2, text_len * 3 // 4:] = 0  # every other target shorter: padding is exercised
+    labels = ids.masked_fill(labels_mask == 0, -100)
+    return {"pose": pose, "pose_mask": pose_mask, "prompt_ids": prompt.input_ids, "prompt_mask": prompt.attention_mask,
+            "labels": labels, "labels_mask": labels_mask}
 
 
 # ----------------------------------------------------------------------------- synthetic poses

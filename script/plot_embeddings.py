@@ -17,13 +17,10 @@ import sys
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import hyperbolic as hyp  # noqa: E402
-import model_io  # noqa: E402
-import utils  # noqa: E402
+import hyperbolic as hyp
+import model_io
+import utils
+from models import Uni_Sign
 
 # Drawn in this order: the four parts (PARTS order of the model) and the text; Okabe-Ito colours.
 POINT_NAMES = ("body", "left hand", "right hand", "face", "text")
@@ -199,7 +196,8 @@ def main(args):
                    f"{args.max_samples})")
     utils.ensure_writable_dir(args.output_dir, "--output_dir")  # before the model runs, not after
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, read = model_io.load_model(args.finetune, args.mt5_path, device)
+    read = model_io.read_model(args.finetune)
+    model = Uni_Sign.from_pretrained(args.finetune, args.mt5_path, device, read=read)
     if not model.config.use_hyperbolic:
         raise model_io.ModelFileError(f"{args.finetune} has no hyperbolic branch (trained without --use_hyperbolic): "
                                       "there is no Poincaré ball to draw")

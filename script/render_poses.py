@@ -15,9 +15,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import pose_render  # noqa: E402
-import utils  # noqa: E402
+import pose_render
+import utils
 
 
 def get_args_parser():

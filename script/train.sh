@@ -4,6 +4,7 @@
 . "$(dirname "$0")/launch.sh"
 output_dir=${OUTPUT_DIR:-out/geo_sign_csl_daily}
 ckpt=${CKPT:-checkpoints/pretraining.pth}
+require_checkpoint "$ckpt"
 launch fine_tuning.py 1 \
    --batch_size 8 \
    --gradient_accumulation_steps 8 \

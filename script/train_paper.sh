@@ -5,6 +5,7 @@
 . "$(dirname "$0")/launch.sh"
 output_dir=${OUTPUT_DIR:-out/geo_sign_paper}
 ckpt=${CKPT:-checkpoints/pretraining.pth}
+require_checkpoint "$ckpt"
 launch fine_tuning.py 4 \
    --batch_size 8 --gradient_accumulation_steps 8 --epochs 40 \
    --opt adamw --lr 3e-5 --warmup-epochs 5 --min-lr 1e-6 --gradient_clipping 1.0 \

@@ -18,12 +18,11 @@ import sys
 import tempfile
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import model_io  # noqa: E402
-import pose_extraction  # noqa: E402
-import utils  # noqa: E402
-from extract_poses import add_model_args  # noqa: E402
+import model_io
+import pose_extraction
+import utils
+from extract_poses import add_model_args
+from models import Uni_Sign
 
 
 def get_args_parser():
@@ -57,7 +56,8 @@ def main(args):
         if not os.path.isfile(video):
             utils.fail(f"{video}: no such video file")
     try:
-        model, read = model_io.load_model(args.finetune, args.mt5_path)
+        read = model_io.read_model(args.finetune)
+        model = Uni_Sign.from_pretrained(args.finetune, args.mt5_path, read=read)
         train_args = argparse.Namespace(**read["args"])
         estimator = pose_extraction.PoseEstimator(args.mode, args.det_model, args.pose_model, args.device)
     except (FileNotFoundError, ValueError) as error:  # ModelError is a ValueError

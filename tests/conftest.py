@@ -15,11 +15,9 @@ from e2e import THREADS, TINY_EVAL_SAMPLES
 
 os.environ["OMP_NUM_THREADS"] = str(THREADS)  # this process's own torch (in-process tests), set before its import
 
+import utils  # noqa: E402  (after OMP_NUM_THREADS: it imports torch)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for folder in (ROOT, os.path.join(ROOT, "script")):
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-import utils  # noqa: E402  (from ROOT, put on the path just above)
 # DeepSpeed compiles its CPU communication op (a minute or two) on first use; every run the tests start (some
 # under another HOME) uses this environment's one cache, which script/setup.sh has filled.
 utils.use_environment_extension_cache()

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import tempfile
 
+import utils
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EVAL_SAMPLES = 6  # dev and test samples of the tiny_demo fixture
-LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 # Threads for one test's work: the machine's cores shared among pytest-xdist's workers (GNU OpenMP threads spin
 # while they wait, so more threads than cores make every test many times slower, not a little).
 THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
@@ -29,7 +30,7 @@ def base_args(demo, output_dir, epochs=2, steps=4):
 
 
 def clean_env(threads=THREADS, **extra):
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV and not k.startswith("WANDB")}
+    env = {k: v for k, v in os.environ.items() if k not in utils.LAUNCH_ENV and not k.startswith("WANDB")}
     env.update({"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", **extra})
     return {k: v for k, v in env.items() if v is not None}
 

@@ -45,7 +45,6 @@ LAZY_IMPORTS = ("transformers.models.mt5.modeling_mt5", "transformers.models.t5.
 
 def preload():
     """Import what fine_tuning.py, pretraining.py and the scripts import, without running any of it."""
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "script")]
     import utils
     utils.silence_known_notices()  # before DeepSpeed's import, as the commands do
     utils.use_environment_extension_cache()
@@ -59,7 +58,6 @@ def preload():
         except ImportError:  # another version's layout: the child imports what it needs, as usual
             pass
     warm_weight_renaming_table()
-    sys.path[:2] = []
 
 
 def warm_weight_renaming_table():

@@ -487,7 +487,7 @@ def test_malformed_label_entry_names_file(tmp_path):
 
 
 def test_benchmark_script_prints_ratio_json(capsys):
-    import bench_data
+    from bench import data as bench_data
     bench_data.main(["--frames", "50", "--repeats", "3", "--no_loader"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
@@ -495,7 +495,7 @@ def test_benchmark_script_prints_ratio_json(capsys):
 
 
 def test_benchmark_data_compares_loader_and_model_speed(demo_root, capsys):
-    import bench_data
+    from bench import data as bench_data
     bench_data.main(["--frames", "50", "--repeats", "3", "--demo_root", demo_root["out_root"], "--workers", "0", "2",
                      "--batches", "3", "--train_steps", "1", "--batch_size", "2"])
     out = capsys.readouterr().out.strip().splitlines()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import engine
+import model_io
 import utils
 from conftest import cut_demo
 
@@ -349,18 +350,18 @@ def test_commit_prunes_the_old_tags_of_its_own_folder(tmp_path):
 
 def test_full_disk_names_the_file_and_keeps_the_earlier_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.pth")
-    engine.save_atomic({"epoch": 0}, path)
+    model_io.save_atomic({"epoch": 0}, path)
     real_save = torch.save
 
     def full_disk(obj, f, *args, **kwargs):
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(engine.torch, "save", full_disk)
-    with pytest.raises(engine.CheckpointError, match="disk is full") as info:
-        engine.save_atomic({"epoch": 1}, path)
+    monkeypatch.setattr(model_io.torch, "save", full_disk)
+    with pytest.raises(model_io.CheckpointError, match="disk is full") as info:
+        model_io.save_atomic({"epoch": 1}, path)
     assert path in str(info.value)
-    monkeypatch.setattr(engine.torch, "save", real_save)
+    monkeypatch.setattr(model_io.torch, "save", real_save)
     assert torch.load(path, weights_only=True) == {"epoch": 0}
     assert os.listdir(tmp_path) == ["checkpoint.pth"]
 
@@ -377,7 +378,7 @@ def test_full_disk_during_the_deepspeed_save_keeps_the_previous_state(tmp_path, 
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", full_disk_for_deepspeed)
-    with pytest.raises(engine.CheckpointError, match="disk is full"):
+    with pytest.raises(model_io.CheckpointError, match="disk is full"):
         eng.save(str(tmp_path), epoch=1, best=1.0, improved=False)
     monkeypatch.setattr(torch, "save", real_save)
     ds_dir = tmp_path / "deepspeed"
@@ -397,10 +398,10 @@ def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
         for _ in range(1000):  # the handler runs between bytecodes
             pass
 
-    monkeypatch.setattr(engine.torch, "save", interrupted)
+    monkeypatch.setattr(model_io.torch, "save", interrupted)
     with pytest.raises(engine.Stopped, match="SIGTERM"), engine.stop_on_signals():
         eng.save(str(tmp_path), epoch=1, best=1.0, improved=False)
-    monkeypatch.setattr(engine.torch, "save", real_save)
+    monkeypatch.setattr(model_io.torch, "save", real_save)
     assert sorted(os.listdir(tmp_path)) == ["best_checkpoint.pth", "checkpoint.pth", "deepspeed"]
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored after the block

@@ -3,6 +3,7 @@ session, also when pytest-xdist runs the tests in several workers."""
 import json
 import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,27 +11,25 @@ import pytest
 import e2e
 from conftest import built_once
 
-# One pytest-xdist worker asking for the same folder as another: its own temporary folder is below the session's.
-ASK = """
-import json, os, sys, time
-from pathlib import Path
-from types import SimpleNamespace
-sys.path.insert(0, "tests")
-from conftest import built_once
-session, worker = Path(sys.argv[1]), os.environ["PYTEST_XDIST_WORKER"]
-(session / worker).mkdir()
+def ask_for_the_shared_folder(session):
+    """What one pytest-xdist worker does (run as `python tests/test_fixtures.py SESSION`, tests/ being the script's
+    folder): ask for the folder "shared" that another worker asks for too; its own temporary folder is below the
+    session's. Prints what built_once returned."""
+    import time
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    (session / worker).mkdir()
 
-def build(folder):
-    (folder / worker).write_text("built here")
-    time.sleep(1)  # the other worker asks meanwhile
-    return {"by": worker, "folder": str(folder)}
+    def build(folder):
+        (folder / worker).write_text("built here")
+        time.sleep(1)  # the other worker asks meanwhile
+        return {"by": worker, "folder": str(folder)}
 
-print(json.dumps(built_once(SimpleNamespace(getbasetemp=lambda: session / worker), "shared", build)))
-"""
+    print(json.dumps(built_once(SimpleNamespace(getbasetemp=lambda: session / worker), "shared", build)))
 
 
 def test_two_workers_asking_at_once_get_one_build(tmp_path):
-    workers = [e2e.start([sys.executable, "-c", ASK, str(tmp_path)], PYTEST_XDIST_WORKER=f"gw{i}") for i in (0, 1)]
+    workers = [e2e.start([sys.executable, os.path.abspath(__file__), str(tmp_path)], PYTEST_XDIST_WORKER=f"gw{i}")
+               for i in (0, 1)]
     results = [worker.communicate() for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], results
     answers = [json.loads(stdout) for stdout, _ in results]
@@ -50,3 +49,7 @@ def test_a_failed_build_is_started_again_from_an_empty_folder(tmp_path, monkeypa
         built_once(factory, "run", broken)
     assert built_once(factory, "run", lambda folder: sorted(os.listdir(folder))) == []
     assert built_once(factory, "run", broken) == []  # built: not built again
+
+
+if __name__ == "__main__":
+    ask_for_the_shared_folder(Path(sys.argv[1]))

@@ -194,7 +194,7 @@ def token_model(tiny_mt5_path):
 
 
 def small_batch(model, seed=0, frames=12):
-    from bench_hyperbolic import random_batch
+    from make_demo import random_batch
     return random_batch(model.mt5_tokenizer, batch_size=3, frames=frames, text_len=7, seed=seed)
 
 

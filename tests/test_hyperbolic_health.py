@@ -176,8 +176,7 @@ def test_stable_recipe_sets_the_knobs_left_at_their_defaults():
 @pytest.mark.parametrize("mode", ("token", "pooled"))
 def test_remedy_settings_round_trip_through_checkpoint_and_folder(tiny_mt5_path, tmp_path, mode):
     import fine_tuning
-    import model_io
-    from bench_hyperbolic import random_batch
+    from make_demo import random_batch
     from export_model import export
     flags = ["--mt5_path", tiny_mt5_path, "--use_hyperbolic", "--hyp_text_cmp", mode, "--hyp_text_emb_src",
              "decoder", "--hyp_recipe", "stable", "--hyp_clip_r", "1.5", "--hyp_dim", "16"]
@@ -194,7 +193,7 @@ def test_remedy_settings_round_trip_through_checkpoint_and_folder(tiny_mt5_path,
     batch = random_batch(model.mt5_tokenizer, 2, 8, 5)
     with torch.no_grad():
         expected = model(batch)
-    from_checkpoint = model_io.load_model(checkpoint)[0]
+    from_checkpoint = Uni_Sign.from_pretrained(checkpoint)
     folder = export(checkpoint, os.path.join(tmp_path, "model"))
     from_folder = Uni_Sign.from_pretrained(folder)
     for loaded in (from_checkpoint, from_folder):

@@ -6,10 +6,9 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import SLRT_metrics as M
 
-import SLRT_metrics as M  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 REFERENCE_DIR = os.path.join(REPO, "tests", "data", "reference_outputs")
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import models
 import stgcn_layers
-from bench_hyperbolic import random_batch
+from make_demo import random_batch
 
 
 def build(mt5_path, **overrides):

@@ -127,7 +127,7 @@ def test_export_round_trip_gives_the_same_model_and_translations(token_run, expo
     dev_bleu4 = read_log(token_run)[-1]["dev_bleu4"]
     assert f"value: {round(dev_bleu4, 2)}" in front and "from_pretrained" in card and "@inproceedings" in card
 
-    from_pth, _ = model_io.load_model(str(token_run / "checkpoint.pth"), mt5_path=io_demo["mt5_path"])
+    from_pth = Uni_Sign.from_pretrained(str(token_run / "checkpoint.pth"), mt5_path=io_demo["mt5_path"])
     from datasets import PoseCollator, build_dataset
     dataset = build_dataset("Demo", "dev", DataConfig(), label_path=io_demo["label_paths"]["dev"],
                             pose_dir=io_demo["pose_dir"])

@@ -7,11 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import SLRT_metrics as M
+from e2e import run
 
-import SLRT_metrics as M  # noqa: E402
-from e2e import run  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BASE = os.path.join(REPO, "tests", "data", "reference_outputs", "csl_daily", "test_tmp_")
 PRES, REFS = BASE + "pres.txt", BASE + "refs.txt"

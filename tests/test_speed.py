@@ -32,7 +32,7 @@ def test_step_benchmark_runs_tiny():
 def test_side_by_side_summarises_known_round_times():
     """The step and run benchmarks' comparison of two trees, on times chosen by hand: medians, the ratio of the
     medians (baseline / work), the median of the rounds' own ratios, the CPU-time ratio, rounded as reported."""
-    from bench_step import side_by_side
+    from bench.common import side_by_side
     wall = {"baseline": [30.0, 10.0, 20.0], "work": [12.0, 10.0, 40.0]}  # rounds' ratios 2.5, 1.0, 0.5
     cpu = {"baseline": [9.0, 3.0, 6.0], "work": [2.0, 8.0, 4.0]}
     assert side_by_side(wall, cpu, "ms") == {
@@ -58,7 +58,7 @@ def test_gpu_benchmark_runs_tiny_on_cpu():
 def test_gpu_benchmark_rates_from_known_step_times():
     """The GPU benchmark's figures on inputs chosen by hand: a 0.25 s step of 8 samples and 2e12 FLOPs on a
     1e13 FLOP/s peak is 250 ms, 32 samples/s, 8 TFLOP/s and MFU 0.8; configurations compare by step time."""
-    import bench_gpu
+    from bench import gpu as bench_gpu
     assert bench_gpu.step_rates(0.25, 8, 2e12, 1e13) == {"ms_per_step": 250.0, "samples_per_s": 32.0,
                                                           "tflops": 8.0, "mfu": 0.8}
     assert bench_gpu.step_rates(0.25, 8, 2e12, None)["mfu"] is None
@@ -141,7 +141,7 @@ def test_compiled_training_steps_match_eager_on_one_graph(demo_root, tiny_mt5_pa
 
 def test_convolution_benchmark_runs_tiny(capsys):
     """benchmark.py convs: each encoder convolution shape timed as nn.Conv2d and as a matrix product, in process."""
-    import bench_convs
+    from bench import convs as bench_convs
     bench_convs.main(["--tiny"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary) == {"mm_gflops", "convs", "ratio"}
@@ -152,7 +152,7 @@ def test_convolution_benchmark_runs_tiny(capsys):
 def test_convolution_rates_from_known_times():
     """256->512 channels, kernel 5, 21 nodes, batch 2, 10 frames: 3 x 2 x 2 x 10 x 21 x 256 x 512 x 5 = 1.65 GFLOP
     (forward + backward, 2 per multiply-add), in 0.5 s as nn.Conv2d and 0.25 s as a matrix product."""
-    import bench_convs
+    from bench import convs as bench_convs
     assert bench_convs.conv_rates((256, 512, 5, 21), 2, 10, 0.5, 0.25) == {
         "shape": "256->512 k5 V21", "conv_gflops": 3.3, "matmul_gflops": 6.6, "ratio": 2.0}
 
@@ -162,7 +162,7 @@ def test_convolution_as_a_matrix_product_matches_conv2d_with_gradients(kernel):
     """The benchmark's matrix-product form computes what nn.Conv2d computes (forward and every gradient)."""
     import torch
 
-    import bench_convs
+    from bench import convs as bench_convs
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 5, (kernel, 1), padding=((kernel - 1) // 2, 0)).double()
     x = torch.randn(2, 6, 7, 3, dtype=torch.float64, requires_grad=True)
@@ -185,7 +185,7 @@ def test_whole_run_benchmark_runs_one_round():
 def test_the_branch_adds_no_host_reads_to_the_step():
     """Token and pooled mode read the host no more often per forward + backward than the pose-only model (the
     reads left are transformers' attention-mask checks); geoopt's curvature branches used to add 18 and 27."""
-    import bench_syncs
+    from bench import syncs as bench_syncs
     reads = bench_syncs.measure(batch_size=2, frames=8, text_len=5)["syncs_per_step"]
     assert reads["token"] == reads["pooled"] == reads["off"], reads
 

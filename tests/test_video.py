@@ -160,7 +160,8 @@ def test_translate_video_prints_what_evaluation_would(demo_root, models, tmp_pat
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 1 and lines[0]["video"] == video and lines[0]["frames"] == lines[0]["frames_used"] == 16
     # The same checkpoint, loaded the one way, on the saved pickle through the evaluation dataset.
-    model, read = model_io.load_model(str(checkpoint))
+    read = model_io.read_model(str(checkpoint))
+    model = Uni_Sign.from_pretrained(str(checkpoint), read=read)
     saved_args = argparse.Namespace(**read["args"])
     sample = {"name": "clip", "pose_path": lines[0]["pose_file"], "text": ""}
     item = datasets.PoseDataset("Demo", "test", [sample])[0]

@@ -19,18 +19,13 @@ import itertools
 import json
 import os
 import pickle
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _folder in (ROOT, os.path.join(ROOT, "script")):
-    if _folder not in sys.path:
-        sys.path.insert(0, _folder)
-import config  # noqa: E402
-import datasets  # noqa: E402
+import config
+import datasets
 
 
 def write_realistic_pose(path, num_frames, seed=0):
@@ -186,6 +181,3 @@ def main(argv=None):
         result.update(loader_vs_model(args))
     print(json.dumps(result))
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -17,14 +17,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from bench.common import child_command
 
 
 def write_news_json(path, clips, seed=0):
@@ -73,7 +71,6 @@ def touch_every_sample(samples, ready, release):
 def measure(mode, path, workers):
     """In this fresh process: build the index, fork the workers, let them touch everything, sum memory."""
     import multiprocessing
-    sys.path.insert(0, ROOT)
     import datasets  # noqa: F401  (torch and numpy loaded, as in a training rank)
 
     pose_dir = os.path.dirname(path)
@@ -113,8 +110,8 @@ def measure(mode, path, workers):
 
 def run_child(mode, path, workers):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", mode, path,
-                             "--workers", str(workers)], capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(child_command("index", "--child", mode, path, "--workers", workers), capture_output=True,
+                            text=True, env=env, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{mode} measurement failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -158,6 +155,3 @@ def main(argv=None):
                       "compact_mb": round(best["compact"]["pss_mb"]), "plain_mb": round(best["plain"]["pss_mb"]),
                       "baseline_mb": round(baseline)}))
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

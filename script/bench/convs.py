@@ -103,6 +103,3 @@ def main(argv=None):
     print(json.dumps({"mm_gflops": round(mm_gflops, 1), "convs": results,
                       "ratio": max(r["ratio"] for r in results)}))
 
-
-if __name__ == "__main__":
-    main()

@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.common import ROOT, child_command, single_process_env, training_step
+
 MT5_BASE = dict(d_model=768, d_kv=64, num_heads=12, d_ff=2048, num_layers=12, num_decoder_layers=12,
                 vocab_size=250112)
 MT5_TINY = dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, num_decoder_layers=2, vocab_size=None)
@@ -55,7 +56,7 @@ def build_random_mt5(out_dir, shape):
     random weights, saved to out_dir (float32, as the released mt5-base checkpoint is)."""
     import torch
     from transformers import MT5Config, MT5ForConditionalGeneration
-    from bench_hyperbolic import build_tiny_mt5
+    from make_demo import build_tiny_mt5
     build_tiny_mt5(out_dir)
     from transformers import AutoTokenizer
     vocab = shape["vocab_size"] or len(AutoTokenizer.from_pretrained(out_dir))
@@ -68,32 +69,15 @@ def build_random_mt5(out_dir, shape):
 
 def child(args):
     """One configuration: print its measurements as a JSON line."""
-    sys.path.insert(0, ROOT)
     import torch
-    import fine_tuning
     import utils
-    from bench_hyperbolic import random_batch
-    from bench_step import build_training
-    from models import Uni_Sign
 
     utils.init_distributed()
     flags = ["--mt5_path", args.mt5_path, "--batch_size", str(args.batch_size), "--num_workers", "0",
              "--zero_stage", "2", "--max_length", str(args.frames)]
     if args.dtype:
         flags += ["--dtype", args.dtype]
-    if args.mode == "token":
-        flags += ["--use_hyperbolic", "--hyp_text_cmp", "token", "--hyp_text_emb_src", "decoder"]
-    if args.compile:
-        flags += ["--compile"]
-    run_args = fine_tuning.get_args_parser().parse_args(flags)
-    run_args.dtype = utils.resolve_dtype(run_args.dtype)
-    utils.set_seed(run_args.seed)
-    model = Uni_Sign(run_args)
-    if run_args.compile:  # as fine_tuning.main does
-        model.compile_pose_encoder()
-    train = build_training(run_args, model)
-    batch = random_batch(model.mt5_tokenizer, args.batch_size, args.frames, args.text_len)
-    batch.update(name=[f"s{i}" for i in range(args.batch_size)], num_skipped=0)
+    run_args, model, train, batch = training_step(flags + (["--compile"] if args.compile else []), args)
     cuda = torch.cuda.is_available()
 
     def sync():
@@ -133,12 +117,11 @@ def step_ratio(configs, numerator, denominator):
 
 
 def run_child(args, mt5_path, mode, compiled):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mt5_path", mt5_path, "--mode", mode,
-           "--batch_size", str(args.batch_size), "--frames", str(args.frames), "--text_len", str(args.text_len),
-           "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd = child_command("gpu", "--child", "--mt5_path", mt5_path, "--mode", mode, "--batch_size", args.batch_size,
+                        "--frames", args.frames, "--text_len", args.text_len, "--steps", args.steps,
+                        "--warmup", args.warmup)
     cmd += ["--dtype", args.dtype] if args.dtype else []
     cmd += ["--compile"] if compiled else []
-    from bench_step import single_process_env
     env = single_process_env(TOKENIZERS_PARALLELISM=os.environ.get("TOKENIZERS_PARALLELISM", "false"))
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -149,7 +132,6 @@ def run_child(args, mt5_path, mode, compiled):
 
 def main(argv=None):
     args = parse(argv)
-    sys.path.insert(0, os.path.join(ROOT, "script"))
     if args.child:
         return child(args)
     shape = MT5_TINY if args.tiny else MT5_BASE
@@ -175,6 +157,3 @@ def main(argv=None):
     print(f"token-mode / pose-only step: {summary['token_over_pose']:.3f}")
     print(json.dumps({**summary, "configs": configs}))
 
-
-if __name__ == "__main__":
-    main()

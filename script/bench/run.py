@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.common import ROOT, git_worktree, side_by_side, single_process_env
 
 
 def parse(argv):
@@ -56,7 +56,6 @@ def run_once(code_root, demo_flags, output_dir, args):
                           "--batch_size", "4", "--lr", "1e-3", "--warmup-epochs", "0", "--num_workers", "0",
                           "--num_beams", "2", "--max_tgt_len", "20", "--use_hyperbolic", "--hyp_text_cmp", "token",
                           "--hyp_text_emb_src", "decoder"]
-    from bench_step import single_process_env
     env = {k: v for k, v in single_process_env().items() if not k.startswith("WANDB")}
     env.update(OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -71,7 +70,6 @@ def run_once(code_root, demo_flags, output_dir, args):
 
 
 def main(argv=None):
-    from bench_step import git_worktree, side_by_side
     args = parse(argv)
     times = {"baseline": [], "work": []}
     cpu = {"baseline": [], "work": []}
@@ -92,6 +90,3 @@ def main(argv=None):
           f"{summary['paired_ratio']:.3f}; CPU time ratio {summary['cpu_ratio']:.3f})")
     print(json.dumps({**summary, "rounds": args.rounds}))
 
-
-if __name__ == "__main__":
-    main()

@@ -40,7 +40,7 @@ def measure(batch_size=4, frames=16, text_len=8):
     """{"syncs_per_step": {mode: reads}, "cuda_sync_warnings": {mode: n} or None, "device": ...}."""
     import fine_tuning
     import utils
-    from bench_hyperbolic import build_tiny_mt5, random_batch
+    from make_demo import build_tiny_mt5, random_batch
     from models import Uni_Sign
     device = utils.device()
     reads, warned = {}, {}
@@ -69,6 +69,3 @@ def main(argv=None):
         print(f"{mode:>7}: {n} device-to-host reads per forward + backward")
     print(json.dumps(result))
 
-
-if __name__ == "__main__":
-    main()

@@ -12,17 +12,14 @@ gif_encode_ms_per_frame.
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_demo  # noqa: E402
-import pose_render  # noqa: E402
-from render_poses import parse_size  # noqa: E402
+import make_demo
+import pose_render
+from render_poses import parse_size
 
 TARGET_MS = 5.0
 
@@ -82,6 +79,3 @@ def main(argv=None):
                       "gif_encode_ms_per_frame": round(gif_ms, 3), "frames": args.frames, "size": list(size),
                       "ratio_to_target": round(draw_ms / TARGET_MS, 3)}))
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -13,14 +13,11 @@ sharing the cores inflate far less than the wall clock.
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pose_extraction  # noqa: E402
-import tiny_pose_models as tiny  # noqa: E402
+import pose_extraction
+import tiny_pose_models as tiny
 
 TARGET_MS = 10.0
 
@@ -89,6 +86,3 @@ def main(argv=None):
                       "decode_ms_per_frame": round(decode_ms, 3), "frames": frames, "size": list(size),
                       "ratio_to_target": round(pipeline / TARGET_MS, 3)}))
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
