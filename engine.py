@@ -49,7 +49,8 @@ class Stopped(BaseException):
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read back; the message names the file and the fix."""
+    """A checkpoint could not be written or read back (a full disk; a resumable state that is missing, of another
+    model or holds more than tensors); the message names the file and the fix, the one line fine_tuning.run prints."""
 
 
 def deepspeed_config(args, total_updates, warmup_updates):
@@ -249,10 +250,10 @@ class Engine:
         if tag is None or not os.path.isfile(os.path.join(ds_dir, tag, "mp_rank_00_model_states.pt")):
             last = os.path.join(output_dir, "checkpoint.pth")
             if os.path.isfile(last):
-                utils.fail(f"--resume: {ds_dir} holds no complete resumable state (the run stopped before its "
-                           f"first optimizer state was saved), though {last} holds weights: start a new run with "
-                           f"--finetune {last} to keep them (the optimizers and the schedule restart)")
-            utils.fail(f"--resume: no resumable state in {ds_dir}; start without --resume")
+                raise CheckpointError(f"--resume: {ds_dir} holds no complete resumable state (the run stopped before "
+                                      f"its first optimizer state was saved), though {last} holds weights: start a new "
+                                      f"run with --finetune {last} to keep them (the optimizers and the schedule restart)")
+            raise CheckpointError(f"--resume: no resumable state in {ds_dir}; start without --resume")
         saved = check_resumable_state(os.path.join(ds_dir, tag))
         self._check_same_model(saved, ds_dir)
         saved_world = int(saved.get("dp_world_size", utils.world_size()))
@@ -266,7 +267,7 @@ class Engine:
         path, client = self.ds.load_checkpoint(ds_dir, tag=tag, load_optimizer_states=not reshaped,
                                                load_lr_scheduler_states=True)
         if path is None:
-            utils.fail(f"--resume: DeepSpeed could not load {os.path.join(ds_dir, tag)}")
+            raise CheckpointError(f"--resume: DeepSpeed could not load {os.path.join(ds_dir, tag)}")
         if self.hyp_optimizer is not None:
             self.hyp_optimizer.load_state_dict(client["hyp_optimizer"])
             for state in self.hyp_optimizer.state.values():  # torch loads geoopt's integer step count as a
@@ -291,9 +292,10 @@ class Engine:
         flags = [f"--{k} {saved_args[k]!r} (now {args.get(k)!r})" for k in sorted(saved_args)
                  if k not in RUN_ONLY_FLAGS and saved_args[k] != args.get(k)]
         differing = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs[k])
-        utils.fail(f"--resume: the state in {ds_dir} belongs to another model ({len(differing)} tensors differ, "
-                   f"e.g. {differing[0]}); it was saved with " + (", ".join(flags) if flags else "the same flags")
-                   + ": resume with the saved flags, or start a new run in another --output_dir")
+        raise CheckpointError(f"--resume: the state in {ds_dir} belongs to another model ({len(differing)} tensors "
+                              f"differ, e.g. {differing[0]}); it was saved with "
+                              + (", ".join(flags) if flags else "the same flags")
+                              + ": resume with the saved flags, or start a new run in another --output_dir")
 
 
 def plain_args(args):
@@ -321,8 +323,8 @@ def load_trusted(path):
 
 def check_resumable_state(tag_dir, reader="--resume"):
     """Load every file of a DeepSpeed tag with load_trusted() before DeepSpeed (which unpickles without
-    restriction) may read it; stop with one line, starting with `reader` (what was about to read it), naming
-    the first file that holds anything else. Returns the model-states dict (DeepSpeed's metadata and our
+    restriction) may read it; a CheckpointError, its message starting with `reader` (what was about to read it),
+    names the first file that holds anything else. Returns the model-states dict (DeepSpeed's metadata and our
     client state)."""
     model_states = None
     for path in sorted(glob.glob(os.path.join(tag_dir, "**", "*"), recursive=True)):
@@ -331,9 +333,9 @@ def check_resumable_state(tag_dir, reader="--resume"):
         try:
             content = load_trusted(path)
         except Exception as err:  # noqa: BLE001 -- any failure means the file is not what save() wrote
-            utils.fail(f"{reader}: refusing {path}: it is not a checkpoint file holding only tensors and "
-                       f"DeepSpeed's own types ({refusal_reason(err, 200)}). Resumable state is never unpickled "
-                       "beyond that; if this folder is not yours, start a new run")
+            raise CheckpointError(f"{reader}: refusing {path}: it is not a checkpoint file holding only tensors and "
+                                  f"DeepSpeed's own types ({refusal_reason(err, 200)}). Resumable state is never "
+                                  "unpickled beyond that; if this folder is not yours, start a new run") from err
         if os.path.basename(path) == "mp_rank_00_model_states.pt":
             model_states = content
     return model_states
@@ -508,7 +510,8 @@ def remove_stale_temporaries(output_dir):
 
 def process_is_alive(pid):
     """Whether `pid` is a live process on this machine (signal 0 checks without sending anything; a process of
-    another user answers EPERM and counts as alive)."""
+    another user answers EPERM and counts as alive). A zombie (ended, not yet waited for by its parent, such as a
+    launcher's rank) is not alive."""
     if not 0 < pid < 2**31:
         return True  # not a process id os.kill checks (0 and negatives address groups): keep the file
     try:
