@@ -520,7 +520,11 @@ def process_is_alive(pid):
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # the state follows the (command name)
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): signal 0 has answered
 
 
 def link_atomic(src, dst):
