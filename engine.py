@@ -19,6 +19,7 @@ in `deepspeed_safe_globals`, and refuses the tag otherwise; only then does DeepS
 """
 import contextlib
 import errno
+import functools
 import glob
 import os
 import random
@@ -81,7 +82,8 @@ def deepspeed_initialize(model, optimizer, ds_config):
     bytes and so fails on 0-d parameters (our scalars: temperature, margin, log scales, curvature).
     We broadcast those ourselves and hide them from DeepSpeed's broadcast for its duration. The module is
     would still be in host memory here (DeepSpeed moves it later) while NCCL broadcasts only GPU tensors,
-    so it moves to the communication device first (DeepSpeed's own move is then a no-op)."""
+    so it moves to the communication device first (DeepSpeed's own move is then a no-op). Under bf16/fp16 the
+    BatchNorm layers keep float32 running statistics (batchnorm_float32_statistics)."""
     import deepspeed
     if utils.world_size() > 1:
         model.to(utils.comm_device())
@@ -95,13 +97,29 @@ def deepspeed_initialize(model, optimizer, ds_config):
     finally:
         for p in scalars:
             del p.ds_optim_param
-    # DeepSpeed casts the parameters to bf16/fp16 but not the buffers; BatchNorm wants its running
-    # statistics in its weights' dtype, so cast them as Module.to(dtype) would have.
-    dtype = next(engine.module.parameters()).dtype
-    for buffer in engine.module.buffers():
-        if buffer.is_floating_point():
-            buffer.data = buffer.data.to(dtype)
+    if next(engine.module.parameters()).dtype != torch.float32:
+        for module in engine.module.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.forward = functools.partial(batchnorm_float32_statistics, module)
     return engine, scheduler
+
+
+def batchnorm_float32_statistics(norm, x):
+    """BatchNorm's forward for a module whose weights DeepSpeed made 16-bit, with its running statistics kept in
+    float32 (DeepSpeed casts the parameters, not the buffers): normalised in float32, returned in x's dtype. In bf16
+    (8 bits of mantissa) an update momentum (batch - running) below half a unit in the last place vanishes: with
+    momentum 0.1 every change under ~4 % of the running value, so a running mean of 10 stalled at 9.56 (measured,
+    tests/test_engine.py). torch's CPU kernel refuses 16-bit weights with float32 statistics, hence the casts."""
+    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)  # as BatchNorm's own forward counts (its momentum=None mean uses it)
+    momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+    use_batch = norm.training or norm.running_mean is None
+    out = torch.nn.functional.batch_norm(
+        x.float(), norm.running_mean if not norm.training or norm.track_running_stats else None,
+        norm.running_var if not norm.training or norm.track_running_stats else None,
+        None if norm.weight is None else norm.weight.float(), None if norm.bias is None else norm.bias.float(),
+        use_batch, momentum, norm.eps)
+    return out.to(x.dtype)
 
 
 def step_hyperbolic(optimizer, max_norm, grad_scale=1.0):
@@ -416,7 +434,7 @@ def model_state_dict(engine):
     parameter is the optimizer's fp32 master copy (under bf16/fp16 the module holds 16-bit copies of it;
     DeepSpeed's public safe_get_full_fp32_param assembles it from the ZeRO partitions); parameters
     without a master (fp32 training, the float32 hyperbolic branch) are the module's own; buffers (BatchNorm
-    statistics, kept in the training precision) are cast to fp32. Every rank must call it: assembling
+    statistics, float32 also under bf16/fp16: batchnorm_float32_statistics) are cast to fp32. Every rank must call it: assembling
     partitions is collective."""
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
