@@ -85,6 +85,19 @@ def check_flags(args):
                    "ManifoldParameters whole: use --zero_stage 2 (or 0/1) with --use_hyperbolic")
     if args.rgb_support:
         utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
+    check_precision(args)
+
+
+def check_precision(args):
+    """Refuse --dtype fp16: mT5's feed-forward outputs overflow float16's range (65504), which is why transformers
+    keeps the modules in MT5ForConditionalGeneration._keep_in_fp32_modules (`wo`) in float32 under fp16; DeepSpeed's
+    fp16 engine (and --eval's model.to) casts every weight to float16, so they would not stay float32."""
+    from transformers import MT5ForConditionalGeneration
+    kept = MT5ForConditionalGeneration._keep_in_fp32_modules or []
+    if args.dtype == "fp16" and kept:
+        utils.fail(f"--dtype fp16: mT5 overflows in float16 (transformers keeps its {', '.join(map(repr, kept))} "
+                   "layers in float32 for that reason, which DeepSpeed's fp16 engine cannot): use --dtype bf16 (GPUs "
+                   "from Ampere on) or --dtype fp32")
 
 
 def preflight(args, datasets):
