@@ -270,7 +270,8 @@ class Engine:
             if os.path.isfile(last):
                 raise CheckpointError(f"--resume: {ds_dir} holds no complete resumable state (the run stopped before "
                                       f"its first optimizer state was saved), though {last} holds weights: start a new "
-                                      f"run with --finetune {last} to keep them (the optimizers and the schedule restart)")
+                                      f"run with --finetune {last} to keep them (the optimizers and the schedule "
+                                      "restart)")
             raise CheckpointError(f"--resume: no resumable state in {ds_dir}; start without --resume")
         saved = check_resumable_state(os.path.join(ds_dir, tag))
         self._check_same_model(saved, ds_dir)
@@ -434,8 +435,8 @@ def model_state_dict(engine):
     parameter is the optimizer's fp32 master copy (under bf16/fp16 the module holds 16-bit copies of it;
     DeepSpeed's public safe_get_full_fp32_param assembles it from the ZeRO partitions); parameters
     without a master (fp32 training, the float32 hyperbolic branch) are the module's own; buffers (BatchNorm
-    statistics, float32 also under bf16/fp16: batchnorm_float32_statistics) are cast to fp32. Every rank must call it: assembling
-    partitions is collective."""
+    statistics, float32 also under bf16/fp16: batchnorm_float32_statistics) are cast to fp32. Every rank must call
+    it: assembling partitions is collective."""
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
     module = engine.module

@@ -541,7 +541,7 @@ def assert_same_run(whole, parts, epochs):
     for split in ("dev", "test"):  # the last epoch's translations, line for line
         lines = read_predictions(whole / f"{split}_tmp_pres.txt")
         assert len(lines) == 4 and lines == read_predictions(parts / f"{split}_tmp_pres.txt")
-    weights = [torch.load(run_dir / "checkpoint.pth", map_location="cpu", weights_only=True) for run_dir in (whole, parts)]
+    weights = [torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True) for out in (whole, parts)]
     assert weights[0]["global_step"] == weights[1]["global_step"] == 2 * epochs
     assert weights[0]["model"].keys() == weights[1]["model"].keys()
     for key, value in weights[0]["model"].items():
