@@ -18,6 +18,7 @@ torch.load(weights_only=True), allowing only tensors, containers and the four De
 in `deepspeed_safe_globals`, and refuses the tag otherwise; only then does DeepSpeed load it.
 """
 import contextlib
+import functools
 import glob
 import os
 import random
@@ -77,7 +78,8 @@ def deepspeed_initialize(model, optimizer, ds_config):
     bytes and so fails on 0-d parameters (our scalars: temperature, margin, log scales, curvature).
     We broadcast those ourselves and hide them from DeepSpeed's broadcast for its duration. The module is
     would still be in host memory here (DeepSpeed moves it later) while NCCL broadcasts only GPU tensors,
-    so it moves to the communication device first (DeepSpeed's own move is then a no-op)."""
+    so it moves to the communication device first (DeepSpeed's own move is then a no-op). Under bf16/fp16 the
+    BatchNorm layers keep float32 running statistics (batchnorm_float32_statistics)."""
     import deepspeed
     if utils.world_size() > 1:
         model.to(utils.comm_device())
@@ -91,13 +93,29 @@ def deepspeed_initialize(model, optimizer, ds_config):
     finally:
         for p in scalars:
             del p.ds_optim_param
-    # DeepSpeed casts the parameters to bf16/fp16 but not the buffers; BatchNorm wants its running
-    # statistics in its weights' dtype, so cast them as Module.to(dtype) would have.
-    dtype = next(engine.module.parameters()).dtype
-    for buffer in engine.module.buffers():
-        if buffer.is_floating_point():
-            buffer.data = buffer.data.to(dtype)
+    if next(engine.module.parameters()).dtype != torch.float32:
+        for module in engine.module.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.forward = functools.partial(batchnorm_float32_statistics, module)
     return engine, scheduler
+
+
+def batchnorm_float32_statistics(norm, x):
+    """BatchNorm's forward for a module whose weights DeepSpeed made 16-bit, with its running statistics kept in
+    float32 (DeepSpeed casts the parameters, not the buffers): normalised in float32, returned in x's dtype. In bf16
+    (8 bits of mantissa) an update momentum (batch - running) below half a unit in the last place vanishes: with
+    momentum 0.1 every change under ~4 % of the running value, so a running mean of 10 stalled at 9.56 (measured,
+    tests/test_engine.py). torch's CPU kernel refuses 16-bit weights with float32 statistics, hence the casts."""
+    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)  # as BatchNorm's own forward counts (its momentum=None mean uses it)
+    momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+    use_batch = norm.training or norm.running_mean is None
+    out = torch.nn.functional.batch_norm(
+        x.float(), norm.running_mean if not norm.training or norm.track_running_stats else None,
+        norm.running_var if not norm.training or norm.track_running_stats else None,
+        None if norm.weight is None else norm.weight.float(), None if norm.bias is None else norm.bias.float(),
+        use_batch, momentum, norm.eps)
+    return out.to(x.dtype)
 
 
 def step_hyperbolic(optimizer, max_norm, grad_scale=1.0):
@@ -242,10 +260,11 @@ class Engine:
         if tag is None or not os.path.isfile(os.path.join(ds_dir, tag, "mp_rank_00_model_states.pt")):
             last = os.path.join(output_dir, "checkpoint.pth")
             if os.path.isfile(last):
-                utils.fail(f"--resume: {ds_dir} holds no complete resumable state (the run stopped before its "
-                           f"first optimizer state was saved), though {last} holds weights: start a new run with "
-                           f"--finetune {last} to keep them (the optimizers and the schedule restart)")
-            utils.fail(f"--resume: no resumable state in {ds_dir}; start without --resume")
+                raise CheckpointError(f"--resume: {ds_dir} holds no complete resumable state (the run stopped before "
+                                      f"its first optimizer state was saved), though {last} holds weights: start a new "
+                                      f"run with --finetune {last} to keep them (the optimizers and the schedule "
+                                      "restart)")
+            raise CheckpointError(f"--resume: no resumable state in {ds_dir}; start without --resume")
         saved = check_resumable_state(os.path.join(ds_dir, tag))
         self._check_same_model(saved, ds_dir)
         saved_world = int(saved.get("dp_world_size", utils.world_size()))
@@ -259,7 +278,7 @@ class Engine:
         path, client = self.ds.load_checkpoint(ds_dir, tag=tag, load_optimizer_states=not reshaped,
                                                load_lr_scheduler_states=True)
         if path is None:
-            utils.fail(f"--resume: DeepSpeed could not load {os.path.join(ds_dir, tag)}")
+            raise CheckpointError(f"--resume: DeepSpeed could not load {os.path.join(ds_dir, tag)}")
         if self.hyp_optimizer is not None:
             self.hyp_optimizer.load_state_dict(client["hyp_optimizer"])
             for state in self.hyp_optimizer.state.values():  # torch loads geoopt's integer step count as a
@@ -284,9 +303,10 @@ class Engine:
         flags = [f"--{k} {saved_args[k]!r} (now {args.get(k)!r})" for k in sorted(saved_args)
                  if k not in RUN_ONLY_FLAGS and saved_args[k] != args.get(k)]
         differing = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs[k])
-        utils.fail(f"--resume: the state in {ds_dir} belongs to another model ({len(differing)} tensors differ, "
-                   f"e.g. {differing[0]}); it was saved with " + (", ".join(flags) if flags else "the same flags")
-                   + ": resume with the saved flags, or start a new run in another --output_dir")
+        raise CheckpointError(f"--resume: the state in {ds_dir} belongs to another model ({len(differing)} tensors "
+                              f"differ, e.g. {differing[0]}); it was saved with "
+                              + (", ".join(flags) if flags else "the same flags")
+                              + ": resume with the saved flags, or start a new run in another --output_dir")
 
 
 def plain_args(args):
@@ -314,8 +334,8 @@ def load_trusted(path):
 
 def check_resumable_state(tag_dir, reader="--resume"):
     """Load every file of a DeepSpeed tag with load_trusted() before DeepSpeed (which unpickles without
-    restriction) may read it; stop with one line, starting with `reader` (what was about to read it), naming
-    the first file that holds anything else. Returns the model-states dict (DeepSpeed's metadata and our
+    restriction) may read it; a CheckpointError, its message starting with `reader` (what was about to read it),
+    names the first file that holds anything else. Returns the model-states dict (DeepSpeed's metadata and our
     client state)."""
     model_states = None
     for path in sorted(glob.glob(os.path.join(tag_dir, "**", "*"), recursive=True)):
@@ -324,9 +344,9 @@ def check_resumable_state(tag_dir, reader="--resume"):
         try:
             content = load_trusted(path)
         except Exception as err:  # noqa: BLE001 -- any failure means the file is not what save() wrote
-            utils.fail(f"{reader}: refusing {path}: it is not a checkpoint file holding only tensors and "
-                       f"DeepSpeed's own types ({refusal_reason(err, 200)}). Resumable state is never unpickled "
-                       "beyond that; if this folder is not yours, start a new run")
+            raise CheckpointError(f"{reader}: refusing {path}: it is not a checkpoint file holding only tensors and "
+                                  f"DeepSpeed's own types ({refusal_reason(err, 200)}). Resumable state is never "
+                                  "unpickled beyond that; if this folder is not yours, start a new run") from err
         if os.path.basename(path) == "mp_rank_00_model_states.pt":
             model_states = content
     return model_states
@@ -398,8 +418,8 @@ def model_state_dict(engine):
     parameter is the optimizer's fp32 master copy (under bf16/fp16 the module holds 16-bit copies of it;
     DeepSpeed's public safe_get_full_fp32_param assembles it from the ZeRO partitions); parameters
     without a master (fp32 training, the float32 hyperbolic branch) are the module's own; buffers (BatchNorm
-    statistics, kept in the training precision) are cast to fp32. Every rank must call it: assembling
-    partitions is collective."""
+    statistics, float32 also under bf16/fp16: batchnorm_float32_statistics) are cast to fp32. Every rank must call
+    it: assembling partitions is collective."""
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
     module = engine.module
@@ -458,7 +478,8 @@ def remove_stale_temporaries(output_dir):
 
 def process_is_alive(pid):
     """Whether `pid` is a live process on this machine (signal 0 checks without sending anything; a process of
-    another user answers EPERM and counts as alive)."""
+    another user answers EPERM and counts as alive). A zombie (ended, not yet waited for by its parent, such as a
+    launcher's rank) is not alive."""
     if not 0 < pid < 2**31:
         return True  # not a process id os.kill checks (0 and negatives address groups): keep the file
     try:
@@ -467,7 +488,11 @@ def process_is_alive(pid):
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # the state follows the (command name)
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): signal 0 has answered
 
 
 # ---------------------------------------------------------------------------- signals

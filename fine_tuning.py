@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 import config
 import model_io
+import peers
 import utils
 from datasets import DataConfig
 from engine import CheckpointError, Engine, Stopped, latest_tag, stop_on_signals
@@ -479,6 +480,10 @@ def run(args):
         utils.fail(f"out of accelerator memory ({str(err).splitlines()[0][:160]}): lower --batch_size (raise "
                    "--gradient_accumulation_steps to keep the batch each update sees), --max_length (frames per "
                    f"video) or, if it happened while evaluating, --num_beams{resume_hint(args)}")
+    except RuntimeError as err:  # after the RuntimeErrors above: a collective failing because a rank died
+        if not peers.is_peer_death(err):
+            raise
+        utils.fail(f"{peers.peer_death_message(err)}{resume_hint(args) or '; no epoch was saved, so nothing resumes'}")
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -1,6 +1,7 @@
 """What fine_tuning.py checks before training starts, so that a set-up mistake costs no epoch: the flags
 (check_flags), every split's labels and pose files, and the output folder (preflight). Each check stops with
 one `error:` line."""
+import json
 import math
 import os
 import re
@@ -84,6 +85,19 @@ def check_flags(args):
                    "ManifoldParameters whole: use --zero_stage 2 (or 0/1) with --use_hyperbolic")
     if args.rgb_support:
         utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
+    check_precision(args)
+
+
+def check_precision(args):
+    """Refuse --dtype fp16: mT5's feed-forward outputs overflow float16's range (65504), which is why transformers
+    keeps the modules in MT5ForConditionalGeneration._keep_in_fp32_modules (`wo`) in float32 under fp16; DeepSpeed's
+    fp16 engine (and --eval's model.to) casts every weight to float16, so they would not stay float32."""
+    from transformers import MT5ForConditionalGeneration
+    kept = MT5ForConditionalGeneration._keep_in_fp32_modules or []
+    if args.dtype == "fp16" and kept:
+        utils.fail(f"--dtype fp16: mT5 overflows in float16 (transformers keeps its {', '.join(map(repr, kept))} "
+                   "layers in float32 for that reason, which DeepSpeed's fp16 engine cannot): use --dtype bf16 (GPUs "
+                   "from Ampere on) or --dtype fp32")
 
 
 def preflight(args, datasets):
@@ -91,10 +105,12 @@ def preflight(args, datasets):
     set-up mistake costs no epoch: an output folder that can be written and holds no earlier run (unless
     --resume or --overwrite), an mT5 whose pickled weights (if any) hold only tensors, every split non-empty
     (and, for --task ISLR, of isolated signs) with its pose files on disk (with --skip_bad_samples: the missing
-    ones announced, and at least one readable sample per split), and at least one optimizer update per epoch.
+    ones announced, and at least one readable sample per split), at least one optimizer update per epoch, and
+    a training step that fits in memory (check_step_memory).
     `datasets` maps each phase the run reads to its PoseDataset. Stops with one `error:` line at the first
     problem."""
     check_output_dir(args)
+    longest = 0  # frames of the longest video read
     try:  # before transformers reads a pickled mT5 (its refusal is a traceback advising weights_only=False)
         check_mt5_weights(args.mt5_path)
     except ModelFileError as err:
@@ -114,7 +130,7 @@ def preflight(args, datasets):
                 utils.fail(f"{message}; check --pose_dir, or pass --skip_bad_samples to skip and count them")
             print(f"warning: {message}; --skip_bad_samples: they will be skipped and counted")
         if phase != "train" and not args.eval:  # evaluation reads them only after the first epoch
-            check_pose_files(dataset, phase, label_path, args.skip_bad_samples)
+            longest = max(longest, check_pose_files(dataset, phase, label_path, args.skip_bad_samples))
         elif args.skip_bad_samples:  # at least one readable sample, or every epoch would train or score nothing
             first_error = None
             for sample in dataset.samples:
@@ -135,6 +151,7 @@ def preflight(args, datasets):
                        f"training steps of an epoch ({len(datasets['train'])} samples, --batch_size {args.batch_size}"
                        + (f", --quick_break {args.quick_break}" if args.quick_break else "")
                        + "): no optimizer update would ever happen; lower --gradient_accumulation_steps")
+        check_step_memory(args, max(longest, longest_video(datasets["train"])))
 
 
 # An isolated sign's name: at most this many words (WLASL's longest: "every tuesday", "cochlear implant"), or of
@@ -165,12 +182,13 @@ def check_isolated_signs(dataset, phase, label_path, looked_at=1000):
 def check_pose_files(dataset, phase, label_path, skip_bad_samples):
     """Read every pose file of an evaluation split once (what each evaluation will read), before training: a
     corrupt or truncated file stops the run now, naming it, instead of after the first epoch. With
-    --skip_bad_samples the bad ones are counted and announced, and a split with none readable is refused."""
-    bad = []
+    --skip_bad_samples the bad ones are counted and announced, and a split with none readable is refused.
+    Returns the longest video's number of frames."""
+    bad, longest = [], 0
     with tqdm(dataset.samples, desc=f"check {phase} poses", disable=not utils.is_main_process(), leave=False) as bar:
         for sample in bar:
             try:
-                load_pose(sample["pose_path"])
+                longest = max(longest, len(load_pose(sample["pose_path"])[0]))
             except BadSampleError as err:
                 bad.append(err)
                 if not skip_bad_samples:
@@ -184,6 +202,7 @@ def check_pose_files(dataset, phase, label_path, skip_bad_samples):
     if bad:
         print(f"warning: {len(bad)} of the {len(dataset)} {phase} pose files are unreadable (the first: {bad[0]}); "
               "--skip_bad_samples: they will be skipped and counted")
+    return longest
 
 
 # What an output folder holds once a run has saved in it.
@@ -211,3 +230,76 @@ def check_output_dir(args):
         if os.path.exists(os.path.join(out, "log.txt")):
             os.remove(os.path.join(out, "log.txt"))
         shutil.rmtree(os.path.join(out, "deepspeed"), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- memory of a training step
+
+POSE_NODES = 9 + 21 + 21 + 18  # the body, hands and face graphs' nodes (stgcn_layers.PART_GRAPHS)
+# Values an ST-GCN block keeps for its backward per (frame, node): its 1x1 convolution's output (2 partitions),
+# the graph product, BatchNorm, ReLU, the temporal convolution and its BatchNorm, the residual's convolution and
+# BatchNorm, the sum: about 8 per output channel. Spatial blocks output 64, 128 and 256 channels, the temporal
+# ones 3 x 256; plus the 64-channel input projection and the added body anchor (256).
+POSE_VALUES_PER_NODE_FRAME = 8 * (64 + 128 + 256 + 3 * 256) + 64 + 256
+PROMPT_TOKENS = 16  # the task prompt mT5's encoder reads before the pose frames
+
+
+def step_activation_bytes(batch_size, frames, mt5_config, value_bytes=4):
+    """What one training step keeps for its backward, in bytes: per sample, the ST-GCNs'
+    frames x POSE_NODES x POSE_VALUES_PER_NODE_FRAME values, and per mT5 encoder layer 3 heads L^2 (attention
+    scores, their softmax, dropout's output) + L (8 d_model + 4 heads d_kv + 4 d_ff) (norms, projections, the
+    gated feed-forward) for L = PROMPT_TOKENS + frames, times `value_bytes` (4 in fp32, 2 in bf16/fp16). The decoder
+    (tens of target tokens) is left out. Long videos: the L^2 term grows fastest, the ST-GCNs' term is larger up to
+    a few thousand frames."""
+    length = PROMPT_TOKENS + frames
+    heads, d_model = mt5_config["num_heads"], mt5_config["d_model"]
+    per_layer = 3 * heads * length**2 + length * (8 * d_model + 4 * heads * mt5_config["d_kv"] + 4 * mt5_config["d_ff"])
+    per_sample = frames * POSE_NODES * POSE_VALUES_PER_NODE_FRAME + mt5_config["num_layers"] * per_layer
+    return batch_size * per_sample * value_bytes
+
+
+def available_memory_bytes():
+    """Memory this rank may use: on a GPU the device's free memory (torch.cuda.mem_get_info), else the host's
+    MemAvailable (/proc/meminfo) shared by the ranks of this node; None where neither can be read."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    return available // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
+def check_step_memory(args, longest_frames, available=None):
+    """Refuse, in one line naming the flags that lower it, a training step whose activations alone
+    (step_activation_bytes for --batch_size videos of min(--max_length, longest_frames) frames, the longest video
+    preflight read) exceed the memory available to this rank: instead of the kernel killing the run without a word
+    (or the GPU's allocator failing) in its first long batch. The weights and optimizer state come on top."""
+    config_path = os.path.join(args.mt5_path or "", "config.json")
+    available = available if available is not None else available_memory_bytes()
+    if not os.path.isfile(config_path) or available is None:
+        return
+    with open(config_path, encoding="utf-8") as f:
+        mt5_config = json.load(f)
+    frames = min(args.max_length, longest_frames)
+    needed = step_activation_bytes(args.batch_size, frames, mt5_config, 2 if args.dtype in ("bf16", "fp16") else 4)
+    if needed > available:
+        utils.fail(f"a training step on --batch_size {args.batch_size} videos of {frames} frames (the longest video "
+                   f"read, cut to --max_length {args.max_length}) needs about {needed / 2**30:.1f} GiB for its "
+                   f"activations, more than the {available / 2**30:.1f} GiB available to this process: lower "
+                   "--max_length (frames sampled per video) or --batch_size (raise --gradient_accumulation_steps "
+                   "to keep the batch each update sees)")
+
+
+def longest_video(dataset, looked_at=32):
+    """Frames of the longest of the first `looked_at` readable videos of a split (a sample: reading every training
+    video would cost as much as an epoch's loading)."""
+    longest = 0
+    for index in range(min(len(dataset), looked_at)):
+        try:
+            longest = max(longest, len(load_pose(dataset.samples[index]["pose_path"])[0]))
+        except (BadSampleError, OSError):
+            continue  # counted or refused by the checks above
+    return longest

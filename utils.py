@@ -76,6 +76,8 @@ def init_distributed():
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(local_rank())
     setup_for_distributed(rank == 0)
+    import peers  # here: peers imports this module
+    peers.record_peers()  # so that a survivor can name the rank that died
     return rank, world
 
 
@@ -173,6 +175,14 @@ def steps_per_epoch(batches, quick_break=0):
 
 
 def set_seed(seed):
+    """Seed Python's, numpy's and torch's generators, and run TorchScript functions (geoopt's and hyperbolic.py's)
+    unoptimised in this thread: the JIT's default executor profiles a scripted function's first calls and then
+    swaps in an optimised graph whose gradients (its own autodiff formulas) round differently, so a resumed process,
+    whose functions start over at their first call, would drift from an uninterrupted one by ~1e-5 in a few steps.
+    Unoptimised, every call runs the same eager kernels and autograd formulas."""
+    # torch.jit.optimized_execution(False) for the rest of the process (its context manager restores the flag when
+    # it ends); thread-local, so set by the thread that runs the model
+    torch._C._set_graph_executor_optimize(False)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -218,7 +218,7 @@ def main(argv=None):
     utils.silence_known_notices()
     try:
         out = export(args.checkpoint, args.out_dir, args.mt5_path, args.license)
-    except (FileNotFoundError, model_io.ModelFileError) as err:
+    except (FileNotFoundError, model_io.ModelFileError, model_io.CheckpointError) as err:
         utils.fail(str(err))
     size = sum(os.path.getsize(os.path.join(p, n)) for p, _, names in os.walk(out) for n in names)
     print(f"exported {args.checkpoint} to {out} ({size / 2**20:.1f} MiB): config.json, {model_io.WEIGHTS}, "

@@ -70,6 +70,8 @@ def demo(demo_root, tmp_path):
     (["--alpha", "2"], "--alpha must be between 0 and 1"),
     (["--label_smoothing", "1.5"], "--label_smoothing must be between 0 and 1"),
     (["--label_smoothing_hyp", "-0.1"], "--label_smoothing_hyp must be between 0 and 1"),
+    # mT5 overflows in fp16: transformers keeps `wo` (its _keep_in_fp32_modules) in fp32, DeepSpeed casts it anyway
+    (["--dtype", "fp16"], "--dtype fp16: mT5 overflows in float16 (transformers keeps its 'wo' layers in float32"),
 ])
 def test_impossible_numbers_are_refused_before_training(capsys, demo, tmp_path, flags, needle):
     assert needle in preflight_refuses(capsys, demo, tmp_path / "out", *flags)

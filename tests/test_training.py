@@ -6,14 +6,12 @@ import math
 import os
 import pickle
 import shutil
-import signal
 import sys
-import time
 
 import pytest
 import torch
 
-from e2e import TINY_EVAL_SAMPLES, base_args, check_ok, read_log, read_predictions, run, start
+from e2e import TINY_EVAL_SAMPLES, base_args, check_ok, read_log, read_predictions, run
 from conftest import cut_demo
 from in_process import fine_tuning_refuses
 
@@ -59,26 +57,6 @@ def test_eval_of_best_checkpoint_reproduces_its_dev_scores(token_run, tiny_demo,
     result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
     dev_line = next(line for line in result.stdout.splitlines() if line.startswith("dev:"))
     assert f"bleu4 {best['dev_bleu4']:.2f}" in dev_line and f"rouge {best['dev_rouge']:.2f}" in dev_line
-
-
-def test_resume_after_kill_continues_at_the_next_epoch(tiny_demo, tmp_path):
-    args = base_args(tiny_demo, tmp_path, epochs=2, steps=2)
-    proc = start([sys.executable, "fine_tuning.py", *args])
-    deadline = time.time() + 300
-    while time.time() < deadline and not (os.path.exists(tmp_path / "log.txt") and read_log(tmp_path)):
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert [r["epoch"] for r in read_log(tmp_path)][:1] == [0]
-    result = check_ok(run([sys.executable, "fine_tuning.py", *args, "--resume"]))
-    assert "continuing at epoch" in result.stdout
-    epochs = [r["epoch"] for r in read_log(tmp_path)]
-    assert epochs == sorted(set(epochs)) and epochs[-1] == 1  # nothing trained twice, nothing lost
-    ckpt = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
-    finished = check_ok(run([sys.executable, "fine_tuning.py", *args, "--resume"]))  # a finished run: it says so
-    assert "has finished its 2 epochs, so there is nothing to train; pass a larger --epochs" in finished.stdout
-    assert [r["epoch"] for r in read_log(tmp_path)] == epochs
 
 
 PLANT_NAN = """
