@@ -174,15 +174,22 @@ def steps_per_epoch(batches, quick_break=0):
     return min(batches, quick_break) if quick_break else batches
 
 
-def set_seed(seed):
-    """Seed Python's, numpy's and torch's generators, and run TorchScript functions (geoopt's and hyperbolic.py's)
-    unoptimised in this thread: the JIT's default executor profiles a scripted function's first calls and then
-    swaps in an optimised graph whose gradients (its own autodiff formulas) round differently, so a resumed process,
-    whose functions start over at their first call, would drift from an uninterrupted one by ~1e-5 in a few steps.
-    Unoptimised, every call runs the same eager kernels and autograd formulas."""
+def run_torchscript_unoptimised():
+    """Run TorchScript functions (geoopt's and hyperbolic.py's) unoptimised in this thread: the JIT's default
+    executor profiles a scripted function's first calls and then swaps in an optimised graph whose gradients (its
+    own autodiff formulas) round differently, so a resumed process, whose functions start over at their first call,
+    would drift from an uninterrupted one by ~1e-5 in a few steps, and two functions computing the same formula
+    agree bit for bit only when they have been called equally often. Unoptimised, every call runs the same eager
+    kernels and autograd formulas."""
     # torch.jit.optimized_execution(False) for the rest of the process (its context manager restores the flag when
     # it ends); thread-local, so set by the thread that runs the model
     torch._C._set_graph_executor_optimize(False)
+
+
+def set_seed(seed):
+    """Seed Python's, numpy's and torch's generators; TorchScript runs unoptimised from here on
+    (run_torchscript_unoptimised), so that a run's values do not depend on how often a function ran before."""
+    run_torchscript_unoptimised()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # DeepSpeed compiles its CPU communication op (a minute or two) on first use; every run the tests start (some
 # under another HOME) uses this environment's one cache, which script/setup.sh has filled.
 utils.use_environment_extension_cache()
+# as training runs them (utils.set_seed): the bit-for-bit comparisons with geoopt hold whatever ran before
+utils.run_torchscript_unoptimised()
 
 
 def built_once(tmp_path_factory, name, build):
