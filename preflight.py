@@ -281,10 +281,13 @@ def check_step_memory(args, longest_frames, available=None):
     available = available if available is not None else available_memory_bytes()
     if not os.path.isfile(config_path) or available is None:
         return
-    with open(config_path, encoding="utf-8") as f:
-        mt5_config = json.load(f)
     frames = min(args.max_length, longest_frames)
-    needed = step_activation_bytes(args.batch_size, frames, mt5_config, 2 if args.dtype in ("bf16", "fp16") else 4)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            mt5_config = json.load(f)
+        needed = step_activation_bytes(args.batch_size, frames, mt5_config, 2 if args.dtype in ("bf16", "fp16") else 4)
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a broken mT5 folder: loading mT5 names the file and what is wrong with it, in its own line
     if needed > available:
         utils.fail(f"a training step on --batch_size {args.batch_size} videos of {frames} frames (the longest video "
                    f"read, cut to --max_length {args.max_length}) needs about {needed / 2**30:.1f} GiB for its "

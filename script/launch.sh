@@ -22,9 +22,14 @@ fi
 # (a file or a model folder; CKPT=... names another).
 require_checkpoint() {
     if [ ! -e "$1" ]; then
-        echo "error: checkpoint not found: $1: fetch the released $(basename "$1") into $(dirname "$1")/ with" \
-             "\`hf download REPO_ID $(basename "$1") --local-dir $(dirname "$1")\` (REPO_ID: the release's Hub" \
-             "repository; README.md, \"Using real data\"), or set CKPT=PATH" >&2
+        if [ "$(basename "$1")" = pretraining.pth ]; then
+            echo "error: checkpoint not found: $1: Uni-Sign's stage-1 pose pretraining is csl_stage1_weight.pth in" \
+                 "the Hub repository ZechengLi19/Uni-Sign: \`hf download ZechengLi19/Uni-Sign csl_stage1_weight.pth" \
+                 "--local-dir $(dirname "$1")\`, then rename it to $(basename "$1"), or set CKPT=PATH" >&2
+        else
+            echo "error: checkpoint not found: $1: put the released $(basename "$1") (Geo-Sign's fine-tuned model," \
+                 "from its authors' release) there, or set CKPT=PATH to yours (a .pth, a model folder or a Hub id)" >&2
+        fi
         exit 1
     fi
 }

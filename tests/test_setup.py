@@ -33,6 +33,33 @@ def test_readme_commands_and_ci_agree():
         assert os.path.isfile(os.path.join(ROOT, "script", script)), script
 
 
+def test_readme_is_short_and_names_only_what_exists():
+    """The README is for users (at most 250 lines); every script, document and command it names exists here or in
+    the environment setup.sh builds (hf comes with huggingface_hub)."""
+    import shutil
+    import sys
+    readme = read("README.md")
+    assert len(readme.splitlines()) <= 250
+    paths = set(re.findall(r"\b((?:script|docs|tests)/[\w./-]+\.(?:py|sh|md|png))", readme))
+    paths |= set(re.findall(r"\]\(((?:docs)/[^)#]+)\)", readme))
+    assert paths and [p for p in sorted(paths) if not os.path.exists(os.path.join(ROOT, p))] == []
+    modules = set(re.findall(r"`(\w+)\.py`", readme)) | set(re.findall(r"python (\w+)\.py", readme))
+    folders = ("", "script", os.path.join("script", "bench"), "tests")
+    assert [m for m in sorted(modules) if not any(os.path.isfile(os.path.join(ROOT, d, f"{m}.py")) for d in folders)] == []
+    if re.search(r"^hf download", readme, re.M):
+        assert shutil.which("hf", path=os.path.dirname(sys.executable)), "the README's `hf download` needs hf"
+
+
+def test_the_installed_distribution_declares_every_top_level_module():
+    """script/ imports the top-level modules through the editable install, which maps only pyproject's py-modules:
+    a module left out imports from the repository root and fails from anywhere else."""
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        declared = tomllib.load(f)["tool"]["setuptools"]["py-modules"]
+    present = sorted(name[:-3] for name in os.listdir(ROOT) if name.endswith(".py"))
+    assert sorted(declared) == present
+
+
 def test_project_never_reads_shared_folder():
     offenders = []
     for folder, _, files in os.walk(ROOT):
