@@ -346,6 +346,7 @@ def main(args):
 
     check_flags(args)  # before anything starts: a bad flag costs no second
     rank, world = utils.init_distributed()
+    peers.record_peers()  # so that a survivor can name the rank that died
     if rank != 0:
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)

@@ -76,8 +76,6 @@ def init_distributed():
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(local_rank())
     setup_for_distributed(rank == 0)
-    import peers  # here: peers imports this module
-    peers.record_peers()  # so that a survivor can name the rank that died
     return rank, world
 
 

@@ -12,9 +12,10 @@ from e2e import start_ranks
 # Two ranks (gloo, as the launcher starts them) in fine_tuning.run, with a main() that stands for training: rank 1's
 # process ends (killed, as the kernel kills a rank out of memory) while rank 0 waits in an all-reduce.
 ONE_RANK_DIES = """
-import os, signal, sys, torch, torch.distributed as dist, fine_tuning, utils
+import os, signal, sys, torch, torch.distributed as dist, fine_tuning, peers, utils
 def main(args):
     utils.init_distributed()
+    peers.record_peers()  # as fine_tuning.main does
     total = torch.ones(1)
     dist.all_reduce(total)
     if dist.get_rank() == 1:
