@@ -17,6 +17,18 @@ def child_command(name, *args):
     return [sys.executable, BENCHMARK, name, *map(str, args)]
 
 
+def side_by_side_parser(doc, steps, steps_help):
+    """The flags of a benchmark that times this working tree against a git revision, round after round:
+    --baseline, --rounds, --steps (default `steps`) and --threads; the caller adds its own."""
+    import argparse
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (default: HEAD)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
 def single_process_env(**settings):
     """This process's environment without a launcher's rank variables, `settings` on top: a timing process is a
     run of its own (one rank), even when the benchmark itself was started by a launcher."""

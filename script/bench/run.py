@@ -11,7 +11,6 @@ medians over rounds give `ratio` = baseline / working tree (> 1: the working tre
 median of per-round ratios and the CPU-time ratio are printed too, since other jobs on the machine
 move both sides. Last line: JSON {"ratio", "paired_ratio", "cpu_ratio", "baseline_s", "work_s", ...}.
 """
-import argparse
 import gzip
 import json
 import os
@@ -22,15 +21,11 @@ import sys
 import tempfile
 import time
 
-from bench.common import ROOT, git_worktree, side_by_side, single_process_env
+from bench.common import ROOT, git_worktree, side_by_side, side_by_side_parser, single_process_env
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (default: HEAD)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=1, help="training steps of the one epoch (--quick_break)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = side_by_side_parser(__doc__, 1, "training steps of the one epoch (--quick_break)")
     return parser.parse_args(argv)
 
 

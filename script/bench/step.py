@@ -24,21 +24,18 @@ import sys
 import tempfile
 import time
 
-from bench.common import ROOT, child_command, git_worktree, side_by_side, single_process_env, training_step
+from bench.common import (ROOT, child_command, git_worktree, side_by_side, side_by_side_parser,
+                          single_process_env, training_step)
 
 MODES = ("pose", "token")
 TINY = dict(batch_size=2, frames=8, text_len=6, steps=1, rounds=1)
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (default: HEAD)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
+    parser = side_by_side_parser(__doc__, 3, "timed steps per process")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--text_len", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, one round, one step: a smoke run")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--compile", action="store_true",
