@@ -28,7 +28,7 @@ require_checkpoint() {
                  "--local-dir $(dirname "$1")\`, then rename it to $(basename "$1"), or set CKPT=PATH" >&2
         else
             echo "error: checkpoint not found: $1: put the released $(basename "$1") (Geo-Sign's fine-tuned model," \
-                 "from its authors' release) there, or set CKPT=PATH to yours (a .pth, a model folder or a Hub id)" >&2
+                 "from its authors' release) there, or set CKPT=PATH to yours (a .pth or a model folder)" >&2
         fi
         exit 1
     fi

@@ -33,6 +33,18 @@ def test_readme_commands_and_ci_agree():
         assert os.path.isfile(os.path.join(ROOT, "script", script)), script
 
 
+@pytest.mark.parametrize("name, needle", [("pretraining.pth", "hf download ZechengLi19/Uni-Sign csl_stage1_weight.pth"),
+                                          ("best.pth", "put the released best.pth")])
+def test_a_missing_released_checkpoint_is_one_line_saying_where_it_comes_from(tmp_path, name, needle):
+    import subprocess
+    missing = tmp_path / name
+    result = subprocess.run(["bash", os.path.join(ROOT, "script", "train.sh")], capture_output=True, text=True,
+                            env={**os.environ, "CKPT": str(missing)}, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1
+    assert lines[0].startswith(f"error: checkpoint not found: {missing}") and needle in lines[0]
+
+
 def test_readme_is_short_and_names_only_what_exists():
     """The README is for users (at most 250 lines); every script, document and command it names exists here or in
     the environment setup.sh builds (hf comes with huggingface_hub)."""
