@@ -98,6 +98,10 @@ def get_args_parser():
                    help="LayerNorm(x) / sqrt(d) before each hyperbolic projection")
     p.add_argument("--hyp_midpoint", default=MODEL.hyp_midpoint, choices=list(HYP_CHOICES["hyp_midpoint"]),
                    help="pooled/attn: frechet (iterative, as released) or gyro (closed-form weighted gyromidpoint)")
+    p.add_argument("--hyp_pair_weights", default=MODEL.hyp_pair_weights,
+                   choices=list(HYP_CHOICES["hyp_pair_weights"]),
+                   help="token: uniform (as released) or parts (each part's pair weighted by 4 w_p, so the part "
+                        "weights enter the loss; a change of method)")
     # logging
     p.add_argument("--wandb", action="store_true")
     p.add_argument("--wandb_project", default="Geo-Sign")
@@ -340,6 +344,13 @@ def load_splits(args):
             for phase in phases + (() if args.eval else ("train",))}
 
 
+def resolve_recipe(args):
+    """Write the knob values --hyp_recipe sets into args, so that every checkpoint's args record them and a later
+    change of the recipe leaves the saved model as it was trained."""
+    resolved = ModelConfig.from_args(args)
+    vars(args).update({name: getattr(resolved, name) for name in STABLE_RECIPE})
+
+
 def main(args):
     from datasets import PoseCollator
     from models import Uni_Sign
@@ -350,6 +361,7 @@ def main(args):
     if rank != 0:
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
+    resolve_recipe(args)
     # read (and, for a model folder, verified) before anything is built from it
     args.finetune = model_io.resolve_hub_id(args.finetune, "--finetune")  # a Hub id: its cached snapshot folder
     finetuned = model_io.read_model(args.finetune) if args.finetune else None

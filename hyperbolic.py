@@ -359,11 +359,16 @@ class HyperbolicContrastiveLoss(nn.Module):
     def temperature(self):
         return 0.01 + 1.99 * torch.sigmoid(self.temp.float())
 
-    def forward(self, anchors, targets):
-        """anchors, targets (N, D) on the ball. Returns (loss, d_c(p_i, t_i) for each i)."""
+    def forward(self, anchors, targets, pair_weights=None):
+        """anchors, targets (N, D) on the ball. Returns (loss, d_c(p_i, t_i) for each i).
+        pair_weights (N,), optional: loss = mean_i pair_weights_i CE_i instead of mean_i CE_i."""
         distances = pairwise_dist(anchors, targets, self.manifold.c)  # (N, N)
         negatives = 1.0 - torch.eye(distances.shape[0], device=distances.device, dtype=distances.dtype)
         logits = -distances / self.temperature() + self.margin_base.float() * negatives
         labels = torch.arange(distances.shape[0], device=distances.device)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        if pair_weights is None:
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        else:
+            per_pair = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
+            loss = (pair_weights * per_pair).mean()
         return loss, distances.diagonal()

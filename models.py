@@ -23,10 +23,12 @@ HYP_PART_MODULES = {"body": "hyp_proj_body", "left": "hyp_proj_left", "right": "
 
 
 HYP_CHOICES = {"hyp_recipe": ("released", "stable"), "hyp_scale": ("released", "meru"),
-               "hyp_midpoint": ("frechet", "gyro"), "hyp_clip": ("hard", "soft")}
+               "hyp_midpoint": ("frechet", "gyro"), "hyp_clip": ("hard", "soft"),
+               "hyp_pair_weights": ("uniform", "parts")}
 # --hyp_recipe stable: chosen on the demo's dev scores and the branch's health, then measured against the released
 # computation by script/ablate_hyperbolic.py (docs/hyperbolic.md says why this combination).
-STABLE_RECIPE = {"hyp_input_norm": True, "hyp_scale": "meru", "hyp_clip_r": 2.0, "hyp_midpoint": "gyro"}
+STABLE_RECIPE = {"hyp_input_norm": True, "hyp_scale": "meru", "hyp_clip_r": 2.0, "hyp_midpoint": "gyro",
+                 "hyp_pair_weights": "parts"}
 
 
 @dataclasses.dataclass
@@ -49,6 +51,9 @@ class ModelConfig:
     hyp_scale: str = "released"    # "meru": feature scale starting near unit radius, clamped to only shrink
     hyp_input_norm: bool = False   # LayerNorm(x) / sqrt(d) before the projection
     hyp_midpoint: str = "frechet"  # pooled/attn: "gyro", the closed-form weighted gyromidpoint
+    # token mode: "parts" weighs each part's pair in the contrastive loss by P w_p (a change of method, not of
+    # numerics: the released token loss never uses the part weights, so nothing moves the parts' radii apart)
+    hyp_pair_weights: str = "uniform"
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -67,8 +72,19 @@ class ModelConfig:
                 if getattr(self, name) == getattr(released, name):
                     setattr(self, name, value)
 
-    # The settings found in `args` (a namespace, a checkpoint's args dict, or a ModelConfig): utils.config_from_args.
-    from_args = classmethod(utils.config_from_args)
+    @classmethod
+    def from_args(cls, args):
+        """The settings found in `args`: a namespace of flags, a saved record (a checkpoint's args dict, a model
+        folder's config.json fields) or a ModelConfig (utils.config_from_args). A saved `stable` record without
+        one of the recipe's knobs was trained before that knob joined the recipe, so it keeps the knob's released
+        value: a later change of the recipe does not change a saved model."""
+        config = utils.config_from_args(cls, args)
+        if isinstance(args, dict) and config.hyp_recipe == "stable":
+            released = cls()
+            for name in STABLE_RECIPE:
+                if name not in args:
+                    setattr(config, name, getattr(released, name))
+        return config
 
 
 class MT5FolderError(FileNotFoundError):
@@ -293,7 +309,10 @@ class Uni_Sign(nn.Module):
             anchors, unconverged = self.pose_point(parts, weights)
             targets = text_points = self.pooled_text_point(text_features, text_mask)
             text_points_mask = None
-        loss, positive_distances = self.geom_loss(anchors, targets)
+        pair_weights = None
+        if self.config.hyp_text_cmp == "token" and self.config.hyp_pair_weights == "parts":
+            pair_weights = weights.shape[1] * weights.flatten()  # mean 1 over each sample's parts
+        loss, positive_distances = self.geom_loss(anchors, targets, pair_weights)
         mean_weights = weights.detach().mean(dim=0)
         stats = {"curvature": ball.c.detach(), "temperature": temperature.detach(),
                  "margin": self.geom_loss.margin_base.detach(), "pos_dist": positive_distances.detach().mean()}

@@ -46,6 +46,10 @@ CONFIGS = {
     "token_norm": TOKEN + ["--hyp_input_norm"],
     "pooled_gyro": POOLED + ["--hyp_midpoint", "gyro"],
     "token_stable_soft": TOKEN + ["--hyp_recipe", "stable", "--hyp_clip", "soft"],
+    # stable as it was before the part-weighted pairs joined it, spelled out: with --hyp_recipe stable, a knob
+    # given its released value is read as left at its default and gets the recipe's
+    "token_stable_uniform": TOKEN + ["--hyp_input_norm", "--hyp_scale", "meru", "--hyp_clip_r", "2.0",
+                                     "--hyp_midpoint", "gyro"],
 }
 DEFAULT_CONFIGS = ("pose", "token_released", "token_stable", "pooled_released", "pooled_stable")
 # The training recipe per dataset: Demo is script/demo.sh's, CSL_Daily the paper's (script/train_paper.sh) in one

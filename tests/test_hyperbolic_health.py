@@ -144,6 +144,58 @@ def test_stable_projection_has_a_radial_gradient_where_the_released_one_has_none
     assert (stable(saturated).norm(dim=-1) < hyp.PROJECTION_LIMIT - 1e-3).all()
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("c", CURVATURES)
+def test_pair_weights_weigh_each_pairs_cross_entropy(seed, c):
+    """Weights of one give the unweighted loss; N e_k gives pair k's own cross-entropy, by the docstring's formula."""
+    gen = torch.Generator().manual_seed(seed)
+    ball = geoopt.PoincareBall(c=c)
+    anchors = ball.expmap0(torch.randn(6, 8, generator=gen) * 0.5, dim=-1)
+    targets = ball.expmap0(torch.randn(6, 8, generator=gen) * 0.5, dim=-1)
+    criterion = hyp.HyperbolicContrastiveLoss(ball)
+    unweighted, distances = criterion(anchors, targets)
+    assert torch.allclose(criterion(anchors, targets, torch.ones(6))[0], unweighted, rtol=1e-6)
+    logits = -hyp.pairwise_dist(anchors, targets, ball.c) / criterion.temperature() + 0.3 * (1 - torch.eye(6))
+    smoothing = criterion.label_smoothing
+    by_hand = -(1 - smoothing) * logits.log_softmax(-1)[2, 2] - smoothing * logits.log_softmax(-1)[2].mean()
+    one_hot = torch.zeros(6).index_fill_(0, torch.tensor([2]), 6.0)
+    assert criterion(anchors, targets, one_hot)[0].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert torch.equal(criterion(anchors, targets, one_hot)[1], distances)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_part_weighted_pairs_push_easy_parts_out_and_hard_parts_in(seed):
+    """--hyp_pair_weights parts: through w_p = softmax_p d(0, h_p) the token loss gains a radial pull
+    P w_p (CE_p - sum_q w_q CE_q) / N on d(0, h_p): the part whose pair is easiest moves outward, the hardest
+    inward, so the parts' radii (and weights) can differ. Uniform pair weights have no such pull."""
+    gen = torch.Generator().manual_seed(seed)
+    ball = geoopt.PoincareBall(c=1.0)
+    tangents = torch.randn(5, 4, 8, generator=gen) * 0.4  # inside the limit: radii can move
+    contexts = ball.expmap0(tangents + 0.8 * torch.randn(5, 4, 8, generator=gen), dim=-1).flatten(0, 1)
+    criterion = hyp.HyperbolicContrastiveLoss(ball)
+
+    def radial_pull(detach_weights):
+        radii = tangents.norm(dim=-1, keepdim=True).requires_grad_()
+        parts = ball.expmap0(radii * tangents / tangents.norm(dim=-1, keepdim=True), dim=-1)
+        weights = hyp.part_weights(ball, parts)
+        weights = weights.detach() if detach_weights else weights
+        criterion(parts.flatten(0, 1), contexts, 4 * weights.flatten())[0].backward()
+        return radii.grad.squeeze(-1)  # (5, 4): d loss / d ||u_p||
+
+    through_weights = radial_pull(False) - radial_pull(True)
+    with torch.no_grad():
+        parts = ball.expmap0(tangents, dim=-1)
+        logits = -hyp.pairwise_dist(parts.flatten(0, 1), contexts, ball.c) / criterion.temperature()
+        logits = logits + criterion.margin_base * (1 - torch.eye(20))
+        per_pair = torch.nn.functional.cross_entropy(logits, torch.arange(20), reduction="none",
+                                                     label_smoothing=criterion.label_smoothing).view(5, 4)
+        weights = hyp.part_weights(ball, parts)
+        expected_sign = per_pair - (weights * per_pair).sum(-1, keepdim=True)  # dist0 grows with ||u||
+    assert (torch.sign(through_weights) == torch.sign(expected_sign)).all()
+    assert (through_weights.gather(1, per_pair.argmin(1, keepdim=True)) < 0).all()  # easiest part: outward
+    assert (through_weights.gather(1, per_pair.argmax(1, keepdim=True)) > 0).all()  # hardest part: inward
+
+
 def test_meru_scale_starts_near_unit_radius_and_can_only_shrink():
     torch.manual_seed(0)
     ball = geoopt.PoincareBall(c=1.0)
@@ -168,9 +220,22 @@ def test_stable_recipe_sets_the_knobs_left_at_their_defaults():
     assert own_clip.hyp_clip_r == 1.0 and own_clip.hyp_input_norm == STABLE_RECIPE["hyp_input_norm"]
     released = ModelConfig.from_args({"hyp_dim": 256})  # a checkpoint saved before these settings existed
     assert (released.hyp_recipe, released.hyp_clip_r, released.hyp_clip, released.hyp_scale,
-            released.hyp_input_norm, released.hyp_midpoint) == ("released", 0.0, "hard", "released", False, "frechet")
+            released.hyp_input_norm, released.hyp_midpoint, released.hyp_pair_weights) == (
+                "released", 0.0, "hard", "released", False, "frechet", "uniform")
     with pytest.raises(ValueError, match="hyp_midpoint"):
         ModelConfig(hyp_midpoint="einstein")
+
+
+def test_a_saved_stable_record_keeps_the_recipe_it_was_trained_with():
+    import fine_tuning
+    args = fine_tuning.get_args_parser().parse_args(["--use_hyperbolic", "--hyp_recipe", "stable"])
+    fine_tuning.resolve_recipe(args)
+    assert {k: getattr(args, k) for k in STABLE_RECIPE} == STABLE_RECIPE  # what a checkpoint's args record
+    saved_before_pair_weights = {k: v for k, v in vars(args).items() if k != "hyp_pair_weights"}
+    assert ModelConfig.from_args(saved_before_pair_weights).hyp_pair_weights == "uniform"
+    assert ModelConfig.from_args(saved_before_pair_weights).hyp_clip_r == STABLE_RECIPE["hyp_clip_r"]
+    assert ModelConfig.from_args(vars(args)).hyp_pair_weights == "parts"
+    assert ModelConfig.from_args(SimpleNamespace(hyp_recipe="stable")).hyp_pair_weights == "parts"  # live flags
 
 
 @pytest.mark.parametrize("mode", ("token", "pooled"))
@@ -180,7 +245,7 @@ def test_remedy_settings_round_trip_through_checkpoint_and_folder(tiny_mt5_path,
     from export_model import export
     flags = ["--mt5_path", tiny_mt5_path, "--use_hyperbolic", "--hyp_text_cmp", mode, "--hyp_text_emb_src",
              "decoder", "--hyp_recipe", "stable", "--hyp_clip_r", "1.5", "--hyp_dim", "16"]
-    flags += ["--hyp_clip", "soft"] if mode == "token" else []
+    flags += ["--hyp_clip", "soft", "--hyp_pair_weights", "parts"] if mode == "token" else []
     args = fine_tuning.get_args_parser().parse_args(flags)
     torch.manual_seed(0)
     model = Uni_Sign(args).eval()
@@ -188,6 +253,7 @@ def test_remedy_settings_round_trip_through_checkpoint_and_folder(tiny_mt5_path,
     assert model.hyp_proj_body.clip_r == 1.5 and model.hyp_proj_text.scale_max is not None
     assert model.hyp_proj_face.soft_clip == (mode == "token")
     assert model.config.hyp_clip == ("soft" if mode == "token" else "hard")
+    assert model.config.hyp_pair_weights == "parts"  # the stable recipe's
     checkpoint = os.path.join(tmp_path, "checkpoint.pth")
     torch.save({"model": model.state_dict(), "args": vars(args), "epoch": 0}, checkpoint)
     batch = random_batch(model.mt5_tokenizer, 2, 8, 5)
@@ -202,7 +268,13 @@ def test_remedy_settings_round_trip_through_checkpoint_and_folder(tiny_mt5_path,
             got = loaded(batch)
         assert torch.equal(got["loss"], expected["loss"])
         assert got["hyp_at_limit"].item() == 0.0
+    if mode == "token":  # the part weights are in the loss: uniform pair weights give another value
+        weighted_config, model.config = model.config, dataclasses.replace(model.config)
+        model.config.hyp_pair_weights = "uniform"  # (a new ModelConfig with recipe stable would fill in "parts")
+        with torch.no_grad():
+            assert not torch.equal(model(batch)["loss"], expected["loss"])
+        model.config = weighted_config
     old_args = {k: v for k, v in vars(args).items() if not k.startswith(("hyp_recipe", "hyp_clip", "hyp_scale",
-                                                                          "hyp_input", "hyp_midpoint"))}
+                                                                          "hyp_input", "hyp_midpoint", "hyp_pair"))}
     assert ModelConfig.from_args(old_args).hyp_recipe == "released"
     assert SimpleNamespace(**old_args).use_hyperbolic
