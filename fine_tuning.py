@@ -87,7 +87,8 @@ def get_args_parser():
     p.add_argument("--label_smoothing_hyp", type=float, default=MODEL.label_smoothing_hyp)
     p.add_argument("--hyp_recipe", default=MODEL.hyp_recipe, choices=list(HYP_CHOICES["hyp_recipe"]),
                    help="released: the paper's computation; stable: the remedies for its saturated part points "
-                        f"({', '.join(f'--{k} {v}' for k, v in STABLE_RECIPE.items())}) unless set otherwise")
+                        f"({', '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in STABLE_RECIPE.items())}) "
+                        "for each of these flags left at its default")
     p.add_argument("--hyp_clip_r", type=float, default=MODEL.hyp_clip_r,
                    help="clip the tangent vectors to this norm before the exponential map (0: off)")
     p.add_argument("--hyp_clip", default=MODEL.hyp_clip, choices=list(HYP_CHOICES["hyp_clip"]),

@@ -133,6 +133,23 @@ def test_configurations_bring_their_reference():
     assert all(A.reference_of(n) is None for n in A.CONFIGS if n.endswith("_released"))
 
 
+def test_every_configuration_builds_the_model_its_name_says():
+    import fine_tuning
+    from models import STABLE_RECIPE, ModelConfig
+
+    def config(name):
+        return ModelConfig.from_args(fine_tuning.get_args_parser().parse_args(A.CONFIGS[name]))
+
+    stable = {k: getattr(config("token_stable"), k) for k in STABLE_RECIPE}
+    assert stable == STABLE_RECIPE
+    # stable before the part-weighted pairs: every other knob of the recipe, spelled out
+    uniform = {k: getattr(config("token_stable_uniform"), k) for k in STABLE_RECIPE}
+    assert uniform == {**STABLE_RECIPE, "hyp_pair_weights": "uniform"}
+    assert config("token_stable_soft").hyp_clip == "soft" and config("pose").use_hyperbolic is False
+    for name in A.CONFIGS:
+        assert config(name).hyp_text_cmp == ("pooled" if name.startswith("pooled") else "token")
+
+
 @pytest.mark.parametrize("flags,expected", [
     (["--configs", "token_magic"], "--configs: unknown configuration 'token_magic'"),
     (["--seeds", "0"], "--seeds must be at least 1"),
