@@ -366,7 +366,7 @@ class HyperbolicContrastiveLoss(nn.Module):
         negatives = 1.0 - torch.eye(distances.shape[0], device=distances.device, dtype=distances.dtype)
         logits = -distances / self.temperature() + self.margin_base.float() * negatives
         labels = torch.arange(distances.shape[0], device=distances.device)
-        if pair_weights is None:
+        if pair_weights is None:  # the released loss, bit for bit (a mean of per-pair losses may round otherwise)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         else:
             per_pair = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
