@@ -11,16 +11,32 @@ import os
 import shutil
 
 
+class DiskFullError(OSError):
+    """A write that failed for want of space (errno ENOSPC, `filename` the file or folder being written),
+    whatever the writer raised: torch's zip writer reports a short write as RuntimeError("unexpected pos ...")
+    without an errno, safetensors as its own error type."""
+
+
+# Less free space than this where a write failed means the disk filled up (a writer that hits the end of the
+# disk leaves next to nothing free: its partial temporary file is still there when the failure is classified).
+FULL_BELOW_BYTES = 2**20
+
+
 @contextlib.contextmanager
 def atomic_path(path, tmp=None):
     """Yield a temporary path beside `path` (default `path`.tmp-<pid>, which engine.remove_stale_temporaries
     recognises) that becomes `path` by os.replace when the block ends without error; the temporary, a file or
     a folder, is removed in every other case (an error, a full disk, a signal), so that nothing half-written
-    stays behind."""
+    stays behind. A failure while the disk is full (disk_is_full, judged before the temporary is removed)
+    is raised as DiskFullError naming `path`, whatever the writer raised."""
     tmp = tmp or f"{path}.tmp-{os.getpid()}"
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as err:
+        if not isinstance(err, DiskFullError) and disk_is_full(err, os.path.dirname(os.path.abspath(path))):
+            raise DiskFullError(errno.ENOSPC, "the disk is full", os.fspath(path)) from err
+        raise
     finally:
         if os.path.isdir(tmp) and not os.path.islink(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -50,14 +66,25 @@ def link_atomic(src, dst):
             shutil.copyfile(src, tmp)
 
 
-def disk_is_full(err, folder):
-    """Whether a failed write failed for want of space: ENOSPC, or (torch.save writing to a path reports
-    a short write as "unexpected pos") less than 1 MiB left where it wrote."""
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return True
-    if not isinstance(err, (OSError, RuntimeError)):
-        return False
+def free_bytes(folder):
+    """Bytes an unprivileged writer may still use on the file system holding `folder` (statvfs), None when
+    that cannot be known (no such folder, no statvfs)."""
     try:
-        return shutil.disk_usage(folder).free < 2**20
-    except OSError:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def disk_is_full(err, folder):
+    """Whether a failed write failed for want of space. Judged by the errno where there is one (ENOSPC, or
+    EDQUOT: a quota) and otherwise by the free space left where it wrote (less than FULL_BELOW_BYTES), not
+    by the exception's type: torch.save reports a short write as RuntimeError("[enforce fail at
+    inline_container.cc] . unexpected pos N vs M") without an errno, safetensors and DeepSpeed in their own
+    types. Call it before the partial file is removed, so that the space it took still counts as used."""
+    if not isinstance(err, Exception):  # a signal or an interrupt is never a full disk
         return False
+    if isinstance(err, DiskFullError) or getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    free = free_bytes(folder)
+    return free is not None and free < FULL_BELOW_BYTES

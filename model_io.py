@@ -24,7 +24,6 @@ it read into a model and refuses a checkpoint of another shape, or one that has 
 """
 import argparse
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -35,8 +34,8 @@ import zipfile
 
 import torch
 
-from atomic import atomic_open, atomic_path, disk_is_full, link_atomic
-from safe_pickle import refusal_reason
+from atomic import DiskFullError, atomic_open, atomic_path, link_atomic
+from safe_pickle import refusal_reason, refuses_code
 
 FORMAT = "geo-sign-model"
 FORMAT_VERSION = 1
@@ -189,25 +188,46 @@ def folder_mt5_path(source):
 
 def write_checkpoint(output_dir, state, epoch, args, max_accuracy, global_step, best=False):
     """output_dir/checkpoint.pth, the release's dict (see the top of this file) that read_model reads, written
-    atomically; with best, best_checkpoint.pth becomes the same file (a hard link, not a second write)."""
+    atomically; with best, best_checkpoint.pth becomes the same file (a hard link, not a second write). A full
+    disk is a CheckpointError saying what stays resumable (full_disk_error)."""
     last = os.path.join(output_dir, "checkpoint.pth")
     save_atomic({"model": state, "epoch": epoch, "args": args, "max_accuracy": max_accuracy,
-                 "global_step": global_step}, last)
+                 "global_step": global_step}, last, run_folder=output_dir)
     if best:
-        link_atomic(last, os.path.join(output_dir, "best_checkpoint.pth"))
+        best_path = os.path.join(output_dir, "best_checkpoint.pth")
+        try:
+            link_atomic(last, best_path)  # a copy where the file system has no hard links
+        except DiskFullError as err:
+            raise full_disk_error(best_path, output_dir) from err
 
 
-def save_atomic(obj, path):
+def save_atomic(obj, path, run_folder=None):
     """torch.save to `path` through atomic.atomic_open, flushed to disk before the rename: a crash never
-    leaves half a checkpoint. A full disk is a CheckpointError naming the file."""
+    leaves half a checkpoint. A full disk (whatever torch raised: atomic.disk_is_full) is a CheckpointError
+    naming the file (full_disk_error); the temporary file is removed and the earlier `path` stays as it was."""
     try:
-        with atomic_open(path, "wb", fsync=True) as f:  # a file object: a full disk is an OSError(ENOSPC)
+        with atomic_open(path, "wb", fsync=True) as f:
             torch.save(obj, f)
-    except (OSError, RuntimeError) as err:
-        if disk_is_full(err, os.path.dirname(os.path.abspath(path))):
-            raise CheckpointError(f"could not write {path}: the disk is full; free some space (the earlier "
-                                  f"checkpoints are intact)") from err
-        raise
+    except DiskFullError as err:
+        raise full_disk_error(path, run_folder) from err
+
+
+def full_disk_error(path, run_folder=None):
+    """The CheckpointError for a file that did not fit on its disk: the file, its folder, the fix and, for a
+    training run's folder, what stays resumable (the DeepSpeed state's `latest`, which --resume reads)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tag = None
+    if run_folder is not None:
+        from engine import latest_tag  # engine writes the resumable state (and imports this module)
+        tag = latest_tag(os.path.join(run_folder, "deepspeed"))
+    if tag:
+        then = (f"then continue with the same command plus --resume (epoch {tag[len('epoch'):]} stays resumable; "
+                "the files written before are intact)")
+    elif run_folder is not None:
+        then = "then start again (no epoch was saved yet, so nothing resumes)"
+    else:
+        then = "then save again (the file written before is intact)"
+    return CheckpointError(f"could not write {path}: the disk is full; free some space in {folder}, {then}")
 
 
 def folder_config(model, sections):
@@ -247,12 +267,13 @@ def write_folder(out_dir, model, folder_settings, card):
                 json.dump({**folder_settings, "files": dict(sorted(files.items()))}, f, indent=2, ensure_ascii=False)
             with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
                 f.write(card)
-    except (OSError, SafetensorError) as err:  # an unwritable place, or a full disk (safetensors says so in words)
-        full = getattr(err, "errno", None) == errno.ENOSPC or "StorageFull" in str(err) or "No space left" in str(err)
-        raise ModelFileError(
-            f"could not write {out_dir}: " + ("the disk is full; free some space" if full else
-                                              f"{getattr(err, 'strerror', None) or err}; choose another output folder")
-            + " (nothing was left behind)") from None
+    except DiskFullError:  # whatever the writer raised (safetensors, transformers, open): atomic.disk_is_full
+        raise ModelFileError(f"could not write {out_dir}: the disk is full; free some space in "
+                             f"{os.path.dirname(os.path.abspath(out_dir))}, then export again (nothing was left "
+                             "behind; the model it exports is unchanged)") from None
+    except (OSError, SafetensorError) as err:  # an unwritable place
+        raise ModelFileError(f"could not write {out_dir}: {getattr(err, 'strerror', None) or err}; choose another "
+                             "output folder (nothing was left behind)") from None
     return out_dir
 
 
@@ -268,8 +289,13 @@ def read_checkpoint_file(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OSError) as err:  # what torch.load
         # raises on truncated, foreign or code-running files
-        raise ModelFileError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
-                             f"{refusal_reason(err)})") from None
+        if refuses_code(err):
+            raise ModelFileError(f"{path} is not a readable checkpoint: it holds more than tensors (it could run code "
+                                 f"when loaded: {refusal_reason(err)}) and is never loaded; take a safe copy from its "
+                                 "source (best.pth: the Geo-Sign authors' release; pretraining.pth: Uni-Sign's Hub "
+                                 "repository ZechengLi19/Uni-Sign), or a model folder (script/export_model.py)") from None
+        raise ModelFileError(f"{path} is not a readable checkpoint: it is damaged or cut short ({refusal_reason(err)}); "
+                             "copy or download it again") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ModelFileError(f"{path} is not a Geo-Sign/Uni-Sign checkpoint: expected a dict with a 'model' entry")
     return ckpt
@@ -315,10 +341,12 @@ def check_mt5_weights(mt5_path):
         try:
             torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OSError) as err:
-            raise ModelFileError(f"mT5 at {os.path.abspath(mt5_path)}: refusing {path}: it holds more than tensors "
-                                 f"or is damaged ({refusal_reason(err, 200)}), and pickled weights are never loaded "
-                                 "beyond tensors; replace the folder with google/mt5-base's own files (`hf "
-                                 f"download google/mt5-base --local-dir {mt5_path}`)") from None
+            what = ("it holds more than tensors (it could run code when loaded" if refuses_code(err) else
+                    "it is damaged or cut short (")
+            raise ModelFileError(f"mT5 at {os.path.abspath(mt5_path)}: refusing {path}: {what}: "
+                                 f"{refusal_reason(err)}), and pickled weights are never loaded beyond tensors; "
+                                 "replace the folder with google/mt5-base's own files (`hf download "
+                                 f"google/mt5-base --local-dir {mt5_path}`)") from None
 
 
 # ---------------------------------------------------------------------------- into a model

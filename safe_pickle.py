@@ -4,6 +4,7 @@ The pose reader's unpickler also defers building arrays, so a file's hundreds of
 one array with a single bytes join (build_frames)."""
 import operator
 import pickle
+import re
 
 import numpy as np
 
@@ -34,16 +35,37 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def refusal_reason(err, limit=300):
-    """What torch.load(weights_only=True) refused, in one line: its error is mostly advice to load again with
-    weights_only=False or to allowlist the global, either of which would run the file's code, so only the
-    unpickler's own words are kept (e.g. "Unsupported global: GLOBAL io.open was not an allowed global by
-    default.", "Unsupported operand 103")."""
+# torch.load(weights_only=True) names the global it refused as "GLOBAL module.name" (in "Unsupported global:
+# GLOBAL io.open was not an allowed global by default" and "Trying to load unsupported GLOBAL posix.system whose
+# module posix is blocked"), an opcode it cannot read as "Unsupported operand 149".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+_REFUSED_OPERAND = re.compile(r"Unsupported operand \d+")
+
+
+def refuses_code(err):
+    """Whether `err`, raised by torch.load(weights_only=True), says the file holds more than tensors (its
+    unpickler met a global or an opcode it does not allow), rather than that the file is damaged."""
     text = str(err)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation of torch.load", 1)[0]
-    text = " ".join(text.split()).split(" Please use `torch.serialization.add_safe_globals", 1)[0]
-    return (text or type(err).__name__)[:limit]
+    return isinstance(err, pickle.UnpicklingError) and ("Weights only load failed" in text or "GLOBAL " in text
+                                                         or _REFUSED_OPERAND.search(text) is not None)
+
+
+def refusal_reason(err, limit=200):
+    """What torch.load(weights_only=True) refused, in our own words, one line: the global it met ("Unsupported
+    global: GLOBAL io.open") or the opcode; for a damaged file, the first sentence of its error. Never torch's
+    explanation, which advises loading again with weights_only=False or allowlisting the global, either of
+    which would run the file's code."""
+    text = " ".join(str(err).split())
+    named = _REFUSED_GLOBAL.search(text)
+    if named:
+        return f"Unsupported global: GLOBAL {named.group(1)}"
+    if refuses_code(err):
+        operand = _REFUSED_OPERAND.search(text)
+        return operand.group(0) if operand else "an object other than tensors"
+    first = re.split(r"(?<=[a-z)])\. ", text, maxsplit=1)[0].rstrip(".")
+    if not first or "weights_only" in first:
+        return type(err).__name__
+    return first[:limit]
 
 
 def safe_pickle_load(path_or_fileobj):
