@@ -38,7 +38,7 @@ document.querySelectorAll('table.sortable th').forEach(function (th, column) {
 var filter = document.getElementById('filter');
 filter.addEventListener('input', function () {
   var q = filter.value.toLowerCase(), shown = 0;
-  document.querySelectorAll('#samples tbody tr').forEach(function (row) {
+  document.querySelectorAll('#sample-table tbody tr').forEach(function (row) {
     var keep = row.textContent.toLowerCase().indexOf(q) >= 0;
     row.style.display = keep ? '' : 'none';
     shown += keep;
@@ -168,7 +168,7 @@ def samples_section(run, baseline):
     worst, best = order[:10], order[::-1][:10]
     small = header[:5]
     return section("samples", f"Every {run.split} sample", filter_box + table(header, sample_rows(run, baseline),
-                   numeric, sortable=True, table_id="samples", integer={5, 6})
+                   numeric, sortable=True, table_id="sample-table", integer={5, 6})
                    + "<h3>The ten worst (sentence BLEU)</h3>"
                    + table(small, [r[:5] for r in sample_rows(run, None, worst)], {3, 4})
                    + "<h3>The ten best</h3>" + table(small, [r[:5] for r in sample_rows(run, None, best)], {3, 4}))
