@@ -1,17 +1,14 @@
 """script/part_importance.py: a part removed the two ways (missing before normalisation, zeroed features), the
 rank agreement of weights and drops, and a whole run on the token_run fixture's model."""
 import json
-import os
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from e2e import ROOT, check_ok, run
-
-sys.path.insert(0, os.path.join(ROOT, "script"))
-import part_importance as pi  # noqa: E402
+import part_importance as pi  # script/ (pyproject.toml's pytest pythonpath)
+from e2e import check_ok, run
 
 
 @pytest.fixture(scope="module")
