@@ -82,10 +82,11 @@ def table(header, rows, numeric=(), sortable=False, table_id=None, integer=()):
             sort = "-1e9" if shown == "n/a" else repr(float(value))
             return f'<td class="n" data-v="{sort}">{shown}</td>'
         return f"<td>{esc(value)}</td>"
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    head = "".join(f"<th>{esc(h)}</th>" for h in header) if any(header) else ""
     body = "\n".join("<tr>" + "".join(cell(k, v) for k, v in enumerate(row)) + "</tr>" for row in rows)
     attrs = (' class="sortable"' if sortable else "") + (f' id="{table_id}"' if table_id else "")
-    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
+    head = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table{attrs}>{head}<tbody>\n{body}\n</tbody></table>"
 
 
 def section(anchor, title, body):
@@ -131,13 +132,16 @@ def curves_section(run):
     keys = sorted({k for r in records for k in r})
     groups = [("losses", [k for k in keys if k.startswith("train_") and k.endswith("loss")]),
               ("scores", [k for k in keys if k.split("_", 1)[-1] in ("bleu4", "rouge") and k[:4] in ("dev_", "test")]),
-              ("hyperbolic branch health", [k for k in keys if k.startswith("train_hyp_") and not k.endswith("loss")])]
+              ("hyperbolic branch health", [k for k in keys if k.startswith("train_hyp_") and not k.endswith("loss")
+                                            and not k.endswith("norm")]),
+              ("tangent norms", [k for k in keys if k.startswith("train_hyp_") and k.endswith("norm")])]
     groups = [(title, ks) for title, ks in groups if ks]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
     for ax, (title, ks) in zip(axes[0], groups):
         for k in ks:
             ax.plot(epochs, [r.get(k, np.nan) for r in records], marker="o", ms=3, label=k)
         ax.set_title(title, fontsize=10), ax.set_xlabel("epoch"), ax.legend(fontsize=7, frameon=False)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     saturated = [r["epoch"] for r in records if r.get("train_hyp_at_limit", 0) > 0.5]
     warning = (f'<p class="warn">warning: in epoch(s) {", ".join(map(str, saturated))} most part points sat at the '
                "Poincaré ball's float32 limit (train_hyp_at_limit &gt; 0.5): the hyperbolic branch was saturated "
@@ -237,6 +241,11 @@ def extras_section(run):
                 for how, by_part in parts["drops"].items() for part, r in by_part.items()]
         body.append(table(["part removed", "part", "BLEU-4 drop", "95 % low", "95 % high", "ROUGE-L drop",
                            "mean weight"], rows, {2, 3, 4, 5, 6}))
+        for how, by_metric in parts.get("weight_agreement", {}).items():
+            rho = by_metric["bleu4"]["per_sample_mean"]
+            body.append(f"<p>Part weights against the per-sample BLEU drops (part {esc(how)}): mean Spearman "
+                        + ("n/a: the weights (or the drops) rank no part" if rho is None else
+                           f"{rho:+.2f} over {by_metric['bleu4']['samples_ranked']} samples") + ".</p>")
     else:
         body.append(f"<p>No part importance: <code>python script/part_importance.py --finetune "
                     f"{esc(os.path.join(run.folder, 'best_checkpoint.pth'))} --split {run.split} --output_dir "
@@ -245,15 +254,24 @@ def extras_section(run):
 
 
 def animation(pose_path):
-    """A small GIF of the pose file's skeleton (pose_render, at most ANIMATION_FRAMES frames)."""
+    """A small GIF of the pose file's skeleton (pose_render; at most ANIMATION_FRAMES frames), framed on the box of
+    its confident points so that the signer fills the picture."""
     import pose_render
+    from datasets import CONFIDENCE_THRESHOLD
     clip = pose_render.read_pose(pose_path)
     step = max(1, -(-len(clip.keypoints) // ANIMATION_FRAMES))
-    width, height = clip.size or pose_render.DEFAULT_SIZE
-    scale = ANIMATION_SIZE / max(width, height)
-    small = clip._replace(keypoints=clip.keypoints[::step] * scale, scores=clip.scores[::step],
-                          size=(round(width * scale), round(height * scale)),
-                          fps=(clip.fps or pose_render.DEFAULT_FPS) / step, start=0)
+    # pose files store keypoints divided by the frame's (w, h): in pixels first, then divided by the new frame's
+    pixels = clip.keypoints[::step] * np.array(clip.size or pose_render.DEFAULT_SIZE, dtype=np.float32)
+    scores = clip.scores[::step]
+    seen = pixels[scores > CONFIDENCE_THRESHOLD]
+    if not len(seen):
+        raise pose_render.RenderError(f"{pose_path}: no confident point to draw")
+    low, high = seen.min(0), seen.max(0)
+    margin = 0.08 * float((high - low).max() or 1.0)
+    scale = ANIMATION_SIZE / (float((high - low).max()) + 2 * margin)
+    size = tuple(max(1, int(round(float(v)))) for v in (high - low + 2 * margin) * scale)
+    small = clip._replace(keypoints=(pixels - low + margin) * scale / np.array(size, dtype=np.float32),
+                          scores=scores, size=size, fps=(clip.fps or pose_render.DEFAULT_FPS) / step, start=0)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "clip.gif")
         pose_render.render_clip([small], path, progress=False, parts=True)

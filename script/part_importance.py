@@ -25,7 +25,6 @@ import types
 
 import numpy as np
 import torch
-from sacrebleu.metrics import BLEU
 from tqdm import tqdm
 
 import models
@@ -33,6 +32,7 @@ import model_io
 import utils
 from atomic import atomic_open, atomic_path
 from datasets import PART_INDICES, PoseDataset, load_pose, normalise_pose, select_frames
+from report_data import sentence_scores
 
 PART_NAMES = {"body": "body", "left": "left hand", "right": "right hand", "face_all": "face"}
 MEASURES = ("missing", "zeroed")
@@ -94,21 +94,12 @@ def zeroed_features(part):
         models.encode_parts = original
 
 
-def sentence_scores(hyps, refs, dataset_name):
-    """Per-sample smoothed sentence BLEU (sacrebleu's sentence_score: exp smoothing, effective order) and
-    ROUGE-L F, x100, on the texts formatted for the dataset (characters for CSL)."""
-    from SLRT_metrics import format_for_dataset, rouge_l_f
-    hyps = format_for_dataset(hyps, dataset_name, is_reference=False)
-    refs = format_for_dataset(refs, dataset_name, is_reference=True)
-    bleu = BLEU(tokenize="13a", smooth_method="exp", effective_order=True)
-    return (np.array([bleu.sentence_score(h, [r]).score for h, r in zip(hyps, refs)]),
-            100.0 * np.array([rouge_l_f(h, r) for h, r in zip(hyps, refs)]))
-
-
-def spearman(a, b):
-    """Spearman's rank correlation of two equal-length vectors (average ranks for ties); nan when either is
-    constant (no ranking to compare)."""
+def spearman(a, b, tolerance=1e-4):
+    """Spearman's rank correlation of two equal-length vectors (average ranks for ties); nan when either spans
+    less than `tolerance` (no ranking to compare: saturated part weights are equal up to float32 noise)."""
     from scipy.stats import rankdata
+    if np.ptp(a) < tolerance or np.ptp(b) < tolerance:
+        return float("nan")
     ra, rb = rankdata(a), rankdata(b)
     if np.ptp(ra) == 0 or np.ptp(rb) == 0:
         return float("nan")
@@ -118,7 +109,8 @@ def spearman(a, b):
 def weight_agreement(weights, drops):
     """How well the part weights rank the parts as the drops do. weights, drops: (N, 4) in PART_INDICES order.
     per_sample: the mean over samples of Spearman(w_i, drop_i) across the 4 parts (samples whose drops are all
-    equal have no ranking and are left out); of_means: Spearman of the mean weights and the mean drops."""
+    equal, or whose weights are, have no ranking and are left out); of_means: Spearman of the mean weights and
+    the mean drops."""
     per_sample = [spearman(w, d) for w, d in zip(weights, drops)]
     ranked = [r for r in per_sample if not math.isnan(r)]
     return {"per_sample_mean": float(np.mean(ranked)) if ranked else None, "samples_ranked": len(ranked),
@@ -251,7 +243,7 @@ def print_table(result):
     for how, by_metric in result.get("weight_agreement", {}).items():
         rho = by_metric["bleu4"]["per_sample_mean"]
         print(f"  weights vs BLEU drops ({how}): mean per-sample Spearman "
-              + ("n/a (no sample ranks the parts)" if rho is None else f"{rho:+.2f}"))
+              + ("n/a (the weights or the drops rank no part)" if rho is None else f"{rho:+.2f}"))
 
 
 def main(args):

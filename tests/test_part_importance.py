@@ -59,6 +59,8 @@ def test_weight_agreement_is_spearman_per_sample_and_of_the_means():
     assert agreement["per_sample_mean"] == pytest.approx(np.mean(expected))
     assert agreement["of_means"] == pytest.approx(spearmanr(weights.mean(0), drops.mean(0)).statistic)
     assert pi.weight_agreement(weights, drops * 0)["per_sample_mean"] is None
+    saturated = 0.25 + 1e-7 * rng.random((20, 4))  # uniform weights up to float32 noise rank nothing
+    assert pi.weight_agreement(saturated, drops) == {"per_sample_mean": None, "samples_ranked": 0, "of_means": None}
 
 
 @pytest.mark.slow
