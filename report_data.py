@@ -22,10 +22,9 @@ import utils
 from SLRT_metrics import (bleu4_from_stats, bleu_sentence_stats, format_for_dataset, paired_bootstrap,
                           read_reference_file, rouge_l_f)
 
-# Flags that say where or how a run ran, not what it trained: not listed among the settings that differ.
-RUN_ONLY = {"output_dir", "local_rank", "overwrite", "resume", "eval", "num_workers", "wandb", "wandb_project",
-            "wandb_run_name", "log_every", "save_one_batch", "train_label_path", "dev_label_path",
-            "test_label_path", "pose_dir", "finetune", "mt5_path"}
+# Flags that say where or how a run ran, not what it trained (engine's, and where its files are): not listed
+# among the settings that differ.
+PLACES = {"overwrite", "train_label_path", "dev_label_path", "test_label_path", "pose_dir", "mt5_path"}
 BUCKETS = 4  # quantile buckets of reference and video length
 
 
@@ -134,10 +133,11 @@ def video_frames(args, split, names):
 
 def differing_settings(args):
     """{flag: (value, default)} of the run's flags that differ from fine_tuning.py's defaults."""
+    from engine import RUN_ONLY_FLAGS
     from fine_tuning import get_args_parser
     defaults = vars(get_args_parser().parse_args([]))
     return {k: (v, defaults[k]) for k, v in sorted(args.items())
-            if k in defaults and k not in RUN_ONLY and v != defaults[k]
+            if k in defaults and k not in RUN_ONLY_FLAGS | PLACES and v != defaults[k]
             and not (isinstance(v, (list, tuple)) and list(v) == list(defaults[k] or []))}
 
 

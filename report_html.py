@@ -2,6 +2,7 @@
 nothing fetched from the network), so that it opens offline on a cluster or a laptop.
 
     write_report(output_dir, split="test", baseline=None, out=None) -> path of the written file
+    report_at_end_of_run(output_dir, task)  -> what fine_tuning.py calls when a run ends
 
 Sections: the run, curves per epoch, every sample (sortable, filterable), the ten worst and best, scores by
 reference and video length, the Poincaré plot and part importance, skeleton animations, and with a baseline the
@@ -343,3 +344,19 @@ def write_report(output_dir, split="test", baseline=None, out=None, resamples=10
         with atomic_open(os.path.splitext(out)[0] + "_bootstrap.json") as f:
             json.dump({k: v for k, v in comparison.items()}, f, indent=1)
     return out
+
+
+def report_at_end_of_run(output_dir, task):
+    """The report fine_tuning.py writes when a run ends (its --no_report skips it): of the test predictions, or
+    the dev ones where the dataset has no test split (CSL-News). Translation runs only (the report scores BLEU and
+    ROUGE-L). A report that cannot be written is one warning line: the run itself has finished and is saved."""
+    if task != "SLT":
+        return None
+    split = "test" if os.path.isfile(os.path.join(output_dir, "test_tmp_pres.txt")) else "dev"
+    try:
+        path = write_report(output_dir, split)
+    except (data.ReportError, OSError) as err:
+        print(f"warning: no report.html ({err})")
+        return None
+    print(f"report: {path}")
+    return path

@@ -153,3 +153,19 @@ def test_report_in_headless_chromium(compared_report, tmp_path):
         assert screenshot.std() > 10 and (screenshot < 128).mean() > 0.005  # text and plots, not a blank page
     finally:
         driver.quit()
+
+
+def test_the_end_of_run_report(token_run, tmp_path, capsys):
+    """What fine_tuning.py calls when a run ends: the report of the test predictions; a folder it cannot report
+    on is one warning line, not an error (the run has finished and is saved); other tasks get none."""
+    from report_html import report_at_end_of_run
+    folder = copy_run(token_run, tmp_path / "run")
+    assert report_at_end_of_run(str(folder), "SLT") == str(folder / "report.html")
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    names = [line.split(",")[0][len("sample: "):] for line in (folder / "test_tmp_pres.txt").read_text().splitlines()]
+    assert all(f"<tr><td>{name}</td>" in page for name in names) and '<section id="animations">' in page
+    assert report_at_end_of_run(str(tmp_path), "SLT") is None
+    assert report_at_end_of_run(str(folder), "CSLR") is None
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"report: {folder / 'report.html'}"
+    assert printed[1].startswith("warning: no report.html (") and str(tmp_path) in printed[1] and len(printed) == 2
