@@ -50,8 +50,11 @@ def run_args(folder):
         return {}
     torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        args = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args") or {}
-    except (RuntimeError, ValueError, OSError, EOFError) as err:
+        try:
+            args = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args") or {}
+        except RuntimeError:  # a file of torch's legacy format cannot be memory-mapped: read it whole
+            args = torch.load(path, map_location="cpu", weights_only=True).get("args") or {}
+    except (RuntimeError, ValueError, OSError, EOFError, AttributeError) as err:
         raise ReportError(f"{path} is not a readable checkpoint ({type(err).__name__}); the report reads the "
                           "run's flags from it") from None
     return dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
