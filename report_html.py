@@ -97,7 +97,7 @@ def section(anchor, title, body):
 def run_section(run):
     best = data.best_record(run.records)
     settings = data.differing_settings(run.args)
-    rows = [("output folder", os.path.abspath(run.folder)), ("dataset", run.dataset or "unknown (no checkpoint.pth)"),
+    rows = [("output folder", run.folder), ("dataset", run.dataset or "unknown (no checkpoint.pth)"),
             ("epochs logged", len(run.records))]
     if best:
         rows.append(("best epoch (dev BLEU-4)", best["epoch"]))
