@@ -72,7 +72,7 @@ def test_part_importance_on_a_trained_model(token_run, tiny_demo, tmp_path):
                            "--dataset", "Demo", "--split", "test", "--label_path", tiny_demo["label_paths"]["test"],
                            "--pose_dir", tiny_demo["pose_dir"], "--output_dir", str(out), "--batch_size", "4",
                            "--num_beams", "2", "--max_tgt_len", "20", "--resamples", "200"]))
-    assert "missing  right hand bleu4" in result.stdout
+    assert "missing right hand bleu4" in result.stdout
     with open(out / "part_importance.json", encoding="utf-8") as f:
         found = json.load(f)
     from SLRT_metrics import format_for_dataset, read_reference_file, translation_metrics
