@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The newcomer's first run: set up, build the built-in demo data, train Geo-Sign (token mode) on it
-# and evaluate dev and test after every epoch; then export the best model as a folder and draw its
-# embedding space. No download, no GPU needed (about 5 minutes on 2 CPU cores).
+# and evaluate dev and test after every epoch; then export the best model as a folder, draw its
+# embedding space, measure what each body part contributes and write the run's report (one HTML file).
+# No download, no GPU needed (about 5 minutes on 2 CPU cores, and 2 more for the part importance).
 #   bash script/demo.sh [extra fine_tuning.py flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,3 +25,6 @@ fi
 rm -rf out/demo/model
 python script/export_model.py out/demo/best_checkpoint.pth out/demo/model
 python script/plot_embeddings.py --finetune out/demo/model --dataset Demo --split test --output_dir out/demo/embeddings
+# What each body part contributes to the translations (each removed in turn), then the whole run in one page
+python script/part_importance.py --finetune out/demo/model --dataset Demo --split test --output_dir out/demo/part_importance
+python script/report.py out/demo

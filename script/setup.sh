@@ -69,6 +69,15 @@ if ! python -c "import setuptools, sys; sys.exit(tuple(map(int, setuptools.__ver
         2>/dev/null; then
     step "installing setuptools (to install the project)" pip install "setuptools>=70.1"
 fi
+# Headless Chromium (and a CJK font for Chinese text) for the run report's browser test, tests/test_report.py,
+# which skips without it: optional, so a failure here is one line, not a failed setup
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium and chromium-driver (the report's browser test)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+            fonts-wqy-zenhei; } >>"$LOG" 2>&1; then
+        echo "setup: chromium could not be installed (its errors: $LOG); the report's browser test will skip"
+    fi
+fi
 step "installing the project's modules, editable (pip install -e .)" \
     pip install --no-deps --no-build-isolation -e .
 step "compiling DeepSpeed's communication op for this machine (once per environment)" \
