@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import config
+import pose_files
 import utils
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
 from sample_index import SampleIndex, StringTableBuilder, json_array_blocks
@@ -53,16 +54,22 @@ class BadSampleError(ValueError):
 
 # ----------------------------------------------------------------------------- one pose file
 def load_pose(path):
-    """Read a pose pickle; returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32 arrays
-    (possibly read-only views of the file's bytes: copy before writing to them).
+    """Read a pose pickle or a `.pose` file (by extension; a missing X.pkl is read from X.pose when that exists,
+    so a pose folder may hold either); returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32
+    arrays (possibly read-only views of the file's bytes: copy before writing to them). `.pose` files of other
+    layouts are mapped onto COCO-WholeBody's points by pose_files.py.
 
     Frames may be a list of per-frame arrays or one array; only frames [start, end) count when given
     (like a slice: an end past the last frame keeps up to the last frame).
     Anything unusable raises BadSampleError naming the file and the problem (UnsafePickleError is never softened).
     """
+    if str(path).endswith(pose_files.POSE_EXTENSION):
+        return _load_pose_file(path)
     try:
         data = load_restricted(path, PoseUnpickler)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+        if os.path.isfile(pose_files.sibling_pose_file(path)):
+            return _load_pose_file(pose_files.sibling_pose_file(path))
         raise BadSampleError(f"{path}: pose file is missing") from error
     except UnsafePickleError as error:
         if str(path) in str(error):
@@ -99,6 +106,14 @@ def load_pose(path):
             frames = np.unique(np.nonzero(~np.isfinite(values))[0])
             raise BadSampleError(f"{path}: NaN or inf {key} in frame(s) {frames[:10].tolist()}")
     return keypoints, scores
+
+
+def _load_pose_file(path):
+    try:
+        record = pose_files.read_pose_file(path)
+    except pose_files.PoseFileError as error:
+        raise BadSampleError(str(error)) from error
+    return record.keypoints, record.scores
 
 
 def _first_person(path, key, frames, point_shape):
