@@ -3,11 +3,13 @@
 Public: build_dataset, DataConfig, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
 BadSampleError, LabelFileError. Pickles are read by safe_pickle.py's unpicklers, which run no code.
 """
+import csv
 import dataclasses
 import functools
 import gzip
 import os
 import pickle
+import sys
 
 import numpy as np
 import torch
@@ -29,7 +31,8 @@ PART_INDICES = {
 }
 PART_ANCHORS = {"body": None, "left": 91, "right": 112, "face_all": 53}
 PROMPTS = {"Chinese": "Translate sign language video to Chinese: ",
-           "English": "Translate sign language video to English: "}
+           "English": "Translate sign language video to English: ",
+           "German": "Translate sign language video to German: "}
 TASKS = ("SLT", "ISLR", "CSLR")
 PHASES = ("train", "dev", "test")
 CSL_NEWS_TRAIN_FRACTION = 0.99
@@ -198,7 +201,10 @@ def _split_parts(parts_xyc):
 
 # ----------------------------------------------------------------------------- label files and the dataset
 def prompt_for(dataset_name):
-    """The translation prompt in the dataset's language (Chinese for config.chinese_datasets, else English)."""
+    """The translation prompt in the dataset's language (Chinese for config.chinese_datasets, German for
+    config.german_datasets, else English)."""
+    if dataset_name in config.german_datasets:
+        return PROMPTS["German"]
     return PROMPTS["Chinese" if dataset_name in config.chinese_datasets else "English"]
 
 
@@ -206,7 +212,10 @@ class LabelFileError(ValueError):
     """A label file that cannot give this run its samples; the message names the file and the fix."""
 
 
-LABEL_FORMAT = "a gzip-compressed pickle of a dict name -> {'name', 'video_path', 'text'[, 'gloss']} (CSL-Daily style)"
+LABEL_FORMAT = ("a gzip-compressed pickle of a dict name -> {'name', 'video_path', 'text'[, 'gloss']} (CSL-Daily "
+                "style; PHOENIX-2014T's {'name', 'gloss', 'text', 'length', 'imgs_path'} find poses by 'name')")
+CORPUS_CSV_FORMAT = "PHOENIX-2014-T's corpus CSV: '|'-separated, header name|video|start|end|speaker|orth|translation"
+CORPUS_CSV_COLUMNS = ["name", "video", "start", "end", "speaker", "orth", "translation"]
 NEWS_FORMAT = "a JSON list of {'video', 'pose', 'text'} (CSL-News style)"
 
 
@@ -223,6 +232,8 @@ def _read_labels(dataset_name, phase, label_path, pose_dir, task):
         index = _read_news_index(label_path, os.path.getsize(label_path), os.path.getmtime(label_path), pose_dir)
         split = int(len(index) * CSL_NEWS_TRAIN_FRACTION)
         samples = index.slice(0, split) if phase == "train" else index.slice(split, len(index))
+    elif label_path.endswith(".csv"):
+        samples = _read_corpus_csv(label_path, phase, pose_dir, task)
     else:
         samples = _read_pickle_labels(label_path, pose_dir, task)
     if len(samples) == 0:
@@ -267,14 +278,18 @@ def _read_pickle_labels(label_path, pose_dir, task):
                              f"{LABEL_FORMAT}") from error
     if not isinstance(labels, dict):
         raise LabelFileError(f"{label_path}: expected {LABEL_FORMAT}, got a {type(labels).__name__}")
-    names, poses, texts = [], [], []
+    names, poses, texts, without_glosses = [], [], [], []
     for key, label in labels.items():
-        if task == "CSLR" and not (isinstance(label, dict) and isinstance(label.get("gloss"), list) and label["gloss"]):
-            raise LabelFileError(f"{label_path}: entry {key!r} has no gloss list, which --task CSLR trains on: use "
-                                 "--task SLT for translation, or labels with 'gloss' lists (CSL-Daily's)")
+        glosses = label.get("gloss") if isinstance(label, dict) else None
+        glosses = glosses.split() if isinstance(glosses, str) else glosses  # PHOENIX-2014T's: one string
+        if task == "CSLR" and not (isinstance(glosses, list) and glosses):
+            without_glosses.append(key)
+            continue
         try:
-            text = " ".join(label["gloss"]) if task == "CSLR" else label["text"]
-            name, video = label["name"], label["video_path"]
+            text = " ".join(glosses) if task == "CSLR" else label["text"]
+            # PHOENIX-2014T's labels have no video_path: the name (<split>/<video>) is the pose file's path
+            phoenix = "video_path" not in label and "imgs_path" in label
+            name, video = label["name"], label["name"] if phoenix else label["video_path"]
             if not all(isinstance(value, str) for value in (name, video, text)):
                 raise TypeError("'name', 'video_path' and the text must be strings")
             if not text.strip():  # nothing to train on; as a reference, it would score every prediction 0
@@ -285,6 +300,47 @@ def _read_pickle_labels(label_path, pose_dir, task):
         names.append(name)
         poses.append(os.path.splitext(video)[0] + ".pkl")
         texts.append(text)
+    if without_glosses:
+        _leave_out_entries_without_glosses(label_path, without_glosses, len(labels))
+    poses, texts, names = (_string_table(column) for column in (poses, texts, names))
+    return SampleIndex(poses, texts, pose_dir, names=names)
+
+
+def _leave_out_entries_without_glosses(label_path, keys, total):
+    """--task CSLR: a label file without glosses is an error; a few entries without them (PHOENIX-2014T's
+    redistributed labels have 2 in dev and 2 in test) are left out, named in one warning line."""
+    if len(keys) == total:
+        raise LabelFileError(f"{label_path}: entry {keys[0]!r} has no gloss list, which --task CSLR trains on: use "
+                             "--task SLT for translation, or labels with 'gloss' lists (CSL-Daily's)")
+    shown = ", ".join(map(repr, keys[:3])) + (", ..." if len(keys) > 3 else "")
+    print(f"warning: {label_path}: {len(keys)} of its {total} entries have no glosses and are left out of "
+          f"--task CSLR: {shown}", file=sys.stderr)
+
+
+def _read_corpus_csv(label_path, phase, pose_dir, task):
+    """PHOENIX-2014-T's own annotation file: sample <phase>/<name>, pose <phase>/<name>.pkl, text = translation
+    (SLT) or orth (CSLR glosses)."""
+    names, poses, texts = [], [], []
+    try:
+        with open(label_path, encoding="utf-8", newline="") as f:
+            rows = csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE)
+            header = next(rows, None)
+            if header != CORPUS_CSV_COLUMNS:
+                raise ValueError(f"header {header!r}")
+            for number, row in enumerate(rows, start=2):
+                if len(row) != len(CORPUS_CSV_COLUMNS):
+                    raise ValueError(f"line {number} has {len(row)} fields")
+                entry = dict(zip(CORPUS_CSV_COLUMNS, row))
+                text = (entry["orth"] if task == "CSLR" else entry["translation"]).strip()
+                if not text:
+                    raise ValueError(f"line {number} ({entry['name']}) has an empty "
+                                     f"{'orth' if task == 'CSLR' else 'translation'}")
+                names.append(f"{phase}/{entry['name']}")
+                poses.append(f"{phase}/{entry['name']}.pkl")
+                texts.append(" ".join(text.split()))
+    except (ValueError, UnicodeDecodeError, csv.Error) as error:
+        raise LabelFileError(f"{label_path}: expected {CORPUS_CSV_FORMAT} ({error}); pass the corpus's "
+                             "annotations/manual/PHOENIX-2014-T.<split>.corpus.csv") from error
     poses, texts, names = (_string_table(column) for column in (poses, texts, names))
     return SampleIndex(poses, texts, pose_dir, names=names)
 
