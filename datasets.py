@@ -37,6 +37,9 @@ TASKS = ("SLT", "ISLR", "CSLR")
 PHASES = ("train", "dev", "test")
 CSL_NEWS_TRAIN_FRACTION = 0.99
 REAL_DATA_HINT = 'download it and point config.py at it (see README.md, "Using real data")'
+PHOENIX_POSE_HINT = ("extract it from the corpus's frame folders: python script/extract_poses.py --src "
+                     "PHOENIX-2014-T/features/fullFrame-210x260px --out POSE_DIR --layout phoenix (docs/poses.md), "
+                     "and point config.py or --pose_dir at POSE_DIR")
 
 # All parts' points gathered once, with the column ranges of each part and of the anchors.
 _ALL_INDICES = np.concatenate([PART_INDICES[p] for p in PART_INDICES])
@@ -57,8 +60,7 @@ class BadSampleError(ValueError):
 
 # ----------------------------------------------------------------------------- one pose file
 def load_pose(path):
-    """Read a pose pickle or a `.pose` file (by extension; a missing X.pkl is read from X.pose when that exists,
-    so a pose folder may hold either); returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32
+    """Read a pose pickle or a `.pose` file (by extension); returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32
     arrays (possibly read-only views of the file's bytes: copy before writing to them). `.pose` files of other
     layouts are mapped onto COCO-WholeBody's points by pose_files.py.
 
@@ -71,8 +73,6 @@ def load_pose(path):
     try:
         data = load_restricted(path, PoseUnpickler)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
-        if os.path.isfile(pose_files.sibling_pose_file(path)):
-            return _load_pose_file(pose_files.sibling_pose_file(path))
         raise BadSampleError(f"{path}: pose file is missing") from error
     except UnsafePickleError as error:
         if str(path) in str(error):
@@ -298,12 +298,22 @@ def _read_pickle_labels(label_path, pose_dir, task):
             raise LabelFileError(f"{label_path}: entry {key!r} is malformed ({type(error).__name__}: {error}); "
                                  f"expected {LABEL_FORMAT}") from error
         names.append(name)
-        poses.append(os.path.splitext(video)[0] + ".pkl")
+        poses.append(_pose_file(pose_dir, os.path.splitext(video)[0]))
         texts.append(text)
     if without_glosses:
         _leave_out_entries_without_glosses(label_path, without_glosses, len(labels))
     poses, texts, names = (_string_table(column) for column in (poses, texts, names))
     return SampleIndex(poses, texts, pose_dir, names=names)
+
+
+def _pose_file(pose_dir, stem):
+    """A sample's pose file relative to the pose folder: <stem>.pkl, or <stem>.pose where only that exists
+    (a pose folder may hold either; one stat per sample, two where the pickle is absent)."""
+    pickle_path = stem + ".pkl"
+    if os.path.exists(os.path.join(pose_dir, pickle_path)):
+        return pickle_path
+    pose_path = stem + pose_files.POSE_EXTENSION
+    return pose_path if os.path.exists(os.path.join(pose_dir, pose_path)) else pickle_path
 
 
 def _leave_out_entries_without_glosses(label_path, keys, total):
@@ -336,7 +346,7 @@ def _read_corpus_csv(label_path, phase, pose_dir, task):
                     raise ValueError(f"line {number} ({entry['name']}) has an empty "
                                      f"{'orth' if task == 'CSLR' else 'translation'}")
                 names.append(f"{phase}/{entry['name']}")
-                poses.append(f"{phase}/{entry['name']}.pkl")
+                poses.append(_pose_file(pose_dir, f"{phase}/{entry['name']}"))
                 texts.append(" ".join(text.split()))
     except (ValueError, UnicodeDecodeError, csv.Error) as error:
         raise LabelFileError(f"{label_path}: expected {CORPUS_CSV_FORMAT} ({error}); pass the corpus's "
@@ -420,7 +430,8 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
     if dataset_name == "WLASL":
         pose_dir = os.path.join(pose_dir, phase)
     if not os.path.isdir(pose_dir):
-        raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {REAL_DATA_HINT}")
+        hint = PHOENIX_POSE_HINT if dataset_name == "Phoenix2014T" else REAL_DATA_HINT
+        raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {hint}")
     settings = DataConfig.from_args(args)
     task = settings.task
     if task not in TASKS:

@@ -66,9 +66,9 @@ class Layout:
 
 
 LAYOUTS = {
-    "coco_wholebody_133": Layout(
-        "coco_wholebody_133", ("BODY", {name: name for name in MODEL_BODY}),
-        ("FACE", {i: [f"face-{i}"] for i in MODEL_FACE}), ("LEFT_HAND", "RIGHT_HAND")),
+    "coco_wholebody_133": Layout(  # all 133 points, as our pickles hold them
+        "coco_wholebody_133", ("BODY", {name: name for name in COCO_BODY}),
+        ("FACE", {i: [f"face-{i}"] for i in range(68)}), ("LEFT_HAND", "RIGHT_HAND")),
     "mediapipe_holistic": Layout(
         "mediapipe_holistic", ("POSE_LANDMARKS", MEDIAPIPE_BODY),
         ("FACE_LANDMARKS", {i: [str(v) for v in vertices] for i, vertices in MEDIAPIPE_FACE.items()}),

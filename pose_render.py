@@ -185,7 +185,10 @@ def open_video(path, clips):
         reader = pose_extraction.VideoReader(path)
     except pose_extraction.VideoError as error:
         raise RenderError(str(error)) from error
-    size = (int(reader.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(reader.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    try:
+        size = reader.declared_size()
+    except pose_extraction.VideoError as error:
+        raise RenderError(str(error)) from error
     for clip in clips:
         if clip.size is not None and clip.size != size:
             reader.close()

@@ -147,18 +147,25 @@ def test_coco_wholebody_pose_file_round_trips_a_pickle(tmp_path):
     assert [c.name for c in opened.header.components] == ["BODY", "FACE", "LEFT_HAND", "RIGHT_HAND"]
     record = pose_files.read_pose_file(str(tmp_path / "clip.pose"))
     assert record.layout == "coco_wholebody_133" and record.size == (210, 260)
-    used = MODEL_POINTS
-    np.testing.assert_allclose(record.keypoints[:, used], keypoints[:, 0, used], rtol=1e-6)
-    np.testing.assert_array_equal(record.scores[:, used], scores[:, 0, used])
+    np.testing.assert_allclose(record.keypoints, keypoints[:, 0], rtol=1e-6)  # all 133 points, as they were
+    np.testing.assert_array_equal(record.scores, scores[:, 0])
 
 
-def test_a_pose_folder_may_hold_pose_files_for_pickle_paths(tmp_path):
+def test_a_pose_folder_may_hold_pose_files_and_pickles(tmp_path):
+    import gzip
     pose = read_real("pizza")
     write(pose, tmp_path / "clip.pose")
-    keypoints, _ = datasets.load_pose(str(tmp_path / "clip.pkl"))  # the labels' path: .pose found beside it
-    assert len(keypoints) == pose.body.data.shape[0]
-    with pytest.raises(datasets.BadSampleError, match="pose file is missing"):
-        datasets.load_pose(str(tmp_path / "other.pkl"))
+    record = pose_files.read_pose_file(real("kinder"))
+    with open(tmp_path / "other.pkl", "wb") as f:
+        pickle.dump({"keypoints": record.keypoints[:, None], "scores": record.scores[:, None]}, f)
+    labels = {name: {"name": name, "video_path": name + ".mp4", "text": "x"} for name in ("clip", "other", "gone")}
+    with gzip.open(tmp_path / "labels.dev", "wb") as f:
+        pickle.dump(labels, f)
+    dataset = datasets.build_dataset("Demo", "dev", datasets.DataConfig(), label_path=str(tmp_path / "labels.dev"),
+                                     pose_dir=str(tmp_path))
+    paths = [dataset.samples[i]["pose_path"] for i in range(3)]
+    assert paths == [str(tmp_path / "clip.pose"), str(tmp_path / "other.pkl"), str(tmp_path / "gone.pkl")]
+    assert len(dataset[0]["pose"]["body"]) == pose.body.data.shape[0]
 
 
 def test_several_people_the_first_or_the_named_one(tmp_path):
