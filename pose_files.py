@@ -6,7 +6,8 @@ header's frame (width, height), as our pickles store them; confidence is the fil
 masked array masks a point. Writing stores COCO-WholeBody 133 with pose-format's own header for it, so that
 pose-format's tools (its visualiser, its normalisation) read our files.
 
-Public: read_pose_file, write_pose_file, PoseRecord, PoseFileError, POSE_EXTENSION, sibling_pose_file.
+Public: read_pose_file, write_pose_file, layout_mismatch_warning, PoseRecord, PoseFileError, POSE_EXTENSION,
+TRAINED_LAYOUT, sibling_pose_file.
 """
 import dataclasses
 import os
@@ -24,6 +25,8 @@ import pose_layouts
 from atomic import atomic_open
 
 POSE_EXTENSION = ".pose"
+# What every checkpoint this project trains or loads saw: RTMPose's COCO-WholeBody points (pickles or .pose).
+TRAINED_LAYOUT = "coco_wholebody_133"
 DEFAULT_FPS = 25.0  # written when a video does not state its rate (PHOENIX-2014T's and most corpora's)
 
 
@@ -83,6 +86,24 @@ def read_pose_file(path, person=0):
     keypoints, scores = pose_layouts.gather(mapping, np.where(found[..., None], xy, np.float32(0)), confidence)
     fps = float(body.fps) if body.fps and np.isfinite(body.fps) and body.fps > 0 else None
     return PoseRecord(keypoints, scores, mapping.layout, fps, size, _people_per_frame(body), mapping.missing)
+
+
+def layout_mismatch_warning(pose_paths, trained=TRAINED_LAYOUT):
+    """One warning line when the first `.pose` file among `pose_paths` holds another estimator's layout than
+    the model was trained on (its points sit elsewhere on the body, and some are missing), else None. A
+    file that cannot be read is left to the reader's own error."""
+    path = next((str(p) for p in pose_paths if str(p).endswith(POSE_EXTENSION)), None)
+    if path is None:
+        return None
+    try:
+        header, _ = _read(path)
+        layout = pose_layouts.detect_layout([(c.name, list(c.points)) for c in header.components])
+    except (PoseFileError, pose_layouts.LayoutError):
+        return None
+    if layout == trained:
+        return None
+    return (f"warning: {path} holds {layout} keypoints, but the model was trained on {trained} (RTMPose) ones: "
+            "its points are mapped by name, and translations may be worse than on the poses it was trained on")
 
 
 def _read(path):

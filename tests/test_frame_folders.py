@@ -119,3 +119,29 @@ def test_phoenix_frame_folders_extract_round_trip_and_train(models, tiny_mt5_pat
     log = read_log(out)
     assert log and "dev_bleu4" in log[0] and np.isfinite(log[0]["train_loss"])
     assert os.path.isfile(out / "checkpoint.pth")
+
+
+@pytest.mark.slow
+def test_translate_video_on_real_signing(models, demo_root, tmp_path):
+    """The demo model translates a real `.pose` (with the layout warning), the real webcam video and a frame
+    folder of it (stand-in pose models), without error."""
+    import torch
+    from models import Uni_Sign
+    from test_video import demo_args
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "fresh.pth"
+    torch.save({"model": Uni_Sign(demo_args(demo_root)).state_dict(), "args": vars(demo_args(demo_root))}, checkpoint)
+    with pose_extraction.VideoReader(REAL_VIDEO) as video:
+        folder = write_frames(tmp_path / "frames", list(video)[:20])
+    real_pose = os.path.join(os.path.dirname(REAL_VIDEO), "mediapipe.pose")
+    result = check_ok(run([sys.executable, "script/translate_video.py", real_pose, REAL_VIDEO, folder, "--finetune",
+                           str(checkpoint), "--json", "--det_model", models[0], "--pose_model", models[1],
+                           "--render", str(tmp_path / "rendered")]))
+    import json
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["video"] for line in lines] == [real_pose, REAL_VIDEO, folder]
+    assert [line["frames"] for line in lines] == [170, 58, 20]
+    assert all(isinstance(line["translation"], str) for line in lines)
+    assert (f"warning: {real_pose} holds mediapipe_holistic_reduced keypoints, but the model was trained on "
+            "coco_wholebody_133") in result.stderr
+    assert {p.name for p in (tmp_path / "rendered").iterdir()} >= {"mediapipe.mp4", "test_video.mp4", "frames.mp4"}
