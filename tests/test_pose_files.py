@@ -239,3 +239,39 @@ def test_render_draws_a_real_pose_file_at_its_joint(tmp_path):
     x, y = (clip.keypoints[frame, 9] * 1000).round().astype(int)  # the left wrist, in the file's frame
     assert image[y - 2:y + 3, x - 2:x + 3].max() > 100  # a drawn point where the joint is
     assert image[:40, :40].max() == 0  # the corner is blank canvas
+
+
+def lexicon_labels(folder):
+    """A label file per split whose samples are the lexicon's four real signs (German words, glosses)."""
+    import csv
+    import gzip
+    with open(os.path.join(REAL, "index.csv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    labels = {os.path.basename(row["path"])[:-5]: row for row in rows}
+    assert sorted(labels) == sorted(LEXICON)
+    paths = {}
+    for phase in ("train", "dev", "test"):
+        paths[phase] = str(folder / f"labels.{phase}")
+        with gzip.open(paths[phase], "wb") as f:
+            pickle.dump({name: {"name": name, "video_path": f"{name}.mp4", "text": row["words"],
+                                "gloss": [row["glosses"]]} for name, row in labels.items()}, f)
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, metric", [("ISLR", "dev_top1_per_instance"), ("SLT", "dev_bleu4")])
+def test_training_on_the_real_lexicon_signs_runs_and_saves(tiny_mt5_path, tmp_path, task, metric):
+    import sys
+    from e2e import check_ok, read_log, run
+    paths = lexicon_labels(tmp_path)
+    out = tmp_path / "run"
+    check_ok(run([sys.executable, "fine_tuning.py", "--dataset", "Phoenix2014T", "--task", task, "--mt5_path",
+                  tiny_mt5_path, "--pose_dir", REAL, "--train_label_path", paths["train"], "--dev_label_path",
+                  paths["dev"], "--test_label_path", paths["test"], "--output_dir", str(out), "--epochs", "1",
+                  "--max_length", "16", "--batch_size", "2", "--lr", "1e-3", "--warmup-epochs", "0", "--num_workers", "0",
+                  "--num_beams", "1", "--max_tgt_len", "6", "--use_hyperbolic", "--hyp_text_cmp", "token",
+                  "--hyp_text_emb_src", "decoder"]))
+    log = read_log(out)
+    assert [r["epoch"] for r in log] == [0] and np.isfinite(log[0]["train_loss"])
+    assert metric in log[-1] and 0 <= log[-1][metric] <= 100
+    assert os.path.isfile(out / "checkpoint.pth")
