@@ -37,7 +37,8 @@ class PoseFileError(ValueError):
 @dataclasses.dataclass
 class PoseRecord:
     """One person of a `.pose` file on COCO-WholeBody's points: keypoints (T, 133, 2) divided by the frame size,
-    scores (T, 133); layout name, fps, size (w, h) or None, people (T,) detected per frame, missing: the model's
+    scores (T, 133); layout name, fps, size (w, h) or None, people (T,) detected per frame (None unless asked
+    for), missing: the model's
     COCO-WholeBody indices the layout lacks."""
     keypoints: np.ndarray
     scores: np.ndarray
@@ -53,11 +54,12 @@ def sibling_pose_file(path):
     return os.path.splitext(path)[0] + POSE_EXTENSION
 
 
-def read_pose_file(path, person=0):
+def read_pose_file(path, person=0, count_people=False):
     """The PoseRecord of person `person` (0: the first) of a `.pose` file; PoseFileError naming the file for a
-    missing, empty, truncated or foreign file, an unknown layout, no frames, no people, or NaN coordinates."""
+    missing, empty, truncated or foreign file, an unknown layout, no frames, no people, or NaN coordinates
+    among the points read. count_people: fill PoseRecord.people (else None)."""
     header, body = _read(path)
-    components = [(component.name, list(component.points)) for component in header.components]
+    components = [(component.name, component.points) for component in header.components]
     try:
         mapping = pose_layouts.point_map(components)
     except pose_layouts.LayoutError as error:
@@ -69,23 +71,29 @@ def read_pose_file(path, person=0):
         raise PoseFileError(f"{path}: no person in any frame (0 people stored)")
     if not 0 <= person < people:
         raise PoseFileError(f"{path}: person {person} asked for, but it stores {people} (numbered from 0)")
-    xy = np.asarray(ma.getdata(body.data)[:, person, :, :2], dtype=np.float32)
-    confidence = np.asarray(ma.getdata(body.confidence)[:, person], dtype=np.float32)
-    masked = ma.getmaskarray(body.data[:, person, :, 0]) if ma.is_masked(body.data) else None
-    if masked is not None:
-        confidence = np.where(masked, np.float32(0), confidence)
+    # Only the points the model reads are taken (a full Holistic file stores 586 of which 75 are used).
+    xy = ma.getdata(body.data)[:, person].take(mapping.columns, axis=1)[..., :2].astype(np.float32)
+    confidence = ma.getdata(body.confidence)[:, person].take(mapping.columns, axis=1).astype(np.float32)
+    mask = ma.getmask(body.data)
+    if mask is not ma.nomask:
+        confidence *= ~mask[:, person, :, 0].take(mapping.columns, axis=1)
     found = confidence > 0
-    broken = (~np.isfinite(xy).all(axis=-1) & found) | ~np.isfinite(confidence)
-    if broken.any():
-        raise PoseFileError(f"{path}: NaN or inf values in frame(s) {np.unique(np.nonzero(broken)[0])[:10].tolist()}")
+    if not (np.isfinite(xy).all() and np.isfinite(confidence).all()):  # the rare case: find where
+        broken = ((~np.isfinite(xy[..., 0]) | ~np.isfinite(xy[..., 1])) & found) | ~np.isfinite(confidence)
+        if broken.any():
+            frames_broken = np.unique(np.nonzero(broken)[0])[:10].tolist()
+            raise PoseFileError(f"{path}: NaN or inf values in frame(s) {frames_broken}")
+        xy = np.where(found[..., None], xy, np.float32(0))  # a masked point's NaN placeholder
     size = (header.dimensions.width, header.dimensions.height)
     if size[0] > 0 and size[1] > 0:
-        xy = xy / np.array(size, dtype=np.float32)
+        xy /= np.array(size, dtype=np.float32)
     else:
         size = None
-    keypoints, scores = pose_layouts.gather(mapping, np.where(found[..., None], xy, np.float32(0)), confidence)
+    xy *= found[..., None]
+    keypoints, scores = pose_layouts.gather(mapping, xy, confidence)
     fps = float(body.fps) if body.fps and np.isfinite(body.fps) and body.fps > 0 else None
-    return PoseRecord(keypoints, scores, mapping.layout, fps, size, _people_per_frame(body), mapping.missing)
+    return PoseRecord(keypoints, scores, mapping.layout, fps, size,
+                      _people_per_frame(body) if count_people else None, mapping.missing)
 
 
 def layout_mismatch_warning(pose_paths, trained=TRAINED_LAYOUT):
@@ -137,8 +145,9 @@ def _people_per_frame(body):
     """How many of the stored people have any point in each frame."""
     confidence = np.asarray(ma.getdata(body.confidence))
     present = confidence > 0
-    if ma.is_masked(body.data):
-        present &= ~ma.getmaskarray(body.data[..., 0])
+    mask = ma.getmask(body.data)
+    if mask is not ma.nomask:
+        present &= ~mask[..., 0]
     return present.any(axis=2).sum(axis=1)
 
 

@@ -18,6 +18,7 @@ lacks (the nose tip in the reduced Holistic, which keeps only the face's contour
 that the face is still recentred on the middle of the face; its confidence stays 0.
 """
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -90,12 +91,16 @@ class LayoutError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PointMap:
-    """Gathers COCO-WholeBody points from a file's flat point axis: point c = mean of sources[c, :count[c]];
-    confidence = min of theirs, or 0 where `mapped[c]` is False (missing, or a stand-in's position only)."""
+    """How to gather COCO-WholeBody points from a file: read only the file's points `columns`; COCO point c is
+    column first[c], or for the few in `averaged` the mean of several columns (confidence: their min); its
+    confidence is 0 where `mapped[c]` is False (missing, or a stand-in's position only), and its position 0
+    where `placed[c]` is False (nothing to put there)."""
     layout: str
-    sources: np.ndarray  # (133, 3) indices into the file's points
-    weights: np.ndarray  # (133, 3) float32, 1/count for the used sources, 0 elsewhere
+    columns: np.ndarray  # (K,) indices into the file's flat point axis, sorted
+    first: np.ndarray  # (133,) index into columns
+    averaged: tuple  # ((COCO index, column indices), ...)
     mapped: np.ndarray  # (133,) bool
+    placed: np.ndarray  # (133,) bool
     missing: tuple  # COCO indices of the model's points the layout lacks
 
 
@@ -106,7 +111,7 @@ def detect_layout(components):
         if signature <= names:
             if layout == "mediapipe_holistic":
                 faces = dict(components)["FACE_LANDMARKS"]
-                full = len(faces) in HOLISTIC_FACE_SIZES and faces == [str(i) for i in range(len(faces))]
+                full = len(faces) in HOLISTIC_FACE_SIZES and list(faces) == [str(i) for i in range(len(faces))]
                 return "mediapipe_holistic" if full else "mediapipe_holistic_reduced"
             return layout
     known = "; ".join(f"{name}: {', '.join(sorted(signature))}" for name, signature in SIGNATURES.items())
@@ -115,7 +120,13 @@ def detect_layout(components):
 
 
 def point_map(components):
-    """The PointMap of a header's [(component name, [point names])] (LayoutError for an unknown layout)."""
+    """The PointMap of a header's [(component name, [point names])] (LayoutError for an unknown layout);
+    cached, since a data set's files share a few headers."""
+    return _point_map(tuple((name, tuple(points)) for name, points in components))
+
+
+@functools.lru_cache(maxsize=32)
+def _point_map(components):
     detected = detect_layout(components)
     layout = LAYOUTS["mediapipe_holistic" if detected.startswith("mediapipe") else detected]
     offsets, start = {}, 0
@@ -133,10 +144,7 @@ def point_map(components):
         hand_points = dict(components)[component]
         for i in range(21):
             wanted[first + i] = (component, [hand_points[i]] if i < len(hand_points) else ["?"])
-    sources = np.zeros((NUM_COCO_POINTS, 3), dtype=np.int64)
-    weights = np.zeros((NUM_COCO_POINTS, 3), dtype=np.float32)
-    mapped = np.zeros(NUM_COCO_POINTS, dtype=bool)
-    missing = []
+    sources, mapped, missing = {}, np.zeros(NUM_COCO_POINTS, dtype=bool), []
     for coco, (component, points) in wanted.items():
         found = _indices(offsets, component, points)
         if found is None:
@@ -146,9 +154,16 @@ def point_map(components):
         else:
             mapped[coco] = True
         if found is not None:
-            sources[coco] = (found * 3)[:3]  # unused slots repeat a source: weight 0, and the same min
-            weights[coco, :len(found)] = 1.0 / len(found)
-    return PointMap(detected, sources, weights, mapped, tuple(sorted(missing)))
+            sources[coco] = found
+    columns = np.array(sorted({i for found in sources.values() for i in found}), dtype=np.int64)
+    column_of = {index: k for k, index in enumerate(columns)}
+    first, placed = np.zeros(NUM_COCO_POINTS, dtype=np.int64), np.zeros(NUM_COCO_POINTS, dtype=bool)
+    averaged = []
+    for coco, found in sources.items():
+        first[coco], placed[coco] = column_of[found[0]], True
+        if len(found) > 1:
+            averaged.append((coco, np.array([column_of[i] for i in found])))
+    return PointMap(detected, columns, first, tuple(averaged), mapped, placed, tuple(sorted(missing)))
 
 
 def _indices(offsets, component, points):
@@ -160,7 +175,16 @@ def _indices(offsets, component, points):
 
 
 def gather(point_map_, xy, confidence):
-    """(T, N, 2) xy and (T, N) confidence of one person -> COCO-WholeBody (T, 133, 2) and (T, 133), float32."""
-    keypoints = (xy[:, point_map_.sources] * point_map_.weights[:, :, None]).sum(axis=2)
-    scores = confidence[:, point_map_.sources].min(axis=2) * point_map_.mapped
+    """A person's (T, K, 2) xy and (T, K) confidence of the columns point_map_.columns -> COCO-WholeBody
+    (T, 133, 2) and (T, 133), float32."""
+    keypoints = xy.take(point_map_.first, axis=1)
+    scores = confidence.take(point_map_.first, axis=1)
+    for coco, columns in point_map_.averaged:  # a few points: plain sums beat reductions over 2-3 columns
+        total, lowest = xy[:, columns[0]].copy(), confidence[:, columns[0]].copy()
+        for column in columns[1:]:
+            total += xy[:, column]
+            np.minimum(lowest, confidence[:, column], out=lowest)
+        keypoints[:, coco], scores[:, coco] = total / len(columns), lowest
+    keypoints *= point_map_.placed[:, None]
+    scores *= point_map_.mapped
     return keypoints.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)

@@ -59,7 +59,7 @@ def read(path):
     """(keypoints, scores, layout, fps, people per frame or None) of a pickle or a .pose file."""
     if path.endswith(pose_files.POSE_EXTENSION):
         try:
-            record = pose_files.read_pose_file(path)
+            record = pose_files.read_pose_file(path, count_people=True)
         except pose_files.PoseFileError as error:
             raise datasets.BadSampleError(str(error)) from error
         return record.keypoints, record.scores, record.layout, record.fps, record.people

@@ -174,7 +174,7 @@ def test_several_people_the_first_or_the_named_one(tmp_path):
     conf = np.concatenate([np.asarray(reduced.body.confidence)] * 2, axis=1)
     components = [(c.name, c.points, c.format) for c in reduced.header.components]
     path = write(build_pose(components, data, conf), tmp_path / "two.pose")
-    first, second = pose_files.read_pose_file(path), pose_files.read_pose_file(path, person=1)
+    first, second = pose_files.read_pose_file(path, count_people=True), pose_files.read_pose_file(path, person=1)
     assert (first.people == 2).all()
     found = first.scores[0] > 0
     np.testing.assert_allclose(second.keypoints[0, found] - first.keypoints[0, found],
@@ -206,7 +206,7 @@ def bad_files(tmp_path):
     paths["zero people"] = (write(build_pose(components, np.zeros((4, 0) + shape[2:]), np.zeros((4, 0, shape[2]))),
                                   tmp_path / "nobody.pose"), "no person")
     nan = np.asarray(reduced.body.data).copy()
-    nan[2, 0, 10] = np.nan
+    nan[2, 0, 0] = np.nan  # the left shoulder, a point the model reads (NaN elsewhere is not read)
     paths["NaN"] = (write(build_pose(components, nan, reduced.body.confidence), tmp_path / "nan.pose"),
                     r"NaN or inf values in frame\(s\) \[2\]")
     return paths
