@@ -89,7 +89,7 @@ class LayoutError(ValueError):
     """A header whose components match no known layout; the message lists the names it has."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class PointMap:
     """How to gather COCO-WholeBody points from a file: read only the file's points `columns`; COCO point c is
     column first[c], or for the few in `averaged` the mean of several columns (confidence: their min); its
@@ -102,6 +102,20 @@ class PointMap:
     mapped: np.ndarray  # (133,) bool
     placed: np.ndarray  # (133,) bool
     missing: tuple  # COCO indices of the model's points the layout lacks
+
+    @functools.cached_property
+    def identity(self):
+        return bool(self.placed.all() and self.mapped.all() and not self.averaged
+                    and np.array_equal(self.columns[self.first], np.arange(NUM_COCO_POINTS))
+                    and np.array_equal(self.first, np.arange(NUM_COCO_POINTS)))
+
+    @functools.cached_property
+    def placed_factor(self):
+        return self.placed.astype(np.float32)[:, None]
+
+    @functools.cached_property
+    def mapped_factor(self):
+        return self.mapped.astype(np.float32)
 
 
 def detect_layout(components):
@@ -175,8 +189,10 @@ def _indices(offsets, component, points):
 
 
 def gather(point_map_, xy, confidence):
-    """A person's (T, K, 2) xy and (T, K) confidence of the columns point_map_.columns -> COCO-WholeBody
-    (T, 133, 2) and (T, 133), float32."""
+    """A person's (T, K, 2) xy and (T, K) float32 confidence of the columns point_map_.columns -> COCO-WholeBody
+    (T, 133, 2) and (T, 133), float32 (the arrays themselves for COCO-WholeBody)."""
+    if point_map_.identity:  # COCO-WholeBody itself: every column is its own point
+        return xy, confidence
     keypoints = xy.take(point_map_.first, axis=1)
     scores = confidence.take(point_map_.first, axis=1)
     for coco, columns in point_map_.averaged:  # a few points: plain sums beat reductions over 2-3 columns
@@ -185,6 +201,6 @@ def gather(point_map_, xy, confidence):
             total += xy[:, column]
             np.minimum(lowest, confidence[:, column], out=lowest)
         keypoints[:, coco], scores[:, coco] = total / len(columns), lowest
-    keypoints *= point_map_.placed[:, None]
-    scores *= point_map_.mapped
-    return keypoints.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)
+    keypoints *= point_map_.placed_factor
+    scores *= point_map_.mapped_factor
+    return keypoints, scores
