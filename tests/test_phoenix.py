@@ -103,3 +103,14 @@ def test_slrt_metrics_cli_prints_both_protocols(tmp_path):
     assert set(result) == {"13a", "none"}
     assert result["13a"] == SLRT_metrics.evaluate(HYPS, REFS, "Phoenix2014T", "SLT")
     assert "tok:none" in result["none"]["signature"]
+
+
+@pytest.mark.slow
+def test_fine_tuning_names_the_missing_pose_folder_in_one_line(tmp_path):
+    from e2e import run
+    result = run([sys.executable, "fine_tuning.py", "--dataset", "Phoenix2014T", "--pose_dir",
+                  str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out")])
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(tmp_path / "nowhere") in errors[0] and "--layout phoenix" in errors[0]
+    assert "Traceback" not in result.stderr
