@@ -1,7 +1,7 @@
 """Pose datasets: loading, normalisation, frame selection and batching (the format and normalisation: docs/design.md).
 
 Public: build_dataset, DataConfig, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
-BadSampleError, LabelFileError. Pickles are read by safe_pickle.py's unpicklers, which run no code.
+pose_layout_warning, BadSampleError, LabelFileError. `.pose` files are read by pose_files.py. Pickles are read by safe_pickle.py's unpicklers, which run no code.
 """
 import csv
 import dataclasses
@@ -439,6 +439,13 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
     samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
     return PoseDataset(dataset_name, phase, samples, max_length=settings.max_length,
                        skip_bad_samples=settings.skip_bad_samples)
+
+
+def pose_layout_warning(dataset, files_looked_at=100):
+    """One warning line when the dataset's first `.pose` file (among its first files_looked_at samples) holds
+    another estimator's layout than the RTMPose one every model here was trained on, else None."""
+    count = min(len(dataset.samples), files_looked_at)
+    return pose_files.layout_mismatch_warning(dataset.samples[i]["pose_path"] for i in range(count))
 
 
 # ----------------------------------------------------------------------------- batching

@@ -134,14 +134,21 @@ def test_translate_video_on_real_signing(models, demo_root, tmp_path):
     with pose_extraction.VideoReader(REAL_VIDEO) as video:
         folder = write_frames(tmp_path / "frames", list(video)[:20])
     real_pose = os.path.join(os.path.dirname(REAL_VIDEO), "mediapipe.pose")
-    result = check_ok(run([sys.executable, "script/translate_video.py", real_pose, REAL_VIDEO, folder, "--finetune",
+    record = pose_files.read_pose_file(real_pose)  # the same signer as a COCO-WholeBody (RTMW-layout) .pose
+    coco_pose = str(tmp_path / "coco.pose")
+    pose_files.write_pose_file({"keypoints": record.keypoints[:, None], "scores": record.scores[:, None],
+                                "w_h": record.size, "fps": record.fps}, coco_pose)
+    result = check_ok(run([sys.executable, "script/translate_video.py", real_pose, coco_pose, REAL_VIDEO, folder,
+                           "--finetune",
                            str(checkpoint), "--json", "--det_model", models[0], "--pose_model", models[1],
                            "--render", str(tmp_path / "rendered")]))
     import json
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["video"] for line in lines] == [real_pose, REAL_VIDEO, folder]
-    assert [line["frames"] for line in lines] == [170, 58, 20]
+    assert [line["video"] for line in lines] == [real_pose, coco_pose, REAL_VIDEO, folder]
+    assert [line["frames"] for line in lines] == [170, 170, 58, 20]
     assert all(isinstance(line["translation"], str) for line in lines)
     assert (f"warning: {real_pose} holds mediapipe_holistic_reduced keypoints, but the model was trained on "
             "coco_wholebody_133") in result.stderr
-    assert {p.name for p in (tmp_path / "rendered").iterdir()} >= {"mediapipe.mp4", "test_video.mp4", "frames.mp4"}
+    assert coco_pose not in result.stderr  # the layout the model was trained on: no warning
+    assert {p.name for p in (tmp_path / "rendered").iterdir()} >= {"mediapipe.mp4", "coco.mp4", "test_video.mp4",
+                                                                   "frames.mp4"}

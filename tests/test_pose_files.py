@@ -168,6 +168,17 @@ def test_a_pose_folder_may_hold_pose_files_and_pickles(tmp_path):
     assert len(dataset[0]["pose"]["body"]) == pose.body.data.shape[0]
 
 
+def test_layout_warning_names_both_layouts(tmp_path):
+    samples = [{"name": "a", "pose_path": real("openpose"), "text": "x"}]
+    warning = datasets.pose_layout_warning(datasets.PoseDataset("Demo", "test", samples))
+    assert warning.startswith(f"warning: {real('openpose')} holds openpose_137 keypoints") and "coco_wholebody_133" in warning
+    record = pose_files.read_pose_file(real("openpose"))
+    pose_files.write_pose_file({"keypoints": record.keypoints[:, None], "scores": record.scores[:, None],
+                                "w_h": (1000, 1000), "fps": 24}, str(tmp_path / "coco.pose"))
+    samples = [{"name": "b", "pose_path": str(tmp_path / "coco.pose"), "text": "x"}]
+    assert datasets.pose_layout_warning(datasets.PoseDataset("Demo", "test", samples)) is None
+
+
 def test_several_people_the_first_or_the_named_one(tmp_path):
     reduced = read_real("kinder")
     data = np.concatenate([np.asarray(reduced.body.data), np.asarray(reduced.body.data) + 50], axis=1)
