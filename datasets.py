@@ -1,7 +1,8 @@
 """Pose datasets: loading, normalisation, frame selection and batching (the format and normalisation: docs/design.md).
 
 Public: build_dataset, DataConfig, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
-pose_layout_warning, BadSampleError, LabelFileError. `.pose` files are read by pose_files.py. Pickles are read by safe_pickle.py's unpicklers, which run no code.
+pose_layout_warning, BadSampleError, LabelFileError. Pickles are read by safe_pickle.py's unpicklers, which run no
+code; `.pose` files by pose_files.py; PHOENIX-2014T's corpus CSVs by phoenix_labels.py.
 """
 import csv
 import dataclasses
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 import config
+import phoenix_labels
 import pose_files
 import utils
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
@@ -60,9 +62,9 @@ class BadSampleError(ValueError):
 
 # ----------------------------------------------------------------------------- one pose file
 def load_pose(path):
-    """Read a pose pickle or a `.pose` file (by extension); returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32
-    arrays (possibly read-only views of the file's bytes: copy before writing to them). `.pose` files of other
-    layouts are mapped onto COCO-WholeBody's points by pose_files.py.
+    """Read a pose pickle or a `.pose` file (by extension); returns person 0's keypoints (T, 133, 2) and scores
+    (T, 133) as float32 arrays (possibly read-only views of the file's bytes: copy before writing to them).
+    `.pose` files of other layouts are mapped onto COCO-WholeBody's points by pose_files.py.
 
     Frames may be a list of per-frame arrays or one array; only frames [start, end) count when given
     (like a slice: an end past the last frame keeps up to the last frame).
@@ -214,8 +216,6 @@ class LabelFileError(ValueError):
 
 LABEL_FORMAT = ("a gzip-compressed pickle of a dict name -> {'name', 'video_path', 'text'[, 'gloss']} (CSL-Daily "
                 "style; PHOENIX-2014T's {'name', 'gloss', 'text', 'length', 'imgs_path'} find poses by 'name')")
-CORPUS_CSV_FORMAT = "PHOENIX-2014-T's corpus CSV: '|'-separated, header name|video|start|end|speaker|orth|translation"
-CORPUS_CSV_COLUMNS = ["name", "video", "start", "end", "speaker", "orth", "translation"]
 NEWS_FORMAT = "a JSON list of {'video', 'pose', 'text'} (CSL-News style)"
 
 
@@ -328,29 +328,13 @@ def _leave_out_entries_without_glosses(label_path, keys, total):
 
 
 def _read_corpus_csv(label_path, phase, pose_dir, task):
-    """PHOENIX-2014-T's own annotation file: sample <phase>/<name>, pose <phase>/<name>.pkl, text = translation
-    (SLT) or orth (CSLR glosses)."""
-    names, poses, texts = [], [], []
+    """PHOENIX-2014-T's own annotation file (phoenix_labels.py): pose <pose_dir>/<phase>/<name>.pkl or .pose."""
     try:
-        with open(label_path, encoding="utf-8", newline="") as f:
-            rows = csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE)
-            header = next(rows, None)
-            if header != CORPUS_CSV_COLUMNS:
-                raise ValueError(f"header {header!r}")
-            for number, row in enumerate(rows, start=2):
-                if len(row) != len(CORPUS_CSV_COLUMNS):
-                    raise ValueError(f"line {number} has {len(row)} fields")
-                entry = dict(zip(CORPUS_CSV_COLUMNS, row))
-                text = (entry["orth"] if task == "CSLR" else entry["translation"]).strip()
-                if not text:
-                    raise ValueError(f"line {number} ({entry['name']}) has an empty "
-                                     f"{'orth' if task == 'CSLR' else 'translation'}")
-                names.append(f"{phase}/{entry['name']}")
-                poses.append(_pose_file(pose_dir, f"{phase}/{entry['name']}"))
-                texts.append(" ".join(text.split()))
+        names, texts = phoenix_labels.read_corpus_csv(label_path, phase, task)
     except (ValueError, UnicodeDecodeError, csv.Error) as error:
-        raise LabelFileError(f"{label_path}: expected {CORPUS_CSV_FORMAT} ({error}); pass the corpus's "
-                             "annotations/manual/PHOENIX-2014-T.<split>.corpus.csv") from error
+        raise LabelFileError(f"{label_path}: expected {phoenix_labels.CORPUS_CSV_FORMAT} ({error}); pass the "
+                             "corpus's annotations/manual/PHOENIX-2014-T.<split>.corpus.csv") from error
+    poses = [_pose_file(pose_dir, name) for name in names]
     poses, texts, names = (_string_table(column) for column in (poses, texts, names))
     return SampleIndex(poses, texts, pose_dir, names=names)
 
