@@ -252,15 +252,26 @@ def test_render_draws_a_real_pose_file_at_its_joint(tmp_path):
     assert image[:40, :40].max() == 0  # the corner is blank canvas
 
 
-def lexicon_labels(folder):
-    """A label file per split whose samples are the lexicon's four real signs (German words, glosses)."""
+def lexicon_labels(folder, other_layouts=False):
+    """A label file per split whose samples are the lexicon's four real signs (German words, glosses); with
+    other_layouts, also the OpenPose recording and a full-Holistic file (pose folder: `folder`/poses)."""
     import csv
     import gzip
+    import shutil
     with open(os.path.join(REAL, "index.csv"), encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     labels = {os.path.basename(row["path"])[:-5]: row for row in rows}
     assert sorted(labels) == sorted(LEXICON)
-    paths = {}
+    poses = folder / "poses"
+    poses.mkdir()
+    for name in labels:
+        shutil.copy(real(name), poses)
+    if other_layouts:
+        shutil.copy(real("openpose"), poses)
+        write(full_holistic_from_reduced(read_real("essen"), 478, world=True), poses / "full.pose")
+        labels["openpose"] = {"words": "hallo", "glosses": "HALLO"}
+        labels["full"] = {"words": "essen", "glosses": "Essen"}
+    paths = {"pose_dir": str(poses)}
     for phase in ("train", "dev", "test"):
         paths[phase] = str(folder / f"labels.{phase}")
         with gzip.open(paths[phase], "wb") as f:
@@ -272,12 +283,13 @@ def lexicon_labels(folder):
 @pytest.mark.slow
 @pytest.mark.parametrize("task, metric", [("ISLR", "dev_top1_per_instance"), ("SLT", "dev_bleu4")])
 def test_training_on_the_real_lexicon_signs_runs_and_saves(tiny_mt5_path, tmp_path, task, metric):
+    """ISLR on the four real signs; SLT on them and on an OpenPose and a full-Holistic (586 points) file."""
     import sys
     from e2e import check_ok, read_log, run
-    paths = lexicon_labels(tmp_path)
+    paths = lexicon_labels(tmp_path, other_layouts=task == "SLT")  # ISLR: the four signs, four classes
     out = tmp_path / "run"
     check_ok(run([sys.executable, "fine_tuning.py", "--dataset", "Phoenix2014T", "--task", task, "--mt5_path",
-                  tiny_mt5_path, "--pose_dir", REAL, "--train_label_path", paths["train"], "--dev_label_path",
+                  tiny_mt5_path, "--pose_dir", paths["pose_dir"], "--train_label_path", paths["train"], "--dev_label_path",
                   paths["dev"], "--test_label_path", paths["test"], "--output_dir", str(out), "--epochs", "1",
                   "--max_length", "16", "--batch_size", "2", "--lr", "1e-3", "--warmup-epochs", "0", "--num_workers", "0",
                   "--num_beams", "1", "--max_tgt_len", "6", "--use_hyperbolic", "--hyp_text_cmp", "token",
@@ -286,3 +298,5 @@ def test_training_on_the_real_lexicon_signs_runs_and_saves(tiny_mt5_path, tmp_pa
     assert [r["epoch"] for r in log] == [0] and np.isfinite(log[0]["train_loss"])
     assert metric in log[-1] and 0 <= log[-1][metric] <= 100
     assert os.path.isfile(out / "checkpoint.pth")
+    with open(out / "dev_tmp_refs.txt", encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == (6 if task == "SLT" else 4)  # every sample scored, none skipped
