@@ -3,7 +3,7 @@ model will see. Most reproduction failures start here (frame counts that do not 
 people detected, another estimator's keypoints).
 
     python script/inspect_poses.py FILE_OR_DIR [--labels LABEL_FILE [--dataset NAME]] [--compare DIR2]
-        [--threshold 0.3] [--json]
+        [--person 0] [--threshold 0.3] [--json]
 
 Per pose file (.pkl or .pose, searched recursively) and in summary: the layout, frames, fps, people per frame
 (.pose files store them; a pickle's first person is what is read), and per part (body, left, right, face_all:
@@ -35,6 +35,7 @@ def get_args_parser():
     p.add_argument("--dataset", default="Phoenix2014T", help="the label file's dataset (its format and layout)")
     p.add_argument("--phase", default="dev", choices=datasets.PHASES, help="the label file's split")
     p.add_argument("--compare", default=None, metavar="DIR2", help="another extraction of the same videos")
+    p.add_argument("--person", type=int, default=0, help="which stored person of a .pose file (0: the first)")
     p.add_argument("--threshold", type=float, default=datasets.CONFIDENCE_THRESHOLD,
                    help="points scored at or under it count as not found (default: the model's)")
     p.add_argument("--json", action="store_true", help="one JSON object (files, summary) instead of tables")
@@ -55,11 +56,11 @@ def find_pose_files(path):
     return found
 
 
-def read(path):
-    """(keypoints, scores, layout, fps, people per frame or None) of a pickle or a .pose file."""
+def read(path, person=0):
+    """(keypoints, scores, layout, fps, people per frame or None) of a pickle or a .pose file (its `person`)."""
     if path.endswith(pose_files.POSE_EXTENSION):
         try:
-            record = pose_files.read_pose_file(path, count_people=True)
+            record = pose_files.read_pose_file(path, person=person, count_people=True)
         except pose_files.PoseFileError as error:
             raise datasets.BadSampleError(str(error)) from error
         return record.keypoints, record.scores, record.layout, record.fps, record.people
@@ -67,10 +68,10 @@ def read(path):
     return keypoints, scores, "coco_wholebody_133 (pickle)", None, None
 
 
-def inspect_file(path, threshold):
+def inspect_file(path, threshold, person=0):
     """The per-file report (a dict); {"file", "error"} for a file that cannot be read."""
     try:
-        keypoints, scores, layout, fps, people = read(path)
+        keypoints, scores, layout, fps, people = read(path, person)
     except datasets.BadSampleError as error:
         return {"file": path, "error": str(error)}
     parts = {}
@@ -178,7 +179,7 @@ def main(args):
     files = find_pose_files(args.path)
     if not files:
         utils.fail(f"{args.path}: no pose files (.pkl, .pose) in it")
-    reports = [inspect_file(path, args.threshold)
+    reports = [inspect_file(path, args.threshold, args.person)
                for path in tqdm(files.values(), desc="pose files", disable=len(files) < 50 or args.json)]
     extra = {}
     if args.labels:
