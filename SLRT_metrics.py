@@ -1,10 +1,13 @@
 """Sign language translation / recognition metrics, following the literature's protocol.
 
-SLT: cumulative BLEU-1..4 (sacrebleu, 13a, exp smoothing) and ROUGE-L F as the `rouge` 1.0.1
-package computes it. CSLR: word error rate with substitution / insertion / deletion rates.
+SLT: cumulative BLEU-1..4 and ROUGE-L F as the `rouge` 1.0.1 package computes it. BLEU has two protocols
+(BLEU_PROTOCOLS, picked by the tokenizer's name, every score carrying sacrebleu's signature): "13a" (the
+default: sacrebleu's corpus BLEU with its 13a tokeniser and exp smoothing, as GFSLT-VLP and Uni-Sign score)
+and "none" (signjoey's, Camgoz et al. 2018/2020: sacrebleu's raw corpus BLEU, no tokenisation, floor
+smoothing with value 0, effective order). CSLR: word error rate with substitution / insertion / deletion rates.
 ISLR: top-1 per-instance and per-class accuracy. All scores are percentages.
 Two systems on the same references: a paired bootstrap of their BLEU-4 and ROUGE-L difference.
-CLI: python SLRT_metrics.py --hyp H.txt --ref R.txt [--dataset CSL_Daily] [--task SLT]
+CLI: python SLRT_metrics.py --hyp H.txt --ref R.txt [--dataset CSL_Daily] [--task SLT] [--bleu_tokenize 13a|none|both]
      python SLRT_metrics.py --hyp NEW.txt --baseline OLD.txt --ref R.txt [--resamples 1000] [--seed 0]
 """
 import argparse
@@ -18,6 +21,12 @@ from sacrebleu.metrics import BLEU
 
 import config
 
+# tokenizer name -> sacrebleu BLEU settings. "none" is sacrebleu's raw_corpus_bleu, which signjoey scores with.
+BLEU_PROTOCOLS = {
+    "13a": {"tokenize": "13a", "smooth_method": "exp"},
+    "none": {"tokenize": "none", "smooth_method": "floor", "smooth_value": 0.0, "effective_order": True},
+}
+DEFAULT_BLEU_TOKENIZE = "13a"
 _SAMPLE_LINE = re.compile(r"^sample: (.*?), (?:prediction|ground-truth): ?(.*)$")
 
 
@@ -102,17 +111,31 @@ def rouge_l(hyps, refs):
     return 100.0 * sum(rouge_l_f(h, r) for h, r in zip(hyps, refs)) / len(hyps)
 
 
-def translation_metrics(hyps, refs):
-    """bleu1..bleu4 (cumulative, corpus level), rouge and the sacrebleu BLEU-4 signature."""
+def _bleu(tokenize):
+    if tokenize not in BLEU_PROTOCOLS:
+        raise ValueError(f"unknown BLEU tokenizer {tokenize!r}: expected one of {', '.join(BLEU_PROTOCOLS)}")
+    return BLEU(max_ngram_order=4, **BLEU_PROTOCOLS[tokenize])
+
+
+def bleu_signature(tokenize=DEFAULT_BLEU_TOKENIZE):
+    """sacrebleu's signature of a BLEU protocol, e.g. nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.x."""
+    bleu = _bleu(tokenize)
+    bleu.corpus_score(["a"], [["a"]])  # sacrebleu signs a metric once it knows the number of references (1)
+    return str(bleu.get_signature())
+
+
+def translation_metrics(hyps, refs, tokenize=DEFAULT_BLEU_TOKENIZE):
+    """bleu1..bleu4 (cumulative, corpus level) of the BLEU protocol `tokenize`, rouge and the BLEU signature."""
     _check_lengths(hyps, refs)
-    bleu = BLEU(max_ngram_order=4, tokenize="13a", smooth_method="exp")
+    bleu = _bleu(tokenize)
     stats = bleu.corpus_score(hyps, [refs])
+    smoothing = {key: value for key, value in BLEU_PROTOCOLS[tokenize].items() if key != "tokenize"}
     result = {}
     for order in range(1, 5):
         # Order-k n-gram counts do not depend on the maximum order, so one tokenisation pass serves
         # all four (identical to BLEU(max_ngram_order=order); 4x faster).
         score = BLEU.compute_bleu(stats.counts[:order], stats.totals[:order], stats.sys_len, stats.ref_len,
-                                  smooth_method="exp", max_ngram_order=order)
+                                  max_ngram_order=order, **smoothing)
         result[f"bleu{order}"] = score.score
     result["rouge"] = rouge_l(hyps, refs)
     result["signature"] = str(bleu.get_signature())
@@ -174,8 +197,9 @@ def islr_metrics(hyps, refs):
     return {"top1_per_instance": per_instance, "top1_per_class": per_class}
 
 
-def evaluate(hyps, refs, dataset, task):
-    """Format for the dataset, then score with the task's metrics ('SLT' | 'ISLR' | 'CSLR').
+def evaluate(hyps, refs, dataset, task, bleu_tokenize=DEFAULT_BLEU_TOKENIZE):
+    """Format for the dataset, then score with the task's metrics ('SLT' | 'ISLR' | 'CSLR'); SLT's BLEU with
+    the protocol bleu_tokenize ("13a" or "none", see BLEU_PROTOCOLS).
 
     Only SLT is character-formatted on CSL datasets: CSLR glosses and ISLR words are scored whole.
     """
@@ -183,7 +207,7 @@ def evaluate(hyps, refs, dataset, task):
     if task == "SLT":
         hyps = format_for_dataset(hyps, dataset, is_reference=False)
         refs = format_for_dataset(refs, dataset, is_reference=True)
-        return translation_metrics(hyps, refs)
+        return translation_metrics(hyps, refs, bleu_tokenize)
     if task == "CSLR":
         return wer_metrics(hyps, refs)
     if task == "ISLR":
@@ -330,6 +354,9 @@ def main(argv=None):
     parser.add_argument("--ref", required=True, help="references, one sentence per line")
     parser.add_argument("--dataset", default="", help="decides the formatting (CSL datasets: characters)")
     parser.add_argument("--task", default="SLT", choices=["SLT", "ISLR", "CSLR"])
+    parser.add_argument("--bleu_tokenize", default=DEFAULT_BLEU_TOKENIZE, choices=[*BLEU_PROTOCOLS, "both"],
+                        help="SLT's BLEU protocol: 13a (GFSLT-VLP, Uni-Sign), none (signjoey's raw corpus BLEU), "
+                             "or both (one result per protocol, each with its signature)")
     parser.add_argument("--baseline", default=None,
                         help="a second system's hypotheses: paired bootstrap of --hyp minus --baseline (SLT)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (with --baseline)")
@@ -337,6 +364,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.baseline is not None and args.task != "SLT":
         sys.exit(f"error: --baseline compares BLEU-4 and ROUGE-L, so it needs --task SLT (got --task {args.task})")
+    if args.baseline is not None and args.bleu_tokenize != DEFAULT_BLEU_TOKENIZE:
+        sys.exit(f"error: --baseline resamples the {DEFAULT_BLEU_TOKENIZE} BLEU only; leave out --bleu_tokenize "
+                 f"{args.bleu_tokenize}")
     if args.resamples < 1:
         sys.exit(f"error: --resamples must be at least 1 (got {args.resamples})")
     ref_names, refs = _read_input("--ref", args.ref)
@@ -346,8 +376,11 @@ def main(argv=None):
             names, hyps[flag] = _read_input(flag, path)
             _check_pairs_with_reference(flag, path, names, hyps[flag], args.ref, ref_names, refs)
     try:
-        if args.baseline is None:
-            result = evaluate(hyps["--hyp"], refs, args.dataset, args.task)
+        if args.baseline is None and args.bleu_tokenize == "both":
+            result = {tokenize: evaluate(hyps["--hyp"], refs, args.dataset, args.task, tokenize)
+                      for tokenize in BLEU_PROTOCOLS}
+        elif args.baseline is None:
+            result = evaluate(hyps["--hyp"], refs, args.dataset, args.task, args.bleu_tokenize)
         else:
             result = paired_bootstrap(hyps["--baseline"], hyps["--hyp"], refs, args.dataset, args.resamples,
                                       args.seed)

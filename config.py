@@ -26,6 +26,7 @@ train_label_paths = {
     "How2Sign": _p("data", "How2Sign", "labels.train"),
     "OpenASL": _p("data", "OpenASL", "labels.train"),
     "Demo": _p("data", "demo", "labels.train"),
+    "Phoenix2014T": _p("data", "Phoenix2014T", "labels.train"),
 }
 
 dev_label_paths = {
@@ -38,6 +39,7 @@ dev_label_paths = {
     "How2Sign": _p("data", "How2Sign", "labels.test"),
     "OpenASL": _p("data", "OpenASL", "labels.dev"),
     "Demo": _p("data", "demo", "labels.dev"),
+    "Phoenix2014T": _p("data", "Phoenix2014T", "labels.dev"),
 }
 
 test_label_paths = {
@@ -47,6 +49,7 @@ test_label_paths = {
     "How2Sign": _p("data", "How2Sign", "labels.test"),
     "OpenASL": _p("data", "OpenASL", "labels.test"),
     "Demo": _p("data", "demo", "labels.test"),
+    "Phoenix2014T": _p("data", "Phoenix2014T", "labels.test"),
 }
 
 # One pose pickle per video: <pose_dir>/<video_path with .mp4 -> .pkl> (WLASL: <pose_dir>/<phase>/...).
@@ -57,6 +60,8 @@ pose_dirs = {
     "How2Sign": _p("dataset", "How2Sign", "pose_format"),
     "OpenASL": _p("dataset", "OpenASL", "pose_format"),
     "Demo": _p("data", "demo", "pose_format"),
+    # <split>/<name>.pkl (or .pose) per video, as `script/extract_poses.py --layout phoenix` writes them
+    "Phoenix2014T": _p("dataset", "Phoenix2014T", "pose_format"),
 }
 
 # RGB frames are not used by the pose-only model; kept so --rgb_support reports a clear error.
@@ -64,3 +69,5 @@ rgb_dirs = {name: _p("dataset", name, "frames") for name in pose_dirs}
 
 # Datasets whose text is Chinese: prompt language and CSL metric formatting depend on it.
 chinese_datasets = ("CSL_News", "CSL_Daily", "Demo")
+# Datasets whose text is German (the prompt's language).
+german_datasets = ("Phoenix2014T",)

@@ -1,18 +1,23 @@
 """Pose datasets: loading, normalisation, frame selection and batching (the format and normalisation: docs/design.md).
 
 Public: build_dataset, DataConfig, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
-BadSampleError, LabelFileError. Pickles are read by safe_pickle.py's unpicklers, which run no code.
+pose_layout_warning, BadSampleError, LabelFileError. Pickles are read by safe_pickle.py's unpicklers, which run no
+code; `.pose` files by pose_files.py; PHOENIX-2014T's corpus CSVs by phoenix_labels.py.
 """
+import csv
 import dataclasses
 import functools
 import gzip
 import os
 import pickle
+import sys
 
 import numpy as np
 import torch
 
 import config
+import phoenix_labels
+import pose_files
 import utils
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
 from sample_index import SampleIndex, StringTableBuilder, json_array_blocks
@@ -28,11 +33,15 @@ PART_INDICES = {
 }
 PART_ANCHORS = {"body": None, "left": 91, "right": 112, "face_all": 53}
 PROMPTS = {"Chinese": "Translate sign language video to Chinese: ",
-           "English": "Translate sign language video to English: "}
+           "English": "Translate sign language video to English: ",
+           "German": "Translate sign language video to German: "}
 TASKS = ("SLT", "ISLR", "CSLR")
 PHASES = ("train", "dev", "test")
 CSL_NEWS_TRAIN_FRACTION = 0.99
 REAL_DATA_HINT = 'download it and point config.py at it (see README.md, "Using real data")'
+PHOENIX_POSE_HINT = ("extract it from the corpus's frame folders: python script/extract_poses.py --src "
+                     "PHOENIX-2014-T/features/fullFrame-210x260px --out POSE_DIR --layout phoenix (docs/poses.md), "
+                     "and point config.py or --pose_dir at POSE_DIR")
 
 # All parts' points gathered once, with the column ranges of each part and of the anchors.
 _ALL_INDICES = np.concatenate([PART_INDICES[p] for p in PART_INDICES])
@@ -53,13 +62,16 @@ class BadSampleError(ValueError):
 
 # ----------------------------------------------------------------------------- one pose file
 def load_pose(path):
-    """Read a pose pickle; returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32 arrays
-    (possibly read-only views of the file's bytes: copy before writing to them).
+    """Read a pose pickle or a `.pose` file (by extension); returns person 0's keypoints (T, 133, 2) and scores
+    (T, 133) as float32 arrays (possibly read-only views of the file's bytes: copy before writing to them).
+    `.pose` files of other layouts are mapped onto COCO-WholeBody's points by pose_files.py.
 
     Frames may be a list of per-frame arrays or one array; only frames [start, end) count when given
     (like a slice: an end past the last frame keeps up to the last frame).
     Anything unusable raises BadSampleError naming the file and the problem (UnsafePickleError is never softened).
     """
+    if str(path).endswith(pose_files.POSE_EXTENSION):
+        return _load_pose_file(path)
     try:
         data = load_restricted(path, PoseUnpickler)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
@@ -99,6 +111,14 @@ def load_pose(path):
             frames = np.unique(np.nonzero(~np.isfinite(values))[0])
             raise BadSampleError(f"{path}: NaN or inf {key} in frame(s) {frames[:10].tolist()}")
     return keypoints, scores
+
+
+def _load_pose_file(path):
+    try:
+        record = pose_files.read_pose_file(path)
+    except pose_files.PoseFileError as error:
+        raise BadSampleError(str(error)) from error
+    return record.keypoints, record.scores
 
 
 def _first_person(path, key, frames, point_shape):
@@ -183,7 +203,10 @@ def _split_parts(parts_xyc):
 
 # ----------------------------------------------------------------------------- label files and the dataset
 def prompt_for(dataset_name):
-    """The translation prompt in the dataset's language (Chinese for config.chinese_datasets, else English)."""
+    """The translation prompt in the dataset's language (Chinese for config.chinese_datasets, German for
+    config.german_datasets, else English)."""
+    if dataset_name in config.german_datasets:
+        return PROMPTS["German"]
     return PROMPTS["Chinese" if dataset_name in config.chinese_datasets else "English"]
 
 
@@ -191,7 +214,8 @@ class LabelFileError(ValueError):
     """A label file that cannot give this run its samples; the message names the file and the fix."""
 
 
-LABEL_FORMAT = "a gzip-compressed pickle of a dict name -> {'name', 'video_path', 'text'[, 'gloss']} (CSL-Daily style)"
+LABEL_FORMAT = ("a gzip-compressed pickle of a dict name -> {'name', 'video_path', 'text'[, 'gloss']} (CSL-Daily "
+                "style; PHOENIX-2014T's {'name', 'gloss', 'text', 'length', 'imgs_path'} find poses by 'name')")
 NEWS_FORMAT = "a JSON list of {'video', 'pose', 'text'} (CSL-News style)"
 
 
@@ -208,6 +232,8 @@ def _read_labels(dataset_name, phase, label_path, pose_dir, task):
         index = _read_news_index(label_path, os.path.getsize(label_path), os.path.getmtime(label_path), pose_dir)
         split = int(len(index) * CSL_NEWS_TRAIN_FRACTION)
         samples = index.slice(0, split) if phase == "train" else index.slice(split, len(index))
+    elif label_path.endswith(".csv"):
+        samples = _read_corpus_csv(label_path, phase, pose_dir, task)
     else:
         samples = _read_pickle_labels(label_path, pose_dir, task)
     if len(samples) == 0:
@@ -252,14 +278,18 @@ def _read_pickle_labels(label_path, pose_dir, task):
                              f"{LABEL_FORMAT}") from error
     if not isinstance(labels, dict):
         raise LabelFileError(f"{label_path}: expected {LABEL_FORMAT}, got a {type(labels).__name__}")
-    names, poses, texts = [], [], []
+    names, poses, texts, without_glosses = [], [], [], []
     for key, label in labels.items():
-        if task == "CSLR" and not (isinstance(label, dict) and isinstance(label.get("gloss"), list) and label["gloss"]):
-            raise LabelFileError(f"{label_path}: entry {key!r} has no gloss list, which --task CSLR trains on: use "
-                                 "--task SLT for translation, or labels with 'gloss' lists (CSL-Daily's)")
+        glosses = label.get("gloss") if isinstance(label, dict) else None
+        glosses = glosses.split() if isinstance(glosses, str) else glosses  # PHOENIX-2014T's: one string
+        if task == "CSLR" and not (isinstance(glosses, list) and glosses):
+            without_glosses.append(key)
+            continue
         try:
-            text = " ".join(label["gloss"]) if task == "CSLR" else label["text"]
-            name, video = label["name"], label["video_path"]
+            text = " ".join(glosses) if task == "CSLR" else label["text"]
+            # PHOENIX-2014T's labels have no video_path: the name (<split>/<video>) is the pose file's path
+            phoenix = "video_path" not in label and "imgs_path" in label
+            name, video = label["name"], label["name"] if phoenix else label["video_path"]
             if not all(isinstance(value, str) for value in (name, video, text)):
                 raise TypeError("'name', 'video_path' and the text must be strings")
             if not text.strip():  # nothing to train on; as a reference, it would score every prediction 0
@@ -268,8 +298,43 @@ def _read_pickle_labels(label_path, pose_dir, task):
             raise LabelFileError(f"{label_path}: entry {key!r} is malformed ({type(error).__name__}: {error}); "
                                  f"expected {LABEL_FORMAT}") from error
         names.append(name)
-        poses.append(os.path.splitext(video)[0] + ".pkl")
+        poses.append(_pose_file(pose_dir, os.path.splitext(video)[0]))
         texts.append(text)
+    if without_glosses:
+        _leave_out_entries_without_glosses(label_path, without_glosses, len(labels))
+    poses, texts, names = (_string_table(column) for column in (poses, texts, names))
+    return SampleIndex(poses, texts, pose_dir, names=names)
+
+
+def _pose_file(pose_dir, stem):
+    """A sample's pose file relative to the pose folder: <stem>.pkl, or <stem>.pose where only that exists
+    (a pose folder may hold either; one stat per sample, two where the pickle is absent)."""
+    pickle_path = stem + ".pkl"
+    if os.path.exists(os.path.join(pose_dir, pickle_path)):
+        return pickle_path
+    pose_path = stem + pose_files.POSE_EXTENSION
+    return pose_path if os.path.exists(os.path.join(pose_dir, pose_path)) else pickle_path
+
+
+def _leave_out_entries_without_glosses(label_path, keys, total):
+    """--task CSLR: a label file without glosses is an error; a few entries without them (PHOENIX-2014T's
+    redistributed labels have 2 in dev and 2 in test) are left out, named in one warning line."""
+    if len(keys) == total:
+        raise LabelFileError(f"{label_path}: entry {keys[0]!r} has no gloss list, which --task CSLR trains on: use "
+                             "--task SLT for translation, or labels with 'gloss' lists (CSL-Daily's)")
+    shown = ", ".join(map(repr, keys[:3])) + (", ..." if len(keys) > 3 else "")
+    print(f"warning: {label_path}: {len(keys)} of its {total} entries have no glosses and are left out of "
+          f"--task CSLR: {shown}", file=sys.stderr)
+
+
+def _read_corpus_csv(label_path, phase, pose_dir, task):
+    """PHOENIX-2014-T's own annotation file (phoenix_labels.py): pose <pose_dir>/<phase>/<name>.pkl or .pose."""
+    try:
+        names, texts = phoenix_labels.read_corpus_csv(label_path, phase, task)
+    except (ValueError, UnicodeDecodeError, csv.Error) as error:
+        raise LabelFileError(f"{label_path}: expected {phoenix_labels.CORPUS_CSV_FORMAT} ({error}); pass the "
+                             "corpus's annotations/manual/PHOENIX-2014-T.<split>.corpus.csv") from error
+    poses = [_pose_file(pose_dir, name) for name in names]
     poses, texts, names = (_string_table(column) for column in (poses, texts, names))
     return SampleIndex(poses, texts, pose_dir, names=names)
 
@@ -349,7 +414,8 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
     if dataset_name == "WLASL":
         pose_dir = os.path.join(pose_dir, phase)
     if not os.path.isdir(pose_dir):
-        raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {REAL_DATA_HINT}")
+        hint = PHOENIX_POSE_HINT if dataset_name == "Phoenix2014T" else REAL_DATA_HINT
+        raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {hint}")
     settings = DataConfig.from_args(args)
     task = settings.task
     if task not in TASKS:
@@ -357,6 +423,13 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
     samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
     return PoseDataset(dataset_name, phase, samples, max_length=settings.max_length,
                        skip_bad_samples=settings.skip_bad_samples)
+
+
+def pose_layout_warning(dataset, files_looked_at=100):
+    """One warning line when the dataset's first `.pose` file (among its first files_looked_at samples) holds
+    another estimator's layout than the RTMPose one every model here was trained on, else None."""
+    count = min(len(dataset.samples), files_looked_at)
+    return pose_files.layout_mismatch_warning(dataset.samples[i]["pose_path"] for i in range(count))
 
 
 # ----------------------------------------------------------------------------- batching

@@ -1,14 +1,19 @@
-"""Whole-body poses from videos, written as Uni-Sign pose pickles (the format: docs/design.md).
+"""Whole-body poses from videos or frame folders, written as Uni-Sign pose pickles (the format: docs/design.md)
+or `.pose` files (pose_files.py).
 
 rtmlib's whole-body pipeline on onnxruntime: a YOLOX person detector, then RTMPose/RTMW (COCO-WholeBody,
 133 keypoints) on the largest person's box. Shared by script/extract_poses.py and script/translate_video.py.
 
-Public: PoseEstimator, extract_video, write_pose, pose_path_for, find_videos, VideoReader, MODES,
-ExtractionError (VideoError, NoPersonError), ModelError.
+A frame folder (numbered png/jpg images, e.g. PHOENIX-2014T's images0001.png ...) is a video wherever a video
+file is: its frames in the order of the number in their names, at a given rate (25 fps by default, PHOENIX's).
+
+Public: PoseEstimator, extract_video, write_pose, pose_path_for, find_videos, is_frame_folder, VideoReader,
+MODES, FORMATS, ExtractionError (VideoError, NoPersonError), ModelError.
 """
 import contextlib
 import os
 import pickle
+import re
 import sys
 
 import numpy as np
@@ -20,6 +25,9 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2  # noqa: E402
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
+FRAME_FOLDER_FPS = 25.0  # PHOENIX-2014T's rate; --fps sets another
+FORMATS = {"pkl": ".pkl", "pose": ".pose"}
 MODES = ("lightweight", "balanced", "performance")  # rtmlib's Wholebody.MODE; lightweight is Uni-Sign's demo's
 
 
@@ -44,8 +52,11 @@ class VideoReader:
     """Frames of a video, one at a time (BGR uint8, as rtmlib expects): memory stays one frame whatever the
     length. `fps` is the container's (None when it does not say); `size` (w, h) is known after the first frame."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, fps=None):
+        self.path, self.frames = path, None
+        if os.path.isdir(path):
+            self._open_frame_folder(fps)
+            return
         if not os.path.isfile(path):
             raise VideoError(f"{path}: video not found")
         self.capture = cv2.VideoCapture(path)
@@ -56,7 +67,38 @@ class VideoReader:
         self.frame_count = max(int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)  # the container's estimate
         self.size = None
 
+    def _open_frame_folder(self, fps):
+        self.frames = frame_files(self.path)
+        if not self.frames:
+            raise VideoError(f"{self.path}: a folder without frame images ({', '.join(FRAME_EXTENSIONS)}): not a "
+                             "video")
+        self.fps, self.frame_count, self.capture = float(fps or FRAME_FOLDER_FPS), len(self.frames), None
+        self.size = None
+
+    def declared_size(self):
+        """(w, h) the container states (a frame folder: its first frame's), before any frame is read."""
+        if self.frames is not None:
+            return self._read_frame(self.frames[0]).shape[1::-1]
+        return (int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+    def _read_frame(self, name):
+        image = cv2.imread(os.path.join(self.path, name), cv2.IMREAD_COLOR)
+        if image is None:
+            raise VideoError(f"{self.path}: frame {name} cannot be read (corrupt or not an image); replace or "
+                             "remove it")
+        return image
+
     def __iter__(self):
+        if self.frames is not None:
+            for name in self.frames:
+                frame = self._read_frame(name)
+                if self.size is None:
+                    self.size = (frame.shape[1], frame.shape[0])
+                elif (frame.shape[1], frame.shape[0]) != self.size:
+                    raise VideoError(f"{self.path}: frame {name} is {frame.shape[1]}x{frame.shape[0]}, the frames "
+                                     f"before it {self.size[0]}x{self.size[1]}: one folder must hold one video")
+                yield frame
+            return
         while True:
             ok, frame = self.capture.read()
             if not ok:
@@ -66,7 +108,8 @@ class VideoReader:
             yield frame
 
     def close(self):
-        self.capture.release()
+        if self.capture is not None:
+            self.capture.release()
 
     def __enter__(self):
         return self
@@ -75,22 +118,45 @@ class VideoReader:
         self.close()
 
 
+def frame_files(folder):
+    """The frame images of a folder (png/jpg), in the order of the last number in their names (images2.png
+    before images10.png); [] when it holds none."""
+    names = [name for name in os.listdir(folder) if name.lower().endswith(FRAME_EXTENSIONS)]
+
+    def number(name):
+        digits = re.findall(r"\d+", name)
+        return (int(digits[-1]) if digits else -1, name)
+    return sorted(names, key=number)
+
+
+def is_frame_folder(path):
+    return os.path.isdir(path) and any(name.lower().endswith(FRAME_EXTENSIONS) for name in os.listdir(path))
+
+
 def find_videos(src):
-    """The videos under folder `src` (by extension, sorted), or [src] for a file."""
-    if os.path.isfile(src):
+    """The videos under folder `src` (video files by extension, and frame folders), sorted; [src] for a file
+    or a frame folder."""
+    if os.path.isfile(src) or is_frame_folder(src):
         return [src]
     found = []
     for folder, subfolders, files in os.walk(src):
         subfolders.sort()
+        if folder != src and any(name.lower().endswith(FRAME_EXTENSIONS) for name in files):
+            found.append(folder)  # a frame folder: one video (its subfolders are not searched)
+            subfolders.clear()
+            continue
         found += [os.path.join(folder, name) for name in sorted(files) if name.lower().endswith(VIDEO_EXTENSIONS)]
-    return found
+    return sorted(found)
 
 
-def pose_path_for(video, src, out):
-    """Where a video's pose pickle goes: <out>/<video path relative to src, extension -> .pkl> (the path the
-    dataset code reads for label video_path); for a single-file src, <out>/<its name>.pkl."""
-    relative = os.path.basename(video) if os.path.isfile(src) else os.path.relpath(video, src)
-    return os.path.join(out, os.path.splitext(relative)[0] + ".pkl")
+def pose_path_for(video, src, out, extension=".pkl"):
+    """Where a video's pose file goes: <out>/<video path relative to src, extension -> .pkl> (the path the
+    dataset code reads for label video_path; a frame folder <split>/<name> gives <split>/<name>.pkl, PHOENIX's);
+    for a single-file or single-frame-folder src, <out>/<its name>.pkl. `extension`: .pose for .pose files."""
+    single = os.path.isfile(src) or os.path.normpath(video) == os.path.normpath(src)
+    relative = os.path.basename(os.path.normpath(video)) if single else os.path.relpath(video, src)
+    stem = relative if os.path.isdir(video) else os.path.splitext(relative)[0]
+    return os.path.join(out, stem + extension)
 
 
 # ----------------------------------------------------------------------------- the pose models
@@ -184,13 +250,14 @@ class PoseEstimator:
 
 
 # ----------------------------------------------------------------------------- one video
-def extract_video(path, estimator, progress=False):
+def extract_video(path, estimator, progress=False, fps=None):
     """A video's pose dict: keypoints (T, 1, 133, 2) float32 divided by the frame's (w, h), scores (T, 1, 133)
     float32, w_h (w, h), fps; and num_fallback_frames, the frames where nobody was detected (kept, from the
-    whole-frame fallback). Frames are streamed. Raises VideoError / NoPersonError naming the video."""
+    whole-frame fallback). Frames are streamed. `fps`: a frame folder's rate (default 25). Raises VideoError /
+    NoPersonError naming the video (a frame folder's unreadable frame by its name)."""
     from tqdm import tqdm
     keypoints, scores, fallback = [], [], 0
-    with VideoReader(path) as video:
+    with VideoReader(path, fps) as video:
         bar = tqdm(total=video.frame_count or None, desc=os.path.basename(path), unit="frame", leave=False,
                    disable=not progress, dynamic_ncols=True)
         with bar:
@@ -212,7 +279,12 @@ def extract_video(path, estimator, progress=False):
 
 def write_pose(pose, path):
     """Pickle the pose dict to `path` atomically (a temporary file next to it, then a rename): an interrupted
-    run never leaves a half-written pickle that a resumed run would take for a finished one."""
+    run never leaves a half-written pickle that a resumed run would take for a finished one. A path ending in
+    .pose is written as a COCO-WholeBody `.pose` file instead (pose_files.write_pose_file, atomic too)."""
+    if path.endswith(".pose"):
+        import pose_files
+        pose_files.write_pose_file(pose, path)
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_open(path, "wb") as f:
         pickle.dump(pose, f, protocol=4)

@@ -17,6 +17,7 @@ import numpy as np
 from atomic import atomic_path
 import pose_extraction  # sets OpenCV's FFmpeg log level before cv2 is first imported
 import cv2  # noqa: E402  (after pose_extraction on purpose)
+import pose_files  # noqa: E402
 from datasets import CONFIDENCE_THRESHOLD, PART_INDICES, BadSampleError, load_pose  # noqa: E402
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted  # noqa: E402
 from stgcn_layers import HAND_EDGES  # noqa: E402
@@ -131,7 +132,14 @@ size (w, h) from its w_h (None when it has none), fps (None when it has none), s
 def read_pose(path):
     """The PoseClip of a pose pickle. Arrays, start/end and every check come from datasets.load_pose (the
     training reader); w_h, fps and the stored frame count, which it does not return, from the same
-    restricted unpickler, whose arrays stay unbuilt bytes. Raises RenderError naming the file."""
+    restricted unpickler, whose arrays stay unbuilt bytes. A `.pose` file gives them from its header (pose_files.py).
+    Raises RenderError naming the file."""
+    if str(path).endswith(pose_files.POSE_EXTENSION):
+        try:
+            record = pose_files.read_pose_file(path)
+        except pose_files.PoseFileError as error:
+            raise RenderError(str(error)) from error
+        return PoseClip(path, record.keypoints, record.scores, record.size, record.fps, 0, len(record.keypoints))
     try:
         keypoints, scores = load_pose(path)
         fields = load_restricted(path, PoseUnpickler)
@@ -177,7 +185,10 @@ def open_video(path, clips):
         reader = pose_extraction.VideoReader(path)
     except pose_extraction.VideoError as error:
         raise RenderError(str(error)) from error
-    size = (int(reader.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(reader.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    try:
+        size = reader.declared_size()
+    except pose_extraction.VideoError as error:
+        raise RenderError(str(error)) from error
     for clip in clips:
         if clip.size is not None and clip.size != size:
             reader.close()

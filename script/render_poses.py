@@ -4,7 +4,9 @@ model reads of it, and how two extractions of one video differ.
     python script/render_poses.py POSE.pkl [POSE2.pkl ...] --out clip.mp4|clip.gif|frame.png [--video SRC.mp4]
         [--parts] [--faded] [--fps N] [--size WxH] [--frame N] [--threshold 0.3]
 
-Every frame's COCO-WholeBody skeleton (body, both hands, face) is drawn over the source video (--video: the
+Pose files are pickles or `.pose` files (another estimator's layout is drawn as the model reads it, on
+COCO-WholeBody's points). Every frame's COCO-WholeBody skeleton (body, both hands, face) is drawn over the
+source video or frame folder (--video: the
 pose file's w_h places its points, and the video must have its frame count and size) or on a black canvas.
 Points whose score is at or under the model's threshold (0.3) are left out (--faded: drawn dim); --parts
 enlarges the points the model reads and greys the rest. Several pose files go side by side, each labelled
@@ -21,9 +23,11 @@ import utils
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("poses", nargs="+", metavar="POSE.pkl", help="pose pickles (several: side by side)")
+    p.add_argument("poses", nargs="+", metavar="POSE.pkl",
+                   help="pose pickles or pose-format .pose files of any known layout (several: side by side)")
     p.add_argument("--out", required=True, help="output: .mp4 (OpenCV), .gif (Pillow) or .png (one frame)")
-    p.add_argument("--video", default=None, help="the source video to draw over (default: a black canvas)")
+    p.add_argument("--video", default=None,
+                   help="the source video or frame folder to draw over (default: a black canvas)")
     p.add_argument("--parts", action="store_true", help="enlarge the points the model reads, grey the others")
     p.add_argument("--faded", action="store_true", help="draw low-confidence points dim instead of leaving them out")
     p.add_argument("--threshold", type=float, default=pose_render.CONFIDENCE_THRESHOLD,

@@ -5,14 +5,17 @@
 1. Pose reading: load + normalise one 300-frame pose file (PoseDataset.__getitem__: the restricted
    unpickler, checks, frame selection, parts) vs a bare pickle.load of the same file, both in this
    process on a realistic file (RTMPose layout: lists of per-frame (1, 133, 2) and (1, 133) float32
-   arrays). Target: <= 2x.
+   arrays). Target: <= 2x. The same for `.pose` files (pose-format): our read (pose-format's reader, the
+   layout mapped onto COCO-WholeBody) + normalise against a bare `pose_format.Pose.read` of the same bytes,
+   timed interleaved (one of each per repeat), for a reduced-Holistic file (the real recording in
+   tests/data/real_poses, its frames repeated to --frames) and a COCO-WholeBody one. Target: <= 2x.
 2. Does the loader keep up? One rank's DataLoader alone on the demo's training set (batch 8, shuffled,
    collated and tokenised) in batches/s for each --workers count, after its first batch, against the
    model's training steps/s (forward, backward, AdamW step; demo model, token-mode Geo-Sign, no
    DeepSpeed) on batches already in memory. A loader slower than the model leaves the accelerator
    waiting. The demo is config.py's (`python script/make_demo.py`), else one built in a temporary folder.
 
-The last line is a JSON object: "ratio" (part 1), "train_steps_per_s", "loader_batches_per_s" per worker count.
+The last line is a JSON object: "ratio" (part 1), "pose_file" (part 1, .pose: per layout), "train_steps_per_s", "loader_batches_per_s" per worker count.
 """
 import argparse
 import itertools
@@ -56,6 +59,61 @@ def median_seconds(function, repeats):
         function()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+REAL_POSE = os.path.join(config.ROOT, "tests", "data", "real_poses", "mediapipe.pose")
+
+
+def write_pose_files(folder, num_frames):
+    """{layout: path} of two `.pose` files of num_frames frames: the real reduced-Holistic recording's frames
+    repeated, and a COCO-WholeBody one written by pose_files from a realistic pickle's arrays."""
+    import numpy.ma as ma
+    from pose_format import Pose
+    import pose_files
+    with open(REAL_POSE, "rb") as f:
+        real = Pose.read(f.read())
+    take = np.arange(num_frames) % real.body.data.shape[0]
+    real.body.data, real.body.confidence = ma.masked_array(real.body.data[take]), real.body.confidence[take]
+    paths = {"mediapipe_holistic_reduced": os.path.join(folder, "holistic.pose"),
+             "coco_wholebody_133": os.path.join(folder, "coco.pose")}
+    with open(paths["mediapipe_holistic_reduced"], "wb") as f:
+        real.write(f)
+    pickle_path = os.path.join(folder, "coco.pkl")
+    write_realistic_pose(pickle_path, num_frames)
+    with open(pickle_path, "rb") as f:
+        pose = pickle.load(f)
+    pose_files.write_pose_file({"keypoints": np.stack(pose["keypoints"]), "scores": np.stack(pose["scores"]),
+                                "w_h": (1280, 720), "fps": 25.0}, paths["coco_wholebody_133"])
+    return paths
+
+
+def pose_file_ratio(num_frames, repeats):
+    """Per layout: bare pose_format.Pose.read of a .pose file and our read + normalise (PoseDataset.__getitem__),
+    median ms of `repeats` interleaved pairs, and their ratio."""
+    from pose_format import Pose
+    result = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for layout, path in write_pose_files(folder, num_frames).items():
+            dataset = datasets.PoseDataset("CSL_Daily", "test", [], max_length=256)
+            dataset.samples = one_sample_index(path)
+
+            def bare_read():
+                with open(path, "rb") as f:
+                    Pose.read(f.read())
+            times = {bare_read: [], dataset.__getitem__: []}
+            for _ in range(10):  # warm up
+                bare_read(), dataset[0]
+            for _ in range(repeats):
+                for function, argument in ((bare_read, ()), (dataset.__getitem__, (0,))):
+                    start = time.perf_counter()
+                    function(*argument)
+                    times[function].append(time.perf_counter() - start)
+            bare, ours = (float(np.median(t)) for t in times.values())
+            print(f".pose {layout}, {num_frames} frames: Pose.read {bare * 1e3:.3f} ms, read + normalise "
+                  f"{ours * 1e3:.3f} ms, ratio {ours / bare:.2f}")
+            result[layout] = {"pose_read_ms": round(bare * 1e3, 4), "load_normalise_ms": round(ours * 1e3, 4),
+                              "ratio": round(ours / bare, 3)}
+    return result
 
 
 def demo_paths(demo_root, folder):
@@ -176,7 +234,8 @@ def main(argv=None):
     ratio = ours / bare
     print(f"bare pickle.load of a {args.frames}-frame pose file: {bare * 1e3:.3f} ms (median of {args.repeats})")
     print(f"load + normalise (PoseDataset.__getitem__, max_length 256): {ours * 1e3:.3f} ms")
-    result = {"bare_ms": round(bare * 1e3, 4), "load_normalise_ms": round(ours * 1e3, 4), "ratio": round(ratio, 3)}
+    result = {"bare_ms": round(bare * 1e3, 4), "load_normalise_ms": round(ours * 1e3, 4), "ratio": round(ratio, 3),
+              "pose_file": pose_file_ratio(args.frames, args.repeats)}
     if not args.no_loader:
         result.update(loader_vs_model(args))
     print(json.dumps(result))
