@@ -25,6 +25,10 @@ train_label_paths = {
     "How2Sign": _p("data", "How2Sign", "labels.train"),
     "OpenASL": _p("data", "OpenASL", "labels.train"),
     "Demo": _p("data", "demo", "labels.train"),
+    # YouTube-ASL's released video ids (youtube_asl_video_ids.txt); each video's pose file and .vtt captions are in
+    # pose_dirs["YouTubeASL"]; 1 % of the videos are held out as dev and test (docs/captions.md).
+    "YouTubeASL": _p("data", "YouTubeASL", "youtube_asl_video_ids.txt"),
+    "Captions": _p("dataset", "Captions"),  # any folder of long-video pose files beside their captions
 }
 
 dev_label_paths = {
@@ -34,6 +38,8 @@ dev_label_paths = {
     "How2Sign": _p("data", "How2Sign", "labels.dev"),
     "OpenASL": _p("data", "OpenASL", "labels.dev"),
     "Demo": _p("data", "demo", "labels.dev"),
+    "YouTubeASL": _p("data", "YouTubeASL", "youtube_asl_video_ids.txt"),  # the held-out videos
+    "Captions": _p("dataset", "Captions"),
 }
 
 test_label_paths = {
@@ -43,6 +49,8 @@ test_label_paths = {
     "How2Sign": _p("data", "How2Sign", "labels.test"),
     "OpenASL": _p("data", "OpenASL", "labels.test"),
     "Demo": _p("data", "demo", "labels.test"),
+    "YouTubeASL": _p("data", "YouTubeASL", "youtube_asl_video_ids.txt"),
+    "Captions": _p("dataset", "Captions"),
 }
 
 # One pose pickle per video: <pose_dir>/<video_path with .mp4 -> .pkl> (WLASL: <pose_dir>/<phase>/...).
@@ -53,6 +61,8 @@ pose_dirs = {
     "How2Sign": _p("dataset", "How2Sign", "pose_format"),
     "OpenASL": _p("dataset", "OpenASL", "pose_format"),
     "Demo": _p("data", "demo", "pose_format"),
+    "YouTubeASL": _p("dataset", "YouTubeASL", "pose_format"),  # VIDEO_ID.pkl beside VIDEO_ID.en.vtt
+    "Captions": _p("dataset", "Captions"),
 }
 
 # RGB frames are not used by the pose-only model; kept so --rgb_support reports a clear error.

@@ -12,7 +12,9 @@ import pickle
 import numpy as np
 import torch
 
+import captions
 import config
+import pose_clips
 import utils
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
 from sample_index import SampleIndex, StringTableBuilder, json_array_blocks
@@ -52,16 +54,17 @@ class BadSampleError(ValueError):
 
 
 # ----------------------------------------------------------------------------- one pose file
-def load_pose(path):
+def load_pose(path, frames=None):
     """Read a pose pickle; returns person 0's keypoints (T, 133, 2) and scores (T, 133) as float32 arrays
     (possibly read-only views of the file's bytes: copy before writing to them).
 
     Frames may be a list of per-frame arrays or one array; only frames [start, end) count when given
-    (like a slice: an end past the last frame keeps up to the last frame).
+    (like a slice: an end past the last frame keeps up to the last frame). frames=(start, end): only that clip of
+    them, read without the rest of the file where its layout allows (pose_clips.py; captions.py's samples).
     Anything unusable raises BadSampleError naming the file and the problem (UnsafePickleError is never softened).
     """
     try:
-        data = load_restricted(path, PoseUnpickler)
+        data = load_restricted(path, PoseUnpickler) if frames is None else pose_clips.read_clip(path, *frames)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
         raise BadSampleError(f"{path}: pose file is missing") from error
     except UnsafePickleError as error:
@@ -308,7 +311,7 @@ class PoseDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         try:
-            keypoints, scores = load_pose(sample["pose_path"])
+            keypoints, scores = load_pose(sample["pose_path"], sample.get("frames"))
         except BadSampleError:
             if self.skip_bad_samples:
                 return None
@@ -342,7 +345,7 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
         raise ValueError(f"unknown dataset {dataset_name!r}; config.py knows {sorted(known)}")
     label_path = label_path or {"train": config.train_label_paths, "dev": config.dev_label_paths,
                                 "test": config.test_label_paths}[phase][dataset_name]
-    if not os.path.isfile(label_path):
+    if not os.path.isfile(label_path) and not captions.is_caption_folder(dataset_name, label_path):
         hint = "run `python script/make_demo.py`" if dataset_name == "Demo" else REAL_DATA_HINT
         raise FileNotFoundError(f"{dataset_name} {phase} labels not found at {label_path}: {hint}")
     pose_dir = pose_dir or config.pose_dirs[dataset_name]
@@ -354,7 +357,10 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
     task = settings.task
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
+    if captions.is_caption_corpus(dataset_name, label_path):  # long videos cut into clips by timed captions
+        samples = captions.read_clip_index(dataset_name, phase, label_path, pose_dir, args)
+    else:
+        samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
     return PoseDataset(dataset_name, phase, samples, max_length=settings.max_length,
                        skip_bad_samples=settings.skip_bad_samples)
 

@@ -1,0 +1,222 @@
+"""captions.py and pose_clips.py: long pose files cut into clips by .vtt / .srt / How2Sign-CSV captions, the split
+by video, every bad caption case as one error line, and a stage-1 run on such a corpus resumed exactly."""
+import argparse
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import captions
+import datasets
+import pose_clips
+from test_datasets import signer_frames, write_pose
+
+VTT = """WEBVTT
+Kind: captions
+Language: en
+
+NOTE written for this test
+
+1
+00:00:00.480 --> 00:00:02.120 align:start position:0%
+Hello, <c>my</c> name
+is Ann &amp; I sign.
+
+00:02.500 --> 00:04.250
+[MUSIC]
+
+00:00:04.300 --> 00:00:07.777
+♪ <i>We</i> LEARN ASL. ♪
+
+00:00:08.000 --> 00:00:08.100
+too short
+
+00:00:09.010 --> 00:00:11.990
+Last one?
+"""
+SRT = """1
+00:00:00,480 --> 00:00:02,120
+Hello, <i>my</i> name
+is Ann &amp; I sign.
+
+2
+00:00:04,300 --> 00:00:07,777
+{\\an8}We LEARN ASL.
+
+3
+00:00:09,010 --> 00:00:11,990
+Last one?
+"""
+EXPECTED = [(0.48, 2.12, "Hello, my name is Ann & I sign."), (4.3, 7.777, "We LEARN ASL."), (9.01, 11.99, "Last one?")]
+
+
+def settings(**overrides):
+    values = dict(task="SLT", max_length=10_000, skip_bad_samples=False, min_clip_s=0.2, max_clip_s=60.0, fps=0.0)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def long_video(path, seconds, fps, seed=0, as_list=False, store_fps=True):
+    """A long pose pickle as extract_poses.py writes it (one array per key, or RTMPose's per-frame list)."""
+    keypoints, scores = signer_frames(int(round(seconds * fps)), seed)
+    extra = {"fps": fps, "w_h": (640, 480)} if store_fps else {}
+    write_pose(path, keypoints, scores, as_list=as_list, **extra)
+    return keypoints, scores
+
+
+def corpus(folder, videos):
+    """videos: {name: (fps, captions text, extension)}; every video 12 s long."""
+    folder.mkdir(exist_ok=True)
+    frames = {}
+    for seed, (name, (fps, text, extension)) in enumerate(videos.items()):
+        frames[name] = long_video(folder / f"{name}.pkl", 12, fps, seed)
+        (folder / f"{name}{extension}").write_text(text, encoding="utf-8")
+    return frames
+
+
+def build(folder, phase="train", label_path=None, dataset="Captions", **flags):
+    captions._clip_index.cache_clear()
+    return datasets.build_dataset(dataset, phase, settings(**flags), label_path=str(label_path or folder),
+                                  pose_dir=str(folder))
+
+
+def all_clips(folder, **flags):
+    return [s for phase in ("train", "dev") for s in build(folder, phase, **flags).samples]
+
+
+# ----------------------------------------------------------------------------- formats, times and cleaning
+@pytest.mark.parametrize("fps", [25.0, 29.97])
+def test_vtt_srt_and_how2sign_table_give_the_same_clips(tmp_path, fps, capsys):
+    frames = corpus(tmp_path / "vtt", {"a": (fps, VTT, ".en.vtt"), "b": (fps, SRT, ".srt")})
+    clips = {s["name"]: s for s in all_clips(tmp_path / "vtt")}
+    assert "1 empty or sound-only, 1 shorter than --min_clip_s" in capsys.readouterr().out  # [MUSIC]; 0.1 s
+    for video in ("a", "b"):
+        got = sorted((s["frames"], s["text"]) for s in clips.values() if s["name"].startswith(video + "_"))
+        assert got == sorted(((round(start * fps), round(end * fps)), text) for start, end, text in EXPECTED)
+    table = tmp_path / "how2sign_realigned_train.csv"  # How2Sign's columns, tab-separated, read as it is
+    table.write_text("VIDEO_ID\tVIDEO_NAME\tSENTENCE_ID\tSENTENCE_NAME\tSTART_REALIGNED\tEND_REALIGNED\tSENTENCE\n"
+                     + "".join(f"x\ta\ts{i}\ta_{i}\t{start}\t{end}\t{text}\n"
+                               for i, (start, end, text) in enumerate(EXPECTED)), encoding="utf-8")
+    rows = build(tmp_path / "vtt", label_path=table).samples
+    assert [(s["name"], s["frames"], s["text"]) for s in rows] == [
+        (f"a_{i}", (round(start * fps), round(end * fps)), text) for i, (start, end, text) in enumerate(EXPECTED)]
+    assert rows[0]["pose_path"] == os.path.join(str(tmp_path / "vtt"), "a.pkl") and len(frames["a"][0]) == round(12 * fps)
+
+
+def test_cleaning_keeps_case_and_punctuation_and_drops_sound_tags():
+    assert captions.clean_text(["<c.colorE5E5E5>Hi</c>,", "  <00:00:01.200>THERE!  "]) == "Hi, THERE!"
+    assert captions.clean_text(["[MUSIC]"]) == "" and captions.clean_text(["♪ ♪", "[Applause]"]) == ""
+    assert captions.clean_text(["[laughs] Yes &lt;3"]) == "Yes <3"
+
+
+def test_clips_too_short_too_long_or_empty_are_counted(tmp_path, capsys):
+    corpus(tmp_path, {"a": (25.0, VTT, ".vtt"), "b": (25.0, VTT, ".vtt")})
+    assert len(all_clips(tmp_path, max_clip_s=3.0)) == 2 * 2  # 4.3-7.777 s is longer than 3 s
+    out = capsys.readouterr().out
+    assert "2 empty or sound-only, 2 shorter than --min_clip_s, 2 longer than --max_clip_s" in out
+
+
+# ----------------------------------------------------------------------------- reading a clip
+@pytest.mark.parametrize("as_list", [False, True], ids=["arrays", "frame-list"])
+def test_clip_frames_equal_the_clip_cut_into_its_own_file(tmp_path, as_list):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    keypoints, scores = long_video(folder / "a.pkl", 12, 29.97, as_list=as_list)
+    long_video(folder / "b.pkl", 12, 29.97, seed=1)
+    for name in ("a", "b"):
+        (folder / f"{name}.vtt").write_text(VTT, encoding="utf-8")
+    for phase in ("train", "dev"):
+        dataset = build(folder, phase)
+        for i, sample in enumerate(dataset.samples):
+            if not sample["name"].startswith("a_"):
+                continue
+            start, end = sample["frames"]
+            cut = write_pose(tmp_path / f"cut{i}.pkl", keypoints[start:end], scores[start:end], as_list=as_list)
+            alone = datasets.PoseDataset("Captions", phase, [dict(sample, pose_path=cut, frames=None)], 10_000)[0]
+            clip = dataset[i]
+            assert all(torch.equal(clip["pose"][part], alone["pose"][part]) for part in clip["pose"])
+            assert len(clip["pose"]["body"]) == end - start
+
+
+def test_array_layout_is_read_without_the_rest_of_the_file(tmp_path, monkeypatch):
+    keypoints, scores = long_video(tmp_path / "long.pkl", 120, 25.0)
+    monkeypatch.setattr(datasets, "load_restricted", None)  # the whole-file reader must not be used
+    pose_clips._layout.cache_clear()
+    read = []
+    fromfile = np.fromfile
+    monkeypatch.setattr(np, "fromfile", lambda *a, **k: read.append(k["count"]) or fromfile(*a, **k))
+    got, got_scores = datasets.load_pose(str(tmp_path / "long.pkl"), (100, 160))
+    assert np.array_equal(got, keypoints[100:160]) and np.array_equal(got_scores, scores[100:160])
+    assert read == [60 * 133 * 2, 60 * 133]  # the clip's values, not the video's 3,000 frames
+    assert pose_clips.probe(str(tmp_path / "long.pkl")) == (3000, 25.0)
+
+
+# ----------------------------------------------------------------------------- splits
+def test_split_is_by_video_deterministic_and_disjoint(tmp_path):
+    names = [f"vid{i:03d}" for i in range(150)]
+    corpus(tmp_path, {name: (25.0, SRT, ".srt") for name in names})
+    train, dev = (build(tmp_path, phase).samples for phase in ("train", "dev"))
+    videos = [{s["name"].rsplit("_", 1)[0] for s in split} for split in (train, dev)]
+    assert len(videos[1]) == 2 and not videos[0] & videos[1] and videos[0] | videos[1] == set(names)
+    assert [s["name"] for s in build(tmp_path, "test").samples] == [s["name"] for s in dev]
+    (tmp_path / "vid000.srt").rename(tmp_path / "vid000.en.srt")  # renaming or re-listing changes nothing
+    assert [s["name"] for s in build(tmp_path, "dev").samples] == [s["name"] for s in dev]
+    listed = tmp_path / "youtube_asl_video_ids.txt"
+    listed.write_text("\n".join(reversed(names)) + "\n", encoding="utf-8")
+    assert [s["name"] for s in build(tmp_path, "dev", label_path=listed, dataset="YouTubeASL").samples] == \
+        [s["name"] for s in dev]
+
+
+# ----------------------------------------------------------------------------- bad input
+GOOD = "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\nfine\n\n"
+BAD_CASES = {
+    "no header": ("NOT WEBVTT\n", "a.vtt:1: a WebVTT file starts with 'WEBVTT'"),
+    "bad timing": (GOOD + "00:00:03.000 -> 00:00:04.000\nx\n", "a.vtt:6: expected a cue's timing line"),
+    "unreadable time": (GOOD + "00:00:03.000 --> 00:00:xx.000\nx\n", "a.vtt:6: unreadable timing line"),
+    "reversed": (GOOD + "00:00:05.000 --> 00:00:04.000\nx\n", "a.vtt:6: caption times reversed"),
+    "overlap": (GOOD + "00:00:01.500 --> 00:00:03.000\nx\n", "a.vtt:6: caption starts at 1.500 s, before the previous "
+                "one (line 3) ends at 2.000 s"),
+    "beyond": (GOOD + "00:00:11.000 --> 00:00:14.000\nx\n", "a.vtt:6: caption ends at 14.000 s, past the pose "
+               "file's 300 frames (12.000 s at 25 fps)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_caption_is_one_error_naming_file_and_line_or_skipped_and_counted(tmp_path, case, capsys):
+    text, needle = BAD_CASES[case]
+    corpus(tmp_path, {"a": (25.0, text, ".vtt"), "b": (25.0, GOOD, ".vtt"), "c": (25.0, GOOD, ".vtt")})
+    with pytest.raises(datasets.LabelFileError, match="--skip_bad_samples") as error:
+        build(tmp_path)
+    assert needle in str(error.value) and len(str(error.value).splitlines()) == 1
+    kept = all_clips(tmp_path, skip_bad_samples=True)
+    out = capsys.readouterr().out
+    assert "warning: --skip_bad_samples: skipped 1 bad" in out and needle in out
+    assert len(kept) == 2 + (case in ("reversed", "overlap", "beyond"))  # a bad cue costs only itself
+
+
+@pytest.mark.parametrize("case", ["no pose", "no captions", "two caption files", "no fps"])
+def test_video_without_pose_captions_or_fps_is_named(tmp_path, case, capsys):
+    corpus(tmp_path, {"a": (25.0, GOOD, ".vtt"), "b": (25.0, GOOD, ".vtt"), "c": (25.0, GOOD, ".vtt")})
+    needle = {"no pose": "video 'a' has no pose file", "no captions": "video 'a' has no captions",
+              "two caption files": "video 'a' has 2 caption files", "no fps": "a.pkl: the pose file stores no fps"}[case]
+    if case == "no pose":
+        os.remove(tmp_path / "a.pkl")
+    elif case == "no captions":
+        os.remove(tmp_path / "a.vtt")
+    elif case == "two caption files":
+        (tmp_path / "a.en.vtt").write_text(GOOD, encoding="utf-8")
+    else:
+        long_video(tmp_path / "a.pkl", 12, 25.0, store_fps=False)
+    with pytest.raises(datasets.LabelFileError, match=needle):
+        build(tmp_path)
+    assert len(all_clips(tmp_path, skip_bad_samples=True)) == 2 and needle in capsys.readouterr().out
+    if case == "no fps":
+        assert len(all_clips(tmp_path, fps=25.0)) == 3  # --fps supplies it
+
+
+def test_caption_ending_just_past_the_video_is_cut_and_counted(tmp_path, capsys):
+    corpus(tmp_path, {v: (25.0, GOOD + "00:00:11.000 --> 00:00:12.600\nend\n", ".vtt") for v in "abc"})
+    clips = [s for s in all_clips(tmp_path) if s["text"] == "end"]
+    assert [s["frames"] for s in clips] == [(275, 300)] * 3 and "3 cut at the video's end" in capsys.readouterr().out
