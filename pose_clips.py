@@ -3,8 +3,8 @@
 A pose pickle as script/extract_poses.py writes it holds each of keypoints (T, P, 133, 2) and scores (T, P, 133)
 as one C-ordered array, whose bytes the pickle stores as one opcode (BINBYTES / BINBYTES8 / BYTEARRAY8) followed by
 its T * frame_bytes payload. Cutting a clip out of an hour-long video should not cost reading the hour (about 150 MB
-at 25 fps), so the file is first scanned opcode by opcode (pickletools' table gives each opcode's argument size),
-seeking over every payload of LARGE_PAYLOAD bytes or more. The scanned pickle is then rebuilt without those payloads
+at 25 fps), so the file is first scanned opcode by opcode through a memory map (pickletools' table gives each
+opcode's argument size), stepping over every payload of LARGE_PAYLOAD bytes or more without touching its pages. The scanned pickle is then rebuilt without those payloads
 (each replaced by a short marker naming its offset in the file; FRAME opcodes, only a read-ahead hint, dropped)
 and unpickled with safe_pickle's PoseUnpickler, which runs no code and leaves arrays unbuilt, so a marked array's
 shape and dtype are known; its clip is then read from the file at offset + start * frame_bytes: only the clip's
@@ -17,6 +17,7 @@ CLIP_READERS maps a file extension to its clip reader.
 """
 import functools
 import io
+import mmap
 import os
 import pickletools
 
@@ -37,52 +38,52 @@ class _ListLayout(Exception):
     """The pickle has no large payload to seek over (frames stored one array each, or an old protocol)."""
 
 
-def _scan(f):
-    """(the pickle without its large payloads, {marker: (offset, length)}); raises _ListLayout."""
-    kept, payloads, ops = [], {}, 0
-    while True:
-        position = f.tell()
-        code = f.read(1)
+def _scan(data):
+    """(the pickle without its large payloads, {marker: (offset, length)}) from the file's bytes (a memory map:
+    only the pages the opcodes sit on are read); raises _ListLayout."""
+    kept, payloads, position = [], {}, 0
+    for _ in range(MAX_SCANNED_OPS):
+        code = data[position:position + 1]
         op = _OPS.get(code)
         if op is None:
             raise ValueError(f"not a pickle: opcode {code!r} at byte {position}")
-        ops += 1
-        if ops > MAX_SCANNED_OPS:
-            raise _ListLayout
-        argument = op.arg.n if op.arg is not None else 0
+        begin, argument, length = position, op.arg.n if op.arg is not None else 0, 0
+        position += 1
         if argument >= 0:
-            header, length = code + f.read(argument), 0
+            position += argument
         elif argument == pickletools.UP_TO_NEWLINE:
-            lines = 2 if op.name in ("GLOBAL", "INST") else 1
-            header, length = code + b"".join(f.readline() for _ in range(lines)), 0
+            for _ in range(2 if op.name in ("GLOBAL", "INST") else 1):
+                position = data.find(b"\n", position) + 1
+                if position == 0:
+                    raise ValueError("not a pickle: a line without its end")
         else:
             size, signed = _LENGTH_BYTES[argument]
-            prefix = f.read(size)
-            header, length = code + prefix, int.from_bytes(prefix, "little", signed=signed)
+            length = int.from_bytes(data[position:position + size], "little", signed=signed)
+            position += size
         if op.name in _BYTES_OPS and length >= LARGE_PAYLOAD:
             marker = _MARKER + str(len(payloads)).encode()
-            payloads[marker] = (f.tell(), length)
+            payloads[marker] = (position, length)
             kept.append(b"C" + bytes([len(marker)]) + marker)  # SHORT_BINBYTES marker
-            f.seek(length, os.SEEK_CUR)
         elif op.name != "FRAME":
-            kept.append(header + (f.read(length) if length else b""))
+            kept.append(data[begin:position + length])
+        position += length
         if op.name == "STOP":
-            break
-    if not payloads:
-        raise _ListLayout
-    return b"".join(kept), payloads
+            if not payloads:
+                raise _ListLayout
+            return b"".join(kept), payloads
+    raise _ListLayout
 
 
 @functools.lru_cache(maxsize=64)
 def _layout(path, size, mtime):
     """The pickle's dict with large arrays left as (offset, shape, dtype) stand-ins; None for the list layout.
     Cached per file (size and mtime in the key): a worker reads many clips of one video."""
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         try:
-            data, payloads = _scan(f)
+            kept, payloads = _scan(data)
         except _ListLayout:
             return None
-    stream = io.BytesIO(data)
+    stream = io.BytesIO(kept)
     stream.name = path  # error messages name the real file
     pose = load_restricted(stream, PoseUnpickler)
     if not isinstance(pose, dict):
@@ -97,10 +98,11 @@ class _FileArray:
         self.offset, self.shape, self.dtype = offset, shape, dtype
         self.frame_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
 
-    def read(self, path, start, end):
+    def read(self, f, start, end):
         end = max(start, min(end, self.shape[0]))
         count = (end - start) * self.frame_bytes // self.dtype.itemsize
-        frames = np.fromfile(path, dtype=self.dtype, count=count, offset=self.offset + start * self.frame_bytes)
+        f.seek(self.offset + start * self.frame_bytes)
+        frames = np.fromfile(f, dtype=self.dtype, count=count)  # only the clip's bytes
         if len(frames) != count:
             raise ValueError(f"file ends inside its arrays (read {len(frames)} of {count} values)")
         return frames.reshape((end - start,) + tuple(self.shape[1:]))
@@ -133,12 +135,13 @@ def read_pickle_clip(path, start, end):
     if not all(isinstance(v, (int, np.integer)) for v in (first, last)):
         return pose  # load_pose refuses it, naming the keys
     begin, stop = first + start, min(first + end, last)
-    for key in ("keypoints", "scores"):
-        value = pose.get(key)
-        if isinstance(value, _FileArray):
-            pose[key] = value.read(path, begin, stop)
-        elif value is not None:
-            pose[key] = build_frames(value)[begin:max(begin, stop)]
+    with open(path, "rb") as f:
+        for key in ("keypoints", "scores"):
+            value = pose.get(key)
+            if isinstance(value, _FileArray):
+                pose[key] = value.read(f, begin, stop)
+            elif value is not None:
+                pose[key] = build_frames(value)[begin:max(begin, stop)]
     pose["start"], pose["end"] = None, None
     return pose
 

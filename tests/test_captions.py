@@ -220,3 +220,56 @@ def test_caption_ending_just_past_the_video_is_cut_and_counted(tmp_path, capsys)
     corpus(tmp_path, {v: (25.0, GOOD + "00:00:11.000 --> 00:00:12.600\nend\n", ".vtt") for v in "abc"})
     clips = [s for s in all_clips(tmp_path) if s["text"] == "end"]
     assert [s["frames"] for s in clips] == [(275, 300)] * 3 and "3 cut at the video's end" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- as a user runs it
+def pretraining_args(mt5_path, folder, out):
+    return ["--captions", str(folder), "--mt5_path", mt5_path, "--output_dir", str(out), "--epochs", "2",
+            "--quick_break", "2", "--batch_size", "4", "--gradient_accumulation_steps", "1", "--lr", "1e-3",
+            "--warmup-epochs", "0", "--num_workers", "0", "--num_beams", "2", "--max_tgt_len", "10",
+            "--max_length", "16", "--use_hyperbolic", "--hyp_text_cmp", "token", "--hyp_text_emb_src", "decoder"]
+
+
+FOUR_CUES = "WEBVTT\n\n" + "".join(f"00:00:0{2 * i}.250 --> 00:00:0{2 * i + 1}.900\nsentence {i} of VIDEO.\n\n"
+                                    for i in range(4))
+
+
+def test_bad_corpus_stops_pretraining_with_one_error_line(tiny_demo, tmp_path, capsys):
+    import fine_tuning
+    import pretraining
+    corpus(tmp_path / "c", {v: (25.0, FOUR_CUES + "00:00:09.000 --> 00:00:08.000\nx\n", ".vtt") for v in "abc"})
+    args = pretraining.get_args_parser().parse_args(pretraining_args(tiny_demo["mt5_path"], tmp_path / "c",
+                                                                     tmp_path / "out"))
+    with pytest.raises(SystemExit):
+        fine_tuning.run(pretraining.resolve_captions(args))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "a.vtt:" in errors[0] and "caption times reversed" in errors[0]
+
+
+@pytest.mark.slow
+def test_pretraining_on_captions_resumes_exactly_and_fine_tunes(tiny_demo, tmp_path):
+    """Two epochs of stage 1 on a folder of long videos with .vtt captions (3 train videos, 1 held out, 4 clips
+    each), stopped at epoch 1's first step and resumed: the same run bit for bit as an uninterrupted one; its
+    checkpoint then initialises fine-tuning as the CSL-News stage-1 model does."""
+    from e2e import base_args, check_ok, read_log, run
+    from test_engine import assert_same_run, stop_at
+    folder = tmp_path / "corpus"
+    corpus(folder, {f"v{i}": (25.0 if i % 2 else 29.97, FOUR_CUES.replace("VIDEO", f"video {i}"), ".en.vtt")
+                    for i in range(4)})
+    stop = stop_at(3).replace("fine_tuning.run(fine_tuning.get_args_parser()",
+                              "import pretraining\nfine_tuning.run(pretraining.resolve_captions(pretraining.get_args_parser()")
+    stop = stop.replace("parse_args(sys.argv[1:]))", "parse_args(sys.argv[1:])))")
+    whole = check_ok(run([sys.executable, "pretraining.py", *pretraining_args(tiny_demo["mt5_path"], folder,
+                                                                               tmp_path / "whole")]))
+    assert "captions: 16 clips from 4 of 4 videos" in whole.stdout
+    stopped = run([sys.executable, "-c", stop, *pretraining_args(tiny_demo["mt5_path"], folder, tmp_path / "parts")])
+    assert stopped.returncode != 0 and [r["epoch"] for r in read_log(tmp_path / "parts")] == [0]
+    check_ok(run([sys.executable, "pretraining.py", *pretraining_args(tiny_demo["mt5_path"], folder,
+                                                                      tmp_path / "parts"), "--resume"]))
+    assert_same_run(tmp_path / "whole", tmp_path / "parts", epochs=2)
+    args = base_args(tiny_demo, tmp_path / "ft", epochs=1, steps=1) + ["--finetune", str(tmp_path / "whole" /
+                                                                                         "checkpoint.pth")]
+    result = check_ok(run([sys.executable, "fine_tuning.py", *args]))
+    missing = [line for line in result.stdout.splitlines() if line.strip().startswith("missing:")]
+    assert not [k for k in missing if "stgcn" in k or "mt5_model" in k], missing  # the encoder and mT5 load
+    assert [r["epoch"] for r in read_log(tmp_path / "ft")] == [0]
