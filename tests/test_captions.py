@@ -243,7 +243,7 @@ def test_bad_corpus_stops_pretraining_with_one_error_line(tiny_demo, tmp_path, c
     with pytest.raises(SystemExit):
         fine_tuning.run(pretraining.resolve_captions(args))
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "a.vtt:" in errors[0] and "caption times reversed" in errors[0]
+    assert len(errors) == 1 and ".vtt:15: caption times reversed" in errors[0] and "--skip_bad_samples" in errors[0]
 
 
 @pytest.mark.slow
