@@ -281,7 +281,7 @@ def _videos(label_path, pose_dir, corpus):
             videos.append((video, poses[video], video_rows))
         return videos
     poses = _pose_files(pose_dir)
-    captions = _caption_files(label_path if os.path.isdir(label_path) else pose_dir)
+    captions = _caption_files(label_path if os.path.isdir(label_path) else pose_dir, poses)
     if os.path.isdir(label_path):
         names = sorted(set(poses) | set(captions))
     else:  # a list of video ids (YouTube-ASL's youtube_asl_video_ids.txt)
@@ -309,14 +309,16 @@ def _pose_files(folder):
     return found
 
 
-def _caption_files(folder):
-    """{video: [caption paths]}: VIDEO.vtt / VIDEO.srt, or VIDEO.LANG.vtt as yt-dlp names them."""
+def _caption_files(folder, poses):
+    """{video: [caption paths]}: VIDEO.vtt / VIDEO.srt, or VIDEO.LANG.vtt as yt-dlp names them (a stem that is a
+    pose file's video is that video, even when it ends like a language code)."""
     found = {}
     for entry in os.listdir(folder):
         stem, extension = os.path.splitext(entry)
         if extension.lower() in CAPTION_EXTENSIONS:
             base, language = os.path.splitext(stem)
-            video = base if language and re.fullmatch(r"\.[A-Za-z]{2,3}(-[A-Za-z0-9]+)*", language) else stem
+            is_language = re.fullmatch(r"\.[A-Za-z]{2,3}(-[A-Za-z0-9]+)*", language) and stem not in poses
+            video = base if is_language else stem
             found.setdefault(video, []).append(os.path.join(folder, entry))
     return found
 
