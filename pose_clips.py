@@ -17,6 +17,7 @@ CLIP_READERS maps a file extension to its clip reader.
 """
 import functools
 import io
+import math
 import mmap
 import os
 import pickletools
@@ -27,8 +28,13 @@ from safe_pickle import PoseUnpickler, _RawArray, build_frames, load_restricted
 
 LARGE_PAYLOAD = 1 << 16  # bytes; pickle's own framing writes payloads this large outside its frames
 MAX_SCANNED_OPS = 10_000  # an array-layout pose pickle has about 100 opcodes
-_OPS = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
-_BYTES_OPS = {"BINBYTES", "BINBYTES8", "BYTEARRAY8"}
+# opcode byte -> its argument's size (pickletools' n: >= 0 fixed, < 0 a length prefix or a line); None: no opcode
+_ARGUMENT = [None] * 256
+for _op in pickletools.opcodes:
+    _ARGUMENT[ord(_op.code)] = _op.arg.n if _op.arg is not None else 0
+_BYTES_CODES = {ord(code) for code in ("B", "\x8e", "\x96")}  # BINBYTES, BINBYTES8, BYTEARRAY8
+_TWO_LINES = {ord("c"), ord("i")}  # GLOBAL and INST: module and name lines
+_FRAME, _STOP = 0x95, ord(".")
 _LENGTH_BYTES = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False), pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
                  pickletools.TAKEN_FROM_ARGUMENT4U: (4, False), pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
 _MARKER = b"\0pose_clips payload "
@@ -40,36 +46,42 @@ class _ListLayout(Exception):
 
 def _scan(data):
     """(the pickle without its large payloads, {marker: (offset, length)}) from the file's bytes (a memory map:
-    only the pages the opcodes sit on are read); raises _ListLayout."""
-    kept, payloads, position = [], {}, 0
+    only the pages the opcodes sit on are read); raises _ListLayout. The bytes between dropped parts are kept as
+    whole spans (one slice each), and opcodes are looked up by their byte in flat tables: the loop is what costs."""
+    kept, payloads, position, span, size = [], {}, 0, 0, len(data)
     for _ in range(MAX_SCANNED_OPS):
-        code = data[position:position + 1]
-        op = _OPS.get(code)
-        if op is None:
-            raise ValueError(f"not a pickle: opcode {code!r} at byte {position}")
-        begin, argument, length = position, op.arg.n if op.arg is not None else 0, 0
+        if position >= size:
+            raise ValueError(f"not a pickle: it ends at byte {position} without its STOP opcode")
+        code = data[position]
+        argument = _ARGUMENT[code]
+        if argument is None:
+            raise ValueError(f"not a pickle: opcode {bytes([code])!r} at byte {position}")
+        begin, length = position, 0
         position += 1
         if argument >= 0:
             position += argument
         elif argument == pickletools.UP_TO_NEWLINE:
-            for _ in range(2 if op.name in ("GLOBAL", "INST") else 1):
+            for _ in range(2 if code in _TWO_LINES else 1):
                 position = data.find(b"\n", position) + 1
                 if position == 0:
                     raise ValueError("not a pickle: a line without its end")
         else:
-            size, signed = _LENGTH_BYTES[argument]
-            length = int.from_bytes(data[position:position + size], "little", signed=signed)
-            position += size
-        if op.name in _BYTES_OPS and length >= LARGE_PAYLOAD:
+            prefix, signed = _LENGTH_BYTES[argument]
+            length = int.from_bytes(data[position:position + prefix], "little", signed=signed)
+            position += prefix
+        if code in _BYTES_CODES and length >= LARGE_PAYLOAD:
             marker = _MARKER + str(len(payloads)).encode()
             payloads[marker] = (position, length)
-            kept.append(b"C" + bytes([len(marker)]) + marker)  # SHORT_BINBYTES marker
-        elif op.name != "FRAME":
-            kept.append(data[begin:position + length])
+            kept += [data[span:begin], b"C" + bytes([len(marker)]) + marker]  # SHORT_BINBYTES marker
+            span = position + length
+        elif code == _FRAME:
+            kept.append(data[span:begin])
+            span = position
         position += length
-        if op.name == "STOP":
+        if code == _STOP:
             if not payloads:
                 raise _ListLayout
+            kept.append(data[span:position])
             return b"".join(kept), payloads
     raise _ListLayout
 
@@ -96,7 +108,7 @@ class _FileArray:
 
     def __init__(self, offset, shape, dtype):
         self.offset, self.shape, self.dtype = offset, shape, dtype
-        self.frame_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self.frame_bytes = math.prod(shape[1:]) * dtype.itemsize
 
     def read(self, f, start, end):
         end = max(start, min(end, self.shape[0]))
@@ -113,7 +125,7 @@ def _payload_array(value, payloads):
         return value
     _, shape, dtype, fortran_order, marker = value.state
     offset, length = payloads[marker]
-    if fortran_order or dtype.hasobject or not shape or int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != length:
+    if fortran_order or dtype.hasobject or not shape or math.prod(shape) * dtype.itemsize != length:
         raise ValueError(f"an array of shape {shape} ({dtype}) that is not stored frame by frame")
     return _FileArray(offset, tuple(shape), dtype)
 
