@@ -273,3 +273,13 @@ def test_pretraining_on_captions_resumes_exactly_and_fine_tunes(tiny_demo, tmp_p
     missing = [line for line in result.stdout.splitlines() if line.strip().startswith("missing:")]
     assert not [k for k in missing if "stgcn" in k or "mt5_model" in k], missing  # the encoder and mT5 load
     assert [r["epoch"] for r in read_log(tmp_path / "ft")] == [0]
+
+
+@pytest.mark.slow
+def test_index_benchmark_runs_small_and_a_clip_costs_less_than_a_csl_news_sample():
+    from test_speed import run_benchmark
+    stdout, summary = run_benchmark("index", "--youtube_asl", "--videos", "40", "--clips_per_video", "5",
+                                    "--workers", "1", "--video_s", "120")
+    assert summary["clips"] == 39 * 5 and "30-s clip: from a 120-s file" in stdout  # one video held out
+    assert summary["index_bytes_per_clip"] < summary["news_index_bytes_per_sample"]
+    assert summary["clip_read_ms"] > 0 and summary["own_file_read_ms"] > 0

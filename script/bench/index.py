@@ -79,7 +79,7 @@ def measure(mode, path, workers):
     import datasets  # noqa: F401  (torch and numpy loaded, as in a training rank)
 
     pose_dir = os.path.dirname(path)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if mode in ("captions", "captions-plain"):  # the caption corpus: compact index, or its clips as dicts
         samples = datasets.build_dataset("YouTubeASL", "train", argparse.Namespace(task="SLT"), label_path=path,
                                          pose_dir=path).samples
@@ -97,7 +97,7 @@ def measure(mode, path, workers):
         del entries
     else:
         samples = []
-    startup = time.perf_counter() - start
+    startup, startup_cpu = time.perf_counter() - start, time.process_time() - cpu
     context = multiprocessing.get_context("fork")
     release = context.Event()
     processes, readies = [], []
@@ -113,7 +113,7 @@ def measure(mode, path, workers):
     release.set()
     for process in processes:
         process.join()
-    print(json.dumps({"mode": mode, "samples": len(samples), "startup_s": startup,
+    print(json.dumps({"mode": mode, "samples": len(samples), "startup_s": startup, "startup_cpu_s": startup_cpu,
                       "index_bytes": samples.nbytes() if hasattr(samples, "nbytes") else None,
                       "pss_mb": sum(u[0] for u in usage) / 1024, "uss_mb": sum(u[1] for u in usage) / 1024,
                       "rank_pss_mb": usage[0][0] / 1024}))
@@ -136,6 +136,7 @@ def main(argv=None):
     parser.add_argument("--youtube_asl", action="store_true", help="the caption-corpus rows (see above)")
     parser.add_argument("--videos", type=int, default=11_093)
     parser.add_argument("--clips_per_video", type=int, default=55)
+    parser.add_argument("--video_s", type=int, default=3600, help="the clip-read row's long video (seconds)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -208,7 +209,7 @@ def _timestamp(seconds):
     return f"{int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}:{seconds % 60:06.3f}"
 
 
-def clip_read_row(folder, rounds=30):
+def clip_read_row(folder, rounds=30, video_s=3600):
     """Median ms to load a 30-s clip (750 frames at 25 fps) from a one-hour pose file through datasets.load_pose,
     its layout scan included (cache cleared), against the same clip in a file of its own, alternately."""
     import pickle
@@ -216,7 +217,8 @@ def clip_read_row(folder, rounds=30):
     import datasets
     import pose_clips
     rng = np.random.default_rng(1)
-    hour, start, end = int(3600 * FPS), 1_800 * int(FPS), 1_830 * int(FPS)
+    hour, start = int(video_s * FPS), int(video_s / 2 * FPS)
+    end = start + 30 * int(FPS)
     keypoints = rng.random((hour, 1, 133, 2), dtype=np.float32)
     scores = rng.random((hour, 1, 133), dtype=np.float32)
     paths = {name: os.path.join(folder, f"{name}.pkl") for name in ("hour", "clip")}
@@ -252,8 +254,9 @@ def youtube_asl_rows(args):
         for _ in range(args.repeats):
             for mode in ("captions", "captions-plain"):
                 results.setdefault(mode, []).append(run_child(mode, corpus, args.workers))
-        reads, whole_ms = clip_read_row(folder)
-    best = {mode: {key: min(r[key] for r in runs) for key in ("startup_s", "pss_mb")} for mode, runs in results.items()}
+        reads, whole_ms = clip_read_row(folder, video_s=args.video_s)
+    best = {mode: {key: min(r[key] for r in runs) for key in ("startup_s", "startup_cpu_s", "pss_mb")}
+            for mode, runs in results.items()}
     baseline, compact, plain = best["none"]["pss_mb"], best["captions"], best["captions-plain"]
     clips = results["captions"][0]["samples"]
     per_clip = results["captions"][0]["index_bytes"] / clips
@@ -262,18 +265,19 @@ def youtube_asl_rows(args):
           f"{args.repeats}):")
     print(f"  baseline (no index): {baseline:8.0f} MB")
     for mode, row in (("compact", compact), ("plain", plain)):
-        print(f"  {mode:8s}: start-up {row['startup_s']:6.1f} s, memory {row['pss_mb']:8.0f} MB "
+        print(f"  {mode:8s}: start-up {row['startup_s']:6.1f} s ({row['startup_cpu_s']:.1f} s of CPU), memory "
+              f"{row['pss_mb']:8.0f} MB "
               f"({row['pss_mb'] - baseline:7.0f} MB over the baseline)")
     ratio = compact["pss_mb"] / plain["pss_mb"]
     index_ratio = (compact["pss_mb"] - baseline) / max(plain["pss_mb"] - baseline, 1e-9)
     print(f"memory compact / plain: {ratio:.3f} (index alone: {index_ratio:.3f}); index bytes per clip "
           f"{per_clip:.0f} vs CSL-News's {per_news:.0f} per sample")
     ratio_read = reads["hour"] / reads["clip"]
-    print(f"30-s clip: from a one-hour file {reads['hour']:.2f} ms, in its own file {reads['clip']:.2f} ms "
+    print(f"30-s clip: from a {args.video_s}-s file {reads['hour']:.2f} ms, in its own file {reads['clip']:.2f} ms "
           f"(ratio {ratio_read:.2f}, goal <= 2); the one-hour file read whole: {whole_ms:.0f} ms")
     print(json.dumps({"videos": args.videos, "clips": clips, "workers": args.workers,
                       "memory_ratio": round(ratio, 4), "index_memory_ratio": round(index_ratio, 4),
                       "startup_s": round(compact["startup_s"], 2), "plain_startup_s": round(plain["startup_s"], 2),
-                      "index_bytes_per_clip": round(per_clip, 1), "news_index_bytes_per_sample": round(per_news, 1),
+                      "startup_cpu_s": round(compact["startup_cpu_s"], 2), "index_bytes_per_clip": round(per_clip, 1), "news_index_bytes_per_sample": round(per_news, 1),
                       "clip_read_ms": round(reads["hour"], 3), "own_file_read_ms": round(reads["clip"], 3),
                       "clip_read_ratio": round(ratio_read, 3), "whole_hour_read_ms": round(whole_ms, 1)}))
