@@ -189,6 +189,8 @@ def read_clip_index(dataset_name, phase, label_path, pose_dir, args):
     if len(index) == 0:
         raise datasets.LabelFileError(f"{label_path}: no {phase} clips in it: every caption was dropped or "
                                       "skipped (see the counts above)")
+    if phase != "train":  # predictions are matched to references by name (a table's SENTENCE_NAME may repeat)
+        datasets._refuse_duplicate_names(index, label_path, phase)
     return index
 
 

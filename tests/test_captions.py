@@ -283,3 +283,17 @@ def test_index_benchmark_runs_small_and_a_clip_costs_less_than_a_csl_news_sample
     assert summary["clips"] == 39 * 5 and "30-s clip: from a 120-s file" in stdout  # one video held out
     assert summary["index_bytes_per_clip"] < summary["news_index_bytes_per_sample"]
     assert summary["clip_read_ms"] > 0 and summary["own_file_read_ms"] > 0
+
+
+def test_clip_index_columns_slice_together_and_names_are_unique_in_scored_splits(tmp_path):
+    corpus(tmp_path, {"a": (25.0, SRT, ".srt"), "b": (25.0, SRT, ".srt")})
+    index = build(tmp_path, "train").samples
+    whole = list(index)
+    tail = index[1:]
+    assert list(tail) == whole[1:] and tail.frames.base is index.frames.base
+    assert len(whole) == 3 and len(index.poses.table) == 2  # a pose path once per video (train and dev share it)
+    table = tmp_path / "dev.tsv"
+    table.write_text("video\tstart\tend\ttext\tname\na\t0.5\t1.5\tone\tsame\na\t2.0\t3.0\ttwo\tsame\n", encoding="utf-8")
+    with pytest.raises(datasets.LabelFileError, match="share the name 'same'"):
+        build(tmp_path, "dev", label_path=table)
+    assert len(build(tmp_path, "train", label_path=table)) == 2
