@@ -2,18 +2,19 @@
 
 A pose pickle as script/extract_poses.py writes it holds each of keypoints (T, P, 133, 2) and scores (T, P, 133)
 as one C-ordered array, whose bytes the pickle stores as one opcode (BINBYTES / BINBYTES8 / BYTEARRAY8) followed by
-its T * frame_bytes payload. Cutting a clip out of an hour-long video should not cost reading the hour (about 150 MB
-at 25 fps), so the file is first scanned opcode by opcode through a memory map (pickletools' table gives each
-opcode's argument size), stepping over every payload of LARGE_PAYLOAD bytes or more without touching its pages. The scanned pickle is then rebuilt without those payloads
-(each replaced by a short marker naming its offset in the file; FRAME opcodes, only a read-ahead hint, dropped)
-and unpickled with safe_pickle's PoseUnpickler, which runs no code and leaves arrays unbuilt, so a marked array's
-shape and dtype are known; its clip is then read from the file at offset + start * frame_bytes: only the clip's
-bytes. A pickle that stores frames as a list of per-frame arrays (RTMPose's layout) has no large payload; after
-MAX_SCANNED_OPS opcodes the scan gives up and the file is read whole (safe_pickle), then sliced.
+its T * frame_bytes payload. Cutting a clip out of an hour-long video should not cost reading the hour (about
+150 MB at 25 fps), so the file is first scanned opcode by opcode through a memory map (pickletools' table gives
+each opcode's argument size), stepping over every payload of LARGE_PAYLOAD bytes or more without touching its
+pages. The scanned pickle is then rebuilt without those payloads (each replaced by a short marker naming its
+offset in the file; FRAME opcodes, only a read-ahead hint, dropped) and unpickled with safe_pickle's
+PoseUnpickler, which runs no code and leaves arrays unbuilt, so a marked array's shape and dtype are known; its
+clip is then read from the file at offset + start * frame_bytes: only the clip's bytes. A pickle that stores
+frames as a list of per-frame arrays (RTMPose's layout) has no large payload; the scan finds none (or gives up
+after MAX_SCANNED_OPS opcodes) and the file is read whole (safe_pickle), then sliced.
 
-Public: read_clip (the pose dict with keypoints and scores cut to the clip), probe (frames and fps of a file).
-A `.pose` file (pose-format) stores a header then fixed-size frames, so its reader can seek the same way:
-CLIP_READERS maps a file extension to its clip reader.
+Public: read_clip (the pose dict with keypoints and scores cut to the clip), probe (frames and fps of a file),
+CLIP_READERS (file extension -> its clip reader and prober). A `.pose` file (pose-format) stores a header, then
+fixed-size frames, so its reader can seek to a clip the same way and join CLIP_READERS.
 """
 import functools
 import io
@@ -181,7 +182,7 @@ def probe_pickle(path):
     first = pose.get("start") or 0
     last = stored if pose.get("end") is None else min(pose["end"], stored)
     fps = pose.get("fps")
-    return max(0, last - first), (float(fps) if isinstance(fps, (int, float)) and fps > 0 else None)
+    return max(0, last - first), (float(fps) if isinstance(fps, (int, float, np.number)) and fps > 0 else None)
 
 
 # extension -> (read_clip(path, start, end) -> pose dict, probe(path) -> (frames, fps)); `.pose` joins here.

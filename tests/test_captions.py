@@ -102,7 +102,8 @@ def test_vtt_srt_and_how2sign_table_give_the_same_clips(tmp_path, fps, capsys):
     rows = build(tmp_path / "vtt", label_path=table).samples
     assert [(s["name"], s["frames"], s["text"]) for s in rows] == [
         (f"a_{i}", (round(start * fps), round(end * fps)), text) for i, (start, end, text) in enumerate(EXPECTED)]
-    assert rows[0]["pose_path"] == os.path.join(str(tmp_path / "vtt"), "a.pkl") and len(frames["a"][0]) == round(12 * fps)
+    assert rows[0]["pose_path"] == os.path.join(str(tmp_path / "vtt"), "a.pkl")
+    assert len(frames["a"][0]) == round(12 * fps)
 
 
 def test_cleaning_keeps_case_and_punctuation_and_drops_sound_tags():
@@ -200,7 +201,8 @@ def test_bad_caption_is_one_error_naming_file_and_line_or_skipped_and_counted(tm
 def test_video_without_pose_captions_or_fps_is_named(tmp_path, case, capsys):
     corpus(tmp_path, {"a": (25.0, GOOD, ".vtt"), "b": (25.0, GOOD, ".vtt"), "c": (25.0, GOOD, ".vtt")})
     needle = {"no pose": "video 'a' has no pose file", "no captions": "video 'a' has no captions",
-              "two caption files": "video 'a' has 2 caption files", "no fps": "a.pkl: the pose file stores no fps"}[case]
+              "two caption files": "video 'a' has 2 caption files",
+              "no fps": "a.pkl: the pose file stores no fps"}[case]
     if case == "no pose":
         os.remove(tmp_path / "a.pkl")
     elif case == "no captions":
@@ -256,9 +258,10 @@ def test_pretraining_on_captions_resumes_exactly_and_fine_tunes(tiny_demo, tmp_p
     folder = tmp_path / "corpus"
     corpus(folder, {f"v{i}": (25.0 if i % 2 else 29.97, FOUR_CUES.replace("VIDEO", f"video {i}"), ".en.vtt")
                     for i in range(4)})
-    stop = stop_at(3).replace("fine_tuning.run(fine_tuning.get_args_parser()",
-                              "import pretraining\nfine_tuning.run(pretraining.resolve_captions(pretraining.get_args_parser()")
-    stop = stop.replace("parse_args(sys.argv[1:]))", "parse_args(sys.argv[1:])))")
+    stop = stop_at(3).replace("fine_tuning.run(fine_tuning.get_args_parser().parse_args(sys.argv[1:]))",
+                              "import pretraining\nparser = pretraining.get_args_parser()\n"
+                              "fine_tuning.run(pretraining.resolve_captions(parser.parse_args(sys.argv[1:])))")
+    assert "resolve_captions" in stop  # test_engine's script, run through pretraining.py's command line
     whole = check_ok(run([sys.executable, "pretraining.py", *pretraining_args(tiny_demo["mt5_path"], folder,
                                                                                tmp_path / "whole")]))
     assert "captions: 16 clips from 4 of 4 videos" in whole.stdout
@@ -293,7 +296,8 @@ def test_clip_index_columns_slice_together_and_names_are_unique_in_scored_splits
     assert list(tail) == whole[1:] and tail.frames.base is index.frames.base
     assert len(whole) == 3 and len(index.poses.table) == 2  # a pose path once per video (train and dev share it)
     table = tmp_path / "dev.tsv"
-    table.write_text("video\tstart\tend\ttext\tname\na\t0.5\t1.5\tone\tsame\na\t2.0\t3.0\ttwo\tsame\n", encoding="utf-8")
+    table.write_text("video\tstart\tend\ttext\tname\na\t0.5\t1.5\tone\tsame\na\t2.0\t3.0\ttwo\tsame\n",
+                     encoding="utf-8")
     with pytest.raises(datasets.LabelFileError, match="share the name 'same'"):
         build(tmp_path, "dev", label_path=table)
     assert len(build(tmp_path, "train", label_path=table)) == 2

@@ -278,6 +278,7 @@ def youtube_asl_rows(args):
     print(json.dumps({"videos": args.videos, "clips": clips, "workers": args.workers,
                       "memory_ratio": round(ratio, 4), "index_memory_ratio": round(index_ratio, 4),
                       "startup_s": round(compact["startup_s"], 2), "plain_startup_s": round(plain["startup_s"], 2),
-                      "startup_cpu_s": round(compact["startup_cpu_s"], 2), "index_bytes_per_clip": round(per_clip, 1), "news_index_bytes_per_sample": round(per_news, 1),
+                      "startup_cpu_s": round(compact["startup_cpu_s"], 2), "index_bytes_per_clip": round(per_clip, 1),
+                      "news_index_bytes_per_sample": round(per_news, 1),
                       "clip_read_ms": round(reads["hour"], 3), "own_file_read_ms": round(reads["clip"], 3),
                       "clip_read_ratio": round(ratio_read, 3), "whole_hour_read_ms": round(whole_ms, 1)}))
