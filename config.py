@@ -27,6 +27,10 @@ train_label_paths = {
     "OpenASL": _p("data", "OpenASL", "labels.train"),
     "Demo": _p("data", "demo", "labels.train"),
     "Phoenix2014T": _p("data", "Phoenix2014T", "labels.train"),
+    # YouTube-ASL's released video ids (youtube_asl_video_ids.txt); each video's pose file and .vtt captions are in
+    # pose_dirs["YouTubeASL"]; 1 % of the videos are held out as dev and test (docs/captions.md).
+    "YouTubeASL": _p("data", "YouTubeASL", "youtube_asl_video_ids.txt"),
+    "Captions": _p("dataset", "Captions"),  # any folder of long-video pose files beside their captions
 }
 
 dev_label_paths = {
@@ -40,6 +44,8 @@ dev_label_paths = {
     "OpenASL": _p("data", "OpenASL", "labels.dev"),
     "Demo": _p("data", "demo", "labels.dev"),
     "Phoenix2014T": _p("data", "Phoenix2014T", "labels.dev"),
+    "YouTubeASL": _p("data", "YouTubeASL", "youtube_asl_video_ids.txt"),  # the held-out videos
+    "Captions": _p("dataset", "Captions"),
 }
 
 test_label_paths = {
@@ -50,6 +56,8 @@ test_label_paths = {
     "OpenASL": _p("data", "OpenASL", "labels.test"),
     "Demo": _p("data", "demo", "labels.test"),
     "Phoenix2014T": _p("data", "Phoenix2014T", "labels.test"),
+    "YouTubeASL": _p("data", "YouTubeASL", "youtube_asl_video_ids.txt"),
+    "Captions": _p("dataset", "Captions"),
 }
 
 # One pose pickle per video: <pose_dir>/<video_path with .mp4 -> .pkl> (WLASL: <pose_dir>/<phase>/...).
@@ -62,6 +70,8 @@ pose_dirs = {
     "Demo": _p("data", "demo", "pose_format"),
     # <split>/<name>.pkl (or .pose) per video, as `script/extract_poses.py --layout phoenix` writes them
     "Phoenix2014T": _p("dataset", "Phoenix2014T", "pose_format"),
+    "YouTubeASL": _p("dataset", "YouTubeASL", "pose_format"),  # VIDEO_ID.pkl beside VIDEO_ID.en.vtt
+    "Captions": _p("dataset", "Captions"),
 }
 
 # RGB frames are not used by the pose-only model; kept so --rgb_support reports a clear error.

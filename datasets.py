@@ -15,8 +15,10 @@ import sys
 import numpy as np
 import torch
 
+import captions
 import config
 import phoenix_labels
+import pose_clips
 import pose_files
 import utils
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
@@ -61,19 +63,20 @@ class BadSampleError(ValueError):
 
 
 # ----------------------------------------------------------------------------- one pose file
-def load_pose(path):
+def load_pose(path, frames=None):
     """Read a pose pickle or a `.pose` file (by extension); returns person 0's keypoints (T, 133, 2) and scores
     (T, 133) as float32 arrays (possibly read-only views of the file's bytes: copy before writing to them).
     `.pose` files of other layouts are mapped onto COCO-WholeBody's points by pose_files.py.
 
     Frames may be a list of per-frame arrays or one array; only frames [start, end) count when given
-    (like a slice: an end past the last frame keeps up to the last frame).
+    (like a slice: an end past the last frame keeps up to the last frame). frames=(start, end): only that clip of
+    them, read without the rest of the file where its layout allows (pose_clips.py; captions.py's samples).
     Anything unusable raises BadSampleError naming the file and the problem (UnsafePickleError is never softened).
     """
     if str(path).endswith(pose_files.POSE_EXTENSION):
-        return _load_pose_file(path)
+        return _load_pose_file(path, frames)
     try:
-        data = load_restricted(path, PoseUnpickler)
+        data = load_restricted(path, PoseUnpickler) if frames is None else pose_clips.read_clip(path, *frames)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
         raise BadSampleError(f"{path}: pose file is missing") from error
     except UnsafePickleError as error:
@@ -113,12 +116,18 @@ def load_pose(path):
     return keypoints, scores
 
 
-def _load_pose_file(path):
+def _load_pose_file(path, frames=None):
+    """A `.pose` file's person 0, all of it or frames=(start, end) of it (the file is read whole, then cut)."""
     try:
         record = pose_files.read_pose_file(path)
     except pose_files.PoseFileError as error:
         raise BadSampleError(str(error)) from error
-    return record.keypoints, record.scores
+    if frames is None:
+        return record.keypoints, record.scores
+    start, end = frames
+    if not 0 <= start < min(end, len(record.keypoints)):
+        raise BadSampleError(f"{path}: no frames in the clip [{start}, {end}) of its {len(record.keypoints)}")
+    return record.keypoints[start:end], record.scores[start:end]
 
 
 def _first_person(path, key, frames, point_shape):
@@ -373,7 +382,7 @@ class PoseDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         try:
-            keypoints, scores = load_pose(sample["pose_path"])
+            keypoints, scores = load_pose(sample["pose_path"], sample.get("frames"))
         except BadSampleError:
             if self.skip_bad_samples:
                 return None
@@ -407,7 +416,7 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
         raise ValueError(f"unknown dataset {dataset_name!r}; config.py knows {sorted(known)}")
     label_path = label_path or {"train": config.train_label_paths, "dev": config.dev_label_paths,
                                 "test": config.test_label_paths}[phase][dataset_name]
-    if not os.path.isfile(label_path):
+    if not os.path.isfile(label_path) and not captions.is_caption_folder(dataset_name, label_path):
         hint = "run `python script/make_demo.py`" if dataset_name == "Demo" else REAL_DATA_HINT
         raise FileNotFoundError(f"{dataset_name} {phase} labels not found at {label_path}: {hint}")
     pose_dir = pose_dir or config.pose_dirs[dataset_name]
@@ -420,7 +429,10 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
     task = settings.task
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
+    if captions.is_caption_corpus(dataset_name, label_path):  # long videos cut into clips by timed captions
+        samples = captions.read_clip_index(dataset_name, phase, label_path, pose_dir, args)
+    else:
+        samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
     return PoseDataset(dataset_name, phase, samples, max_length=settings.max_length,
                        skip_bad_samples=settings.skip_bad_samples)
 

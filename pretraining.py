@@ -1,6 +1,9 @@
-"""Uni-Sign stage 1: pose-only translation pretraining on CSL-News-format data (JSON labels).
+"""Uni-Sign stage 1: pose-only translation pretraining on CSL-News-format data (JSON labels) or on long videos
+with timed captions (YouTube-ASL, or any folder of them: docs/captions.md).
 
     deepspeed --num_gpus 4 pretraining.py --batch_size 16 --gradient_accumulation_steps 8 ...
+    deepspeed --num_gpus 4 pretraining.py --dataset YouTubeASL ...
+    python pretraining.py --captions DIR ...   # DIR: VIDEO.pkl beside VIDEO.vtt / VIDEO.srt
 
 The loops are fine_tuning.py's; only the defaults differ (Uni-Sign's stage-1 recipe: CSL-News,
 20 epochs, lr 3e-4, at most 2,048 steps an epoch). The checkpoints it writes are what
@@ -8,6 +11,7 @@ The loops are fine_tuning.py's; only the defaults differ (Uni-Sign's stage-1 rec
 """
 import argparse
 
+import captions
 import fine_tuning
 import utils
 
@@ -16,11 +20,25 @@ def get_args_parser():
     parser = argparse.ArgumentParser("Uni-Sign pose-only pretraining", parents=[fine_tuning.get_args_parser()])
     parser.set_defaults(dataset="CSL_News", task="SLT", epochs=20, lr=3e-4, batch_size=16,
                         gradient_accumulation_steps=8, quick_break=2048, output_dir="out/pretraining")
+    captions.add_caption_flags(parser)
     return parser
+
+
+def resolve_captions(args):
+    """--captions DIR: the clips of DIR's captioned long videos are the data (dataset "Captions" unless
+    --dataset names another caption corpus), every split read from DIR (dev and test: its held-out videos)."""
+    captions.check_caption_flags(args)
+    if args.captions:
+        if args.dataset not in captions.CAPTION_DATASETS:
+            args.dataset = "Captions"
+        for phase in ("train", "dev", "test"):
+            setattr(args, f"{phase}_label_path", getattr(args, f"{phase}_label_path") or args.captions)
+        args.pose_dir = args.pose_dir or args.captions
+    return args
 
 
 if __name__ == "__main__":
     try:
-        fine_tuning.run(get_args_parser().parse_args())
+        fine_tuning.run(resolve_captions(get_args_parser().parse_args()))
     finally:
         utils.freeze_long_lived_objects()  # a quick exit

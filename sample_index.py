@@ -5,9 +5,11 @@ copies most of it: reading a dict or a string writes its reference count, and ea
 kernel copy the whole page it sits on. Here each column (names, pose paths, texts) is one UTF-8 byte
 buffer plus an offsets array; reading a sample touches no Python object the parent made, so the
 workers share the parent's pages. Items are built on access as {"name", "pose_path", "text"} dicts,
-so `index[i]["name"]` reads like the plain list did.
+so `index[i]["name"]` reads like the plain list did. A clip of a long video (captions.py) also carries
+"frames": (start, end), one row of an int32 (n, 2) array, and its pose path is one of its video's, stored
+once per video (RepeatedStrings).
 
-Public: SampleIndex, StringTable, StringTableBuilder, json_array_blocks.
+Public: SampleIndex, StringTable, StringTableBuilder, RepeatedStrings, json_array_blocks.
 """
 import collections.abc
 import json
@@ -68,17 +70,38 @@ class StringTableBuilder:
         return StringTable(data, offsets)
 
 
+class RepeatedStrings:
+    """n strings drawn from a few: string i is table[codes[i]] (a clip's video's pose path); slices share both."""
+
+    def __init__(self, table, codes):
+        self.table, self.codes = table, codes
+
+    def __len__(self):
+        return len(self.codes)
+
+    def __getitem__(self, i):
+        return self.table[self.codes[i]]
+
+    def slice(self, start, stop):
+        return RepeatedStrings(self.table, self.codes[start:stop])
+
+    def nbytes(self):
+        return self.table.nbytes() + self.codes.nbytes
+
+
 class SampleIndex(collections.abc.Sequence):
     """Samples of one split: item i is {"name", "pose_path": join(pose_dir, poses[i]), "text"}.
 
     names=None means each name is its pose path without the extension (CSL-News's convention), which
-    saves storing it twice.
+    saves storing it twice. frames: None (whole files), or an (n, 2) array of each clip's [start, end) frames,
+    given as item["frames"].
     """
 
-    def __init__(self, poses, texts, pose_dir, names=None):
-        if len(poses) != len(texts) or (names is not None and len(names) != len(poses)):
-            raise ValueError("names, poses and texts must have one entry per sample")
+    def __init__(self, poses, texts, pose_dir, names=None, frames=None):
+        if len(poses) != len(texts) or any(c is not None and len(c) != len(poses) for c in (names, frames)):
+            raise ValueError("names, poses, texts and frames must have one entry per sample")
         self.poses, self.texts, self.names, self.pose_dir = poses, texts, names, pose_dir
+        self.frames = frames
 
     def __len__(self):
         return len(self.poses)
@@ -93,7 +116,10 @@ class SampleIndex(collections.abc.Sequence):
                 raise ValueError("SampleIndex slices must be contiguous")
             return self.slice(start, max(start, stop))
         i = range(len(self))[i]  # negative indices, and IndexError past the end (ends iteration)
-        return {"name": self.name(i), "pose_path": os.path.join(self.pose_dir, self.poses[i]), "text": self.texts[i]}
+        item = {"name": self.name(i), "pose_path": os.path.join(self.pose_dir, self.poses[i]), "text": self.texts[i]}
+        if self.frames is not None:
+            item["frames"] = (int(self.frames[i, 0]), int(self.frames[i, 1]))
+        return item
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -101,10 +127,12 @@ class SampleIndex(collections.abc.Sequence):
     def slice(self, start, stop):
         """Samples [start, stop), sharing this index's buffers."""
         names = self.names.slice(start, stop) if self.names is not None else None
-        return SampleIndex(self.poses.slice(start, stop), self.texts.slice(start, stop), self.pose_dir, names)
+        frames = self.frames[start:stop] if self.frames is not None else None
+        return SampleIndex(self.poses.slice(start, stop), self.texts.slice(start, stop), self.pose_dir, names, frames)
 
     def nbytes(self):
-        return sum(t.nbytes() for t in (self.poses, self.texts, self.names) if t is not None)
+        columns = sum(t.nbytes() for t in (self.poses, self.texts, self.names) if t is not None)
+        return columns + (self.frames.nbytes if self.frames is not None else 0)
 
 
 def json_array_blocks(path, block_chars=1 << 22):

@@ -53,7 +53,7 @@ DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.pat
 OTHERS_SCRIPTS = {"zero_to_fp32": "deepspeed.utils.zero_to_fp32"}
 CODE_FOLDERS = ("", "script", os.path.join("script", "bench"), "tests")
 # `name.ext` in the docs that is a file name, not a module's attribute (config.json, log.txt, ...)
-FILE_EXTENSIONS = {"json", "txt", "pth", "pt", "png", "pdf", "pkl", "csv", "npz", "yaml", "mp4", "gif", "gz", "bin",
+FILE_EXTENSIONS = {"json", "html", "txt", "pth", "pt", "png", "pdf", "pkl", "csv", "npz", "yaml", "mp4", "gif", "gz", "bin",
                    "onnx", "safetensors", "model", "log", "md", "py", "sh", "pose", "jsonl", "train", "dev", "test"}
 
 
