@@ -8,6 +8,7 @@ Set-up is in main(); the two loops are train_one_epoch() and evaluate(). What is
 starts is preflight.py's; the optimizers and checkpoints (save, resume) are engine.py's.
 """
 import argparse
+import dataclasses
 import errno
 import math
 import os
@@ -26,10 +27,11 @@ import peers
 import utils
 from datasets import DataConfig
 from engine import CheckpointError, Engine, Stopped, latest_tag, stop_on_signals
-from models import HYP_CHOICES, STABLE_RECIPE, ModelConfig
-from preflight import check_flags, preflight
+import settings
+from models import ModelConfig
+from preflight import check_flags, model_settings, preflight
 
-MODEL, DATA = ModelConfig(), DataConfig()  # the flags' defaults: one place for each setting
+DATA = DataConfig()  # the data flags' defaults
 
 # The dev metric that picks best_checkpoint.pth, and whether higher is better.
 BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_per_instance", True), "CSLR": ("wer", False)}
@@ -71,38 +73,12 @@ def get_args_parser():
                         "each epoch; the device runs ahead in between")
     p.add_argument("--save_one_batch", action="store_true", help="save the first training batch to one_batch.pt")
     # model
-    p.add_argument("--mt5_path", default=MODEL.mt5_path, help="overrides config.mt5_path (default: the --finetune folder's mT5, else config.mt5_path)")
-    p.add_argument("--label_smoothing", type=float, default=MODEL.label_smoothing)
     p.add_argument("--num_beams", type=int, default=4)
     p.add_argument("--max_tgt_len", type=int, default=100, help="new tokens at generation")
-    p.add_argument("--use_hyperbolic", action="store_true")
-    p.add_argument("--hyp_dim", type=int, default=MODEL.hyp_dim)
-    p.add_argument("--init_c", type=float, default=MODEL.init_c)
     p.add_argument("--hyp_lr", type=float, default=1e-3)
-    p.add_argument("--hyp_text_emb_src", default=MODEL.hyp_text_emb_src, choices=["token", "decoder"])
-    p.add_argument("--hyp_text_cmp", default=MODEL.hyp_text_cmp, choices=["pooled", "attn", "token"])
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the pose encoder (off by default: slower on CPU, not yet measured on GPU)")
-    p.add_argument("--alpha", type=float, default=MODEL.alpha)
-    p.add_argument("--label_smoothing_hyp", type=float, default=MODEL.label_smoothing_hyp)
-    p.add_argument("--hyp_recipe", default=MODEL.hyp_recipe, choices=list(HYP_CHOICES["hyp_recipe"]),
-                   help="released: the paper's computation; stable: the remedies for its saturated part points "
-                        f"({', '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in STABLE_RECIPE.items())}) "
-                        "for each of these flags left at its default")
-    p.add_argument("--hyp_clip_r", type=float, default=MODEL.hyp_clip_r,
-                   help="clip the tangent vectors to this norm before the exponential map (0: off)")
-    p.add_argument("--hyp_clip", default=MODEL.hyp_clip, choices=list(HYP_CHOICES["hyp_clip"]),
-                   help="hard: min(1, r/|u|) u (Guo et al. 2022); soft: r tanh(|u|/r) u/|u|, radii keep differing")
-    p.add_argument("--hyp_scale", default=MODEL.hyp_scale, choices=list(HYP_CHOICES["hyp_scale"]),
-                   help="meru: feature scale that starts near unit radius and can only shrink")
-    p.add_argument("--hyp_input_norm", action="store_true", default=MODEL.hyp_input_norm,
-                   help="LayerNorm(x) / sqrt(d) before each hyperbolic projection")
-    p.add_argument("--hyp_midpoint", default=MODEL.hyp_midpoint, choices=list(HYP_CHOICES["hyp_midpoint"]),
-                   help="pooled/attn: frechet (iterative, as released) or gyro (closed-form weighted gyromidpoint)")
-    p.add_argument("--hyp_pair_weights", default=MODEL.hyp_pair_weights,
-                   choices=list(HYP_CHOICES["hyp_pair_weights"]),
-                   help="token: uniform (as released) or parts (each part's pair weighted by 4 w_p, so the part "
-                        "weights enter the loss; a change of method)")
+    settings.add_arguments(p, ModelConfig)  # the model's settings, unset (None) unless given
     # logging
     p.add_argument("--wandb", action="store_true")
     p.add_argument("--wandb_project", default="Geo-Sign")
@@ -345,13 +321,6 @@ def load_splits(args):
             for phase in phases + (() if args.eval else ("train",))}
 
 
-def resolve_recipe(args):
-    """Write the knob values --hyp_recipe sets into args, so that every checkpoint's args record them and a later
-    change of the recipe leaves the saved model as it was trained."""
-    resolved = ModelConfig.from_args(args)
-    vars(args).update({name: getattr(resolved, name) for name in STABLE_RECIPE})
-
-
 def main(args):
     from datasets import PoseCollator
     from models import Uni_Sign
@@ -362,10 +331,12 @@ def main(args):
     if rank != 0:
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
-    resolve_recipe(args)
     # read (and, for a model folder, verified) before anything is built from it
     args.finetune = model_io.resolve_hub_id(args.finetune, "--finetune")  # a Hub id: its cached snapshot folder
     finetuned = model_io.read_model(args.finetune) if args.finetune else None
+    # resolved once; every checkpoint's args record the values the model ran with
+    resolved = model_settings(args, finetuned)
+    vars(args).update({k: v for k, v in dataclasses.asdict(resolved).items() if k != "mt5_path"})
     args.mt5_path = args.mt5_path or model_io.folder_mt5_path(args.finetune) or config.mt5_path
     args.num_workers = min(args.num_workers, os.cpu_count() or 1)
     if args.eval and not args.finetune:

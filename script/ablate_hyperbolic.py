@@ -46,21 +46,19 @@ CONFIGS = {
     "token_norm": TOKEN + ["--hyp_input_norm"],
     "pooled_gyro": POOLED + ["--hyp_midpoint", "gyro"],
     "token_stable_soft": TOKEN + ["--hyp_recipe", "stable", "--hyp_clip", "soft"],
-    # stable as it was before the part-weighted pairs joined it, spelled out: with --hyp_recipe stable, a knob
-    # given its released value is read as left at its default and gets the recipe's
-    "token_stable_uniform": TOKEN + ["--hyp_input_norm", "--hyp_scale", "meru", "--hyp_clip_r", "2.0",
-                                     "--hyp_midpoint", "gyro"],
+    # stable as it was before the part-weighted pairs joined it (an explicit flag wins over the recipe)
+    "token_stable_uniform": TOKEN + ["--hyp_recipe", "stable", "--hyp_pair_weights", "uniform"],
 }
 DEFAULT_CONFIGS = ("pose", "token_released", "token_stable", "pooled_released", "pooled_stable")
 # The training recipe per dataset: Demo is script/demo.sh's, CSL_Daily the paper's (script/train_paper.sh) in one
-# process. Decoder text features for every configuration (the pose-only model ignores the hyp flags).
+# process; `branch`: the hyperbolic branch's flags, given to the configurations that have it (decoder text features).
 RECIPES = {
     "Demo": dict(epochs=7, flags=["--task", "SLT", "--batch_size", "8", "--lr", "1e-3", "--warmup-epochs", "1",
-                                  "--min-lr", "1e-5", "--num_workers", "0", "--num_beams", "4", "--max_tgt_len", "40",
-                                  "--alpha", "0.7", "--hyp_text_emb_src", "decoder"]),
+                                  "--min-lr", "1e-5", "--num_workers", "0", "--num_beams", "4", "--max_tgt_len", "40"],
+                 branch=["--alpha", "0.7", "--hyp_text_emb_src", "decoder"]),
     "CSL_Daily": dict(epochs=40, flags=["--task", "SLT", "--batch_size", "8", "--gradient_accumulation_steps", "8",
-                                        "--lr", "3e-5", "--warmup-epochs", "5", "--min-lr", "1e-6", "--init_c", "1.5",
-                                        "--hyp_lr", "1e-3", "--alpha", "0.7", "--hyp_text_emb_src", "decoder"]),
+                                        "--lr", "3e-5", "--warmup-epochs", "5", "--min-lr", "1e-6", "--hyp_lr", "1e-3"],
+                      branch=["--init_c", "1.5", "--alpha", "0.7", "--hyp_text_emb_src", "decoder"]),
 }
 FIRST_SEED = 42  # demo.sh's and the paper's; the k-th seed is FIRST_SEED + k
 # --quick: dev and test cut to QUICK_SAMPLES each, QUICK_STEPS training steps an epoch, a short beam search.
@@ -158,7 +156,9 @@ def data_flags(args):
 
 def fine_tuning_command(args, name, seed, output_dir, finetune):
     """`python fine_tuning.py` with the recipe, the data, the configuration's flags and the run's seed."""
-    return [sys.executable, "fine_tuning.py", "--dataset", args.dataset, *RECIPES[args.dataset]["flags"],
+    recipe = RECIPES[args.dataset]
+    branch = recipe["branch"] if "--use_hyperbolic" in CONFIGS[name] else []
+    return [sys.executable, "fine_tuning.py", "--dataset", args.dataset, *recipe["flags"], *branch,
             *(QUICK_FLAGS if args.quick else []), *data_flags(args), *CONFIGS[name],
             *(["--finetune", finetune] if finetune else []), "--epochs", str(args.epochs), "--seed", str(seed),
             "--output_dir", output_dir, "--overwrite"]

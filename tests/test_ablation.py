@@ -140,11 +140,13 @@ def test_every_configuration_builds_the_model_its_name_says():
     def config(name):
         return ModelConfig.from_args(fine_tuning.get_args_parser().parse_args(A.CONFIGS[name]))
 
+    token_recipe = {**STABLE_RECIPE, "hyp_midpoint": "frechet"}  # token mode takes no midpoint
     stable = {k: getattr(config("token_stable"), k) for k in STABLE_RECIPE}
-    assert stable == STABLE_RECIPE
-    # stable before the part-weighted pairs: every other knob of the recipe, spelled out
+    assert stable == token_recipe
+    # stable before the part-weighted pairs: the recipe with an explicit flag, which wins
     uniform = {k: getattr(config("token_stable_uniform"), k) for k in STABLE_RECIPE}
-    assert uniform == {**STABLE_RECIPE, "hyp_pair_weights": "uniform"}
+    assert uniform == {**token_recipe, "hyp_pair_weights": "uniform"}
+    assert config("pooled_stable").hyp_midpoint == "gyro"
     assert config("token_stable_soft").hyp_clip == "soft" and config("pose").use_hyperbolic is False
     for name in A.CONFIGS:
         assert config(name).hyp_text_cmp == ("pooled" if name.startswith("pooled") else "token")

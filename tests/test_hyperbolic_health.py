@@ -213,12 +213,14 @@ def test_meru_scale_starts_near_unit_radius_and_can_only_shrink():
     assert projection.tangent(x).norm() < before.norm()
 
 
-def test_stable_recipe_sets_the_knobs_left_at_their_defaults():
-    stable = ModelConfig(hyp_recipe="stable")
-    assert {k: getattr(stable, k) for k in STABLE_RECIPE} == STABLE_RECIPE
+def test_stable_recipe_sets_the_knobs_left_unset_that_its_mode_uses():
+    token = ModelConfig(hyp_recipe="stable")
+    assert {k: getattr(token, k) for k in STABLE_RECIPE} == {**STABLE_RECIPE, "hyp_midpoint": "frechet"}
+    pooled = ModelConfig(hyp_recipe="stable", hyp_text_cmp="pooled")
+    assert {k: getattr(pooled, k) for k in STABLE_RECIPE} == {**STABLE_RECIPE, "hyp_pair_weights": "uniform"}
     own_clip = ModelConfig(hyp_recipe="stable", hyp_clip_r=1.0)
     assert own_clip.hyp_clip_r == 1.0 and own_clip.hyp_input_norm == STABLE_RECIPE["hyp_input_norm"]
-    released = ModelConfig.from_args({"hyp_dim": 256})  # a checkpoint saved before these settings existed
+    released = ModelConfig.from_saved({"hyp_dim": 256})  # a checkpoint saved before these settings existed
     assert (released.hyp_recipe, released.hyp_clip_r, released.hyp_clip, released.hyp_scale,
             released.hyp_input_norm, released.hyp_midpoint, released.hyp_pair_weights) == (
                 "released", 0.0, "hard", "released", False, "frechet", "uniform")
@@ -226,15 +228,31 @@ def test_stable_recipe_sets_the_knobs_left_at_their_defaults():
         ModelConfig(hyp_midpoint="einstein")
 
 
-def test_a_saved_stable_record_keeps_the_recipe_it_was_trained_with():
+def test_an_explicit_flag_wins_over_the_recipe_and_is_recorded():
     import fine_tuning
-    args = fine_tuning.get_args_parser().parse_args(["--use_hyperbolic", "--hyp_recipe", "stable"])
-    fine_tuning.resolve_recipe(args)
-    assert {k: getattr(args, k) for k in STABLE_RECIPE} == STABLE_RECIPE  # what a checkpoint's args record
-    saved_before_pair_weights = {k: v for k, v in vars(args).items() if k != "hyp_pair_weights"}
-    assert ModelConfig.from_args(saved_before_pair_weights).hyp_pair_weights == "uniform"
-    assert ModelConfig.from_args(saved_before_pair_weights).hyp_clip_r == STABLE_RECIPE["hyp_clip_r"]
-    assert ModelConfig.from_args(vars(args)).hyp_pair_weights == "parts"
+    import preflight
+    args = fine_tuning.get_args_parser().parse_args(["--use_hyperbolic", "--hyp_text_cmp", "pooled", "--hyp_recipe",
+                                                     "stable", "--hyp_midpoint", "frechet", "--hyp_input_norm"])
+    resolved = preflight.model_settings(args)
+    assert resolved.hyp_midpoint == "frechet" and resolved.hyp_scale == "meru" and resolved.hyp_clip_r == 2.0
+    # the record a checkpoint keeps reads back as the same model
+    assert ModelConfig.from_saved(dataclasses.asdict(resolved)) == resolved
+
+
+def test_a_saved_stable_record_keeps_the_recipe_it_was_trained_with():
+    """Records written while the recipe overrode knobs left at their released values: such a knob ran the recipe's
+    value; a knob missing from the record joined the recipe later, so it ran its released value."""
+    saved_unresolved = {"use_hyperbolic": True, "hyp_recipe": "stable", "hyp_text_cmp": "pooled", "hyp_clip_r": 0.0,
+                        "hyp_scale": "released", "hyp_input_norm": False, "hyp_midpoint": "frechet",
+                        "hyp_clip": "hard"}
+    config = ModelConfig.from_saved(saved_unresolved)
+    assert (config.hyp_clip_r, config.hyp_scale, config.hyp_input_norm, config.hyp_midpoint) == (
+        2.0, "meru", True, "gyro")
+    saved_before_pair_weights = {**saved_unresolved, "hyp_text_cmp": "token"}
+    assert ModelConfig.from_saved(saved_before_pair_weights).hyp_pair_weights == "uniform"
+    assert ModelConfig.from_saved(saved_before_pair_weights).hyp_clip_r == STABLE_RECIPE["hyp_clip_r"]
+    resolved_by_the_last_format = {**saved_before_pair_weights, **STABLE_RECIPE}  # gyro recorded in token mode
+    assert ModelConfig.from_saved(resolved_by_the_last_format).hyp_pair_weights == "parts"
     assert ModelConfig.from_args(SimpleNamespace(hyp_recipe="stable")).hyp_pair_weights == "parts"  # live flags
 
 
@@ -253,7 +271,7 @@ def test_remedy_settings_round_trip_through_checkpoint_and_folder(tiny_mt5_path,
     assert model.hyp_proj_body.clip_r == 1.5 and model.hyp_proj_text.scale_max is not None
     assert model.hyp_proj_face.soft_clip == (mode == "token")
     assert model.config.hyp_clip == ("soft" if mode == "token" else "hard")
-    assert model.config.hyp_pair_weights == "parts"  # the stable recipe's
+    assert model.config.hyp_pair_weights == ("parts" if mode == "token" else "uniform")  # the stable recipe's
     checkpoint = os.path.join(tmp_path, "checkpoint.pth")
     torch.save({"model": model.state_dict(), "args": vars(args), "epoch": 0}, checkpoint)
     batch = random_batch(model.mt5_tokenizer, 2, 8, 5)
