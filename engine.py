@@ -38,7 +38,7 @@ from safe_pickle import refusal_reason
 
 # Flags that say where and how a run is watched, not what it trains: they may differ on --resume.
 RUN_ONLY_FLAGS = {"resume", "output_dir", "local_rank", "num_workers", "wandb", "wandb_project", "wandb_run_name",
-                  "save_one_batch", "eval", "finetune", "log_every"}
+                  "save_one_batch", "eval", "finetune", "log_every", "config", "overwrite"}
 
 
 class Stopped(BaseException):

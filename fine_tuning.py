@@ -29,6 +29,7 @@ from datasets import DataConfig
 from engine import CheckpointError, Engine, Stopped, latest_tag, stop_on_signals
 import settings
 from models import ModelConfig
+from train_config import TrainConfig
 from preflight import check_flags, model_settings, preflight
 
 DATA = DataConfig()  # the data flags' defaults
@@ -39,19 +40,8 @@ BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_per_instance", True), "CSL
 
 def get_args_parser():
     p = argparse.ArgumentParser("Geo-Sign fine-tuning", add_help=False)
-    p.add_argument("--batch_size", type=int, default=8, help="per process")
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--opt", default="adamw", choices=["adamw"])
-    p.add_argument("--opt-betas", dest="opt_betas", type=float, nargs=2, default=(0.9, 0.999))
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--min-lr", dest="min_lr", type=float, default=1e-6)
-    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=5)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.01)
-    p.add_argument("--gradient_clipping", type=float, default=1.0)
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
-    p.add_argument("--seed", type=int, default=42)
+    settings.add_arguments(p, TrainConfig, unset=False)  # the engine's and the training loop's settings
+    p.add_argument("--config", default=None, help="a run's config.yaml: its settings, under the flags given here")
     p.add_argument("--num_workers", type=int, default=4)
     p.add_argument("--output_dir", default="out/fine_tuning")
     p.add_argument("--finetune", default="", help="checkpoint (.pth) or model folder that initialises the model")
@@ -67,17 +57,10 @@ def get_args_parser():
     p.add_argument("--pose_dir", default=None, help="overrides config.pose_dirs[dataset]")
     p.add_argument("--skip_bad_samples", action="store_true", help="skip and count unreadable pose files")
     p.add_argument("--rgb_support", action="store_true", help="(the RGB branch is not part of this pose-only model)")
-    p.add_argument("--quick_break", type=int, default=0, help="cap training steps per epoch (0: no cap)")
-    p.add_argument("--log_every", type=int, default=50,
-                   help="read the training values to the host (progress bar, wandb) every N steps and at the end of "
-                        "each epoch; the device runs ahead in between")
     p.add_argument("--save_one_batch", action="store_true", help="save the first training batch to one_batch.pt")
     # model
     p.add_argument("--num_beams", type=int, default=4)
     p.add_argument("--max_tgt_len", type=int, default=100, help="new tokens at generation")
-    p.add_argument("--hyp_lr", type=float, default=1e-3)
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the pose encoder (off by default: slower on CPU, not yet measured on GPU)")
     settings.add_arguments(p, ModelConfig)  # the model's settings, unset (None) unless given
     # logging
     p.add_argument("--wandb", action="store_true")
@@ -343,6 +326,8 @@ def main(args):
         print("--eval without --finetune: scoring the untrained model (a baseline)")
     datasets = load_splits(args)
     preflight(args, datasets)
+    if utils.is_main_process():  # what --config reads to rerun or vary this run
+        settings.write_config_file(args.output_dir, args, get_args_parser())
     print(f"{world} process(es), {args.dtype}, ZeRO stage {args.zero_stage}, output in {args.output_dir}")
 
     utils.set_seed(args.seed)  # the same initial model on every rank
@@ -496,6 +481,6 @@ def error_message(err):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser("Geo-Sign fine-tuning", parents=[get_args_parser()])
     try:
-        run(parser.parse_args())
+        run(settings.parse_command_line(parser))
     finally:
         utils.freeze_long_lived_objects()  # a quick exit

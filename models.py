@@ -15,8 +15,8 @@ import config
 import hyperbolic as hyp
 import model_io
 import utils
-from settings import (above, at_least, between, declared, defaults, finite_at_least, resolve_unset,
-                      setting)
+from settings import (above, at_least, between, choices_of, declared, defaults, finite_at_least,
+                      resolve_unset, setting)
 from stgcn_layers import PARTS, build_part_modules, encode_parts
 
 TEXT_SOURCES = ("token", "decoder")
@@ -91,7 +91,7 @@ class ModelConfig:
     def __post_init__(self):
         resolve_unset(self, self._recipe_value)
         for field in declared(type(self)):
-            allowed = field.metadata["choices"]
+            allowed = choices_of(field)
             if allowed and getattr(self, field.name) not in allowed:
                 raise ValueError(f"{field.name} must be one of {allowed}; got {getattr(self, field.name)!r}")
 

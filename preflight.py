@@ -16,35 +16,23 @@ import utils
 from datasets import BadSampleError, load_pose
 from engine import remove_stale_temporaries
 from model_io import ModelFileError, check_mt5_weights
-from settings import at_least, finite_at_least
+from settings import at_least
 from models import BRANCH_SETTINGS, LOSS_SETTINGS, ModelConfig
+from train_config import OPTIMIZERS, TrainConfig
 
 
 # Every number flag of fine_tuning.py / pretraining.py: (flag, its argparse name, valid?, what is valid); the model's
 # come from models.ModelConfig's fields. Out of range, each failed deep inside torch, DeepSpeed or transformers (a
 # traceback), some only after an epoch of training (--num_beams 0, --max_tgt_len 0), and some trained on silently
 # (--alpha 2, --warmup-epochs -1).
-FLAG_RULES = (
-    ("--seed", "seed", lambda value: 0 <= value < 2**32, "between 0 and 2**32 - 1 (as numpy's seeds)"),
-    ("--batch_size", "batch_size", at_least(1), "at least 1"),
+FLAG_RULES = settings.number_rules(TrainConfig) + (
     ("--max_length", "max_length", at_least(1), "at least 1 (frames read per video)"),
     ("--num_workers", "num_workers", at_least(0), "0 (load in the main process) or more"),
     ("--num_beams", "num_beams", at_least(1), "at least 1 (1: greedy decoding)"),
     ("--max_tgt_len", "max_tgt_len", at_least(1), "at least 1 (new tokens at generation)"),
 ) + settings.number_rules(ModelConfig)
 # The same for the flags only training reads (not checked under --eval).
-TRAINING_FLAG_RULES = (
-    ("--epochs", "epochs", at_least(1), "at least 1; to only evaluate, pass --eval"),
-    ("--gradient_accumulation_steps", "gradient_accumulation_steps", at_least(1), "at least 1"),
-    ("--quick_break", "quick_break", at_least(0), "0 (no cap) or a number of steps"),
-    ("--log_every", "log_every", at_least(1), "at least 1 (steps between reads of the training values)"),
-    ("--lr", "lr", finite_at_least(0), "a number of at least 0"),
-    ("--min-lr", "min_lr", finite_at_least(0), "a number of at least 0"),
-    ("--hyp_lr", "hyp_lr", finite_at_least(0), "a number of at least 0"),
-    ("--warmup-epochs", "warmup_epochs", finite_at_least(0), "0 (no warm-up) or more"),
-    ("--weight-decay", "weight_decay", finite_at_least(0), "a number of at least 0"),
-    ("--gradient_clipping", "gradient_clipping", finite_at_least(0), "0 (no clipping) or a positive norm"),
-)
+TRAINING_FLAG_RULES = settings.number_rules(TrainConfig, training_only=True)
 
 
 def check_flags(args):
@@ -62,6 +50,10 @@ def check_flags(args):
         if args.min_lr > args.lr:
             utils.fail(f"--min-lr {args.min_lr} is above --lr {args.lr}: the schedule decays from --lr down to "
                        "--min-lr; lower --min-lr")
+    if args.opt.lower() not in OPTIMIZERS:
+        utils.fail(f"--opt {args.opt}: this implementation trains with {' or '.join(OPTIMIZERS)} only (the release's "
+                   "recipe); leave --opt out or pass --opt adamw")
+    args.opt = args.opt.lower()
     if args.resume and args.overwrite:
         utils.fail("--resume continues the run in --output_dir and --overwrite replaces it: pass one of them")
     if args.eval and args.resume:  # --eval returned before the resumable state was read: it scored something else

@@ -9,6 +9,7 @@ The loops are fine_tuning.py's; only the defaults differ (Uni-Sign's stage-1 rec
 import argparse
 
 import fine_tuning
+import settings
 import utils
 
 
@@ -21,6 +22,6 @@ def get_args_parser():
 
 if __name__ == "__main__":
     try:
-        fine_tuning.run(get_args_parser().parse_args())
+        fine_tuning.run(settings.parse_command_line(get_args_parser()))
     finally:
         utils.freeze_long_lived_objects()  # a quick exit
