@@ -7,16 +7,21 @@ import dataclasses
 import functools
 import os
 
+import geoopt
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import branch
 import config
+import geometry_controls  # noqa: F401  (registers euclidean and sphere)
 import hyperbolic as hyp
+import lorentz  # noqa: F401  (registers lorentz)
 import model_io
 import utils
 from settings import (above, at_least, between, choices_of, declared, defaults, finite_at_least,
                       resolve_unset, setting)
+from geometry import build_geometry, geometry_names
 from stgcn_layers import PARTS, build_part_modules, encode_parts
 
 TEXT_SOURCES = ("token", "decoder")
@@ -55,6 +60,9 @@ class ModelConfig:
                            allowed="at least 1 (the Poincaré ball's dimension)")
     init_c: float = setting(1.0, "initial curvature of the ball", valid=above(0),
                             allowed="a number above 0 (the ball's curvature)")
+    hyp_geometry: str = setting("poincare", "the space the branch compares parts and text in: poincare (as released), "
+                                            "lorentz (MERU's hyperboloid), or the controls euclidean and sphere",
+                                choices=geometry_names)
     hyp_text_emb_src: str = setting("token", "text features: token embeddings or the decoder's last hidden state",
                                     choices=TEXT_SOURCES)
     hyp_text_cmp: str = setting("token", "what the parts are compared with: the pooled text, attention-pooled text, "
@@ -255,8 +263,8 @@ class Uni_Sign(nn.Module):
         # Registration order follows the released state dict: own parameters, buffers, then children.
         self.part_para = nn.Parameter(torch.zeros(4 * 256))
         if settings.use_hyperbolic:
-            ball = hyp.make_ball(settings.init_c)  # registered below, after pose_proj
-            self.hyp_attn_W, self.hyp_attn_b = hyp.make_attention_parameters(settings.hyp_dim, ball)
+            ball = build_geometry(settings.hyp_geometry, settings.init_c)  # registered below, after pose_proj
+            self.hyp_attn_W, self.hyp_attn_b = ball.attention_parameters(settings.hyp_dim)
             if settings.hyp_text_cmp != "token":  # kept for the checkpoint layout, unused by this mode
                 self.hyp_attn_W.requires_grad_(False)
                 self.hyp_attn_b.requires_grad_(False)
@@ -379,14 +387,14 @@ class Uni_Sign(nn.Module):
         """Contrastive loss between pose parts and text on the ball (float32). Returns (loss, stats)."""
         ball = self.manifold
         parts, tangents = self.part_points(part_features, with_tangents=True)
-        weights = hyp.part_weights(ball, parts)  # (B, 4)
+        weights = branch.part_weights(parts, geometry=ball)  # (B, 4)
         temperature = self.geom_loss.temperature()
         unconverged = None
         if self.config.hyp_text_cmp == "token":
             tokens = self.hyp_proj_text(text_features)  # (B, L, D)
-            keys = hyp.token_keys(ball, tokens, self.hyp_attn_W, self.hyp_attn_b)
-            attention = hyp.token_attention(ball, parts, keys, text_mask, temperature)
-            context = hyp.token_context(ball, tokens, attention)  # (B, 4, D)
+            keys = ball.keys(tokens, self.hyp_attn_W, self.hyp_attn_b)
+            attention = branch.token_attention(parts, keys, text_mask, temperature, geometry=ball)
+            context = branch.token_context(tokens, attention, geometry=ball)  # (B, 4, D)
             anchors, targets = parts.flatten(0, 1), context.flatten(0, 1)
             text_points, text_points_mask = tokens, text_mask
         else:
@@ -398,18 +406,19 @@ class Uni_Sign(nn.Module):
             pair_weights = weights.shape[1] * weights.flatten()  # mean 1 over each sample's parts
         loss, positive_distances = self.geom_loss(anchors, targets, pair_weights)
         mean_weights = weights.detach().mean(dim=0)
-        stats = {"curvature": ball.c.detach(), "temperature": temperature.detach(),
+        stats = {"curvature": ball.curvature(parts), "temperature": temperature.detach(),
                  "margin": self.geom_loss.margin_base.detach(), "pos_dist": positive_distances.detach().mean()}
         stats.update({f"w_{name}": mean_weights[i] for i, name in enumerate(("body", "left", "right", "face"))})
-        stats.update(hyp.health_stats(ball, parts, tangents, weights, text_points, text_points_mask, unconverged))
+        stats.update(branch.health_stats(parts, tangents, weights, text_points, text_points_mask, unconverged,
+                                         geometry=ball))
         return loss, stats
 
     def pose_point(self, parts, weights):
         """pooled/attn modes: the parts' weighted mean on the ball, (B, D), and (B,) booleans of Fréchet
         iterations still moving at their end (None for the closed-form gyromidpoint)."""
         if self.config.hyp_midpoint == "gyro":
-            return hyp.weighted_midpoint(parts, weights, self.manifold, reducedim=[1]), None
-        return hyp.frechet_mean(parts, weights, self.manifold.c.float(), return_unconverged=True)
+            return self.manifold.mean(parts, weights, reducedim=[1]), None
+        return self.manifold.iterative_mean(parts, weights)
 
     def teacher_forced(self, inputs_embeds, attention_mask, labels):
         """mT5's teacher-forced pass on the targets; with the decoder's hidden states when they are the text
@@ -434,7 +443,7 @@ class Uni_Sign(nn.Module):
         """The four parts' points on the ball, (B, 4, hyp_dim) in PARTS order (float32); with_tangents: also
         their tangent vectors at the origin (detached, for the health statistics)."""
         tangents = [getattr(self, HYP_PART_MODULES[p]).tangent(part_features[p]) for p in PARTS]
-        points = torch.stack([hyp.expmap0(u, self.manifold) for u in tangents], dim=1)
+        points = torch.stack([self.manifold.to_space(u) for u in tangents], dim=1)
         return (points, torch.stack([u.detach() for u in tangents], dim=1)) if with_tangents else points
 
     def pooled_text_point(self, text_features, text_mask):
@@ -463,10 +472,11 @@ class Uni_Sign(nn.Module):
             parts = self.part_points(part_features)
             if self.config.hyp_text_cmp == "token":
                 uniform = text_mask.float() / text_mask.sum(dim=1, keepdim=True).clamp_min(1)
-                text = hyp.token_context(self.manifold, self.hyp_proj_text(text_features), uniform.unsqueeze(1))[:, 0]
+                text = branch.token_context(self.hyp_proj_text(text_features), uniform.unsqueeze(1),
+                                            geometry=self.manifold)[:, 0]
             else:
                 text = self.pooled_text_point(text_features, text_mask)
-            return {"parts": parts, "text": text, "weights": hyp.part_weights(self.manifold, parts)}
+            return {"parts": parts, "text": text, "weights": branch.part_weights(parts, geometry=self.manifold)}
 
     # ------------------------------------------------------------------ alpha schedule
     def set_total_updates(self, total_updates):
@@ -535,19 +545,22 @@ class Uni_Sign(nn.Module):
     # ------------------------------------------------------------------ optimizer groups
     def hyperbolic_parameters(self):
         """Parameters for Riemannian Adam (no weight decay): the attention's ManifoldParameters (token
-        mode) and the curvature `manifold.isp_c`. Empty without the hyperbolic branch."""
+        mode) and the geometry's own (the Poincaré ball's curvature `manifold.isp_c`). Empty without the hyperbolic
+        branch, and in geometries without Riemannian parameters."""
         if not self.config.use_hyperbolic:
             return []
-        params = [self.hyp_attn_W, self.hyp_attn_b, self.manifold.isp_c]
-        return [p for p in params if p.requires_grad]
+        params = [p for p in (self.hyp_attn_W, self.hyp_attn_b) if isinstance(p, geoopt.ManifoldParameter)]
+        return [p for p in params + self.manifold.riemannian_parameters() if p.requires_grad]
 
     def euclidean_param_groups(self, weight_decay):
         """AdamW groups of every other trainable parameter, each once (shared hand modules, the shared
         ball): decay on matrices and tensors, none on biases, norms and 0-d/1-d scalars."""
         riemannian = {id(p) for p in self.hyperbolic_parameters()}
         decay, no_decay = [], []
-        for _, param in self.named_parameters():  # named_parameters already removes duplicates
+        for name, param in self.named_parameters():  # named_parameters already removes duplicates
             if not param.requires_grad or id(param) in riemannian:
                 continue
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            # the attention's W starts at the identity, which decay would pull away from (Riemannian Adam, which
+            # trains it on the ball, has no decay either)
+            (no_decay if param.ndim <= 1 or name == "hyp_attn_W" else decay).append(param)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
