@@ -129,7 +129,12 @@ def test_configurations_bring_their_reference():
     assert A.chosen_configs(["default"]) == list(A.DEFAULT_CONFIGS)
     assert A.chosen_configs(["token_clip"]) == ["token_released", "token_clip"]
     assert A.chosen_configs(["pose", "pooled_gyro"]) == ["pose", "token_released", "pooled_released", "pooled_gyro"]
-    assert {A.reference_of(n) for n in A.CONFIGS} == {None, "token_released", "pooled_released"}
+    assert {A.reference_of(n) for n in A.CONFIGS} == {None, "token_released", "pooled_released", "token_stable",
+                                                      "pooled_stable"}
+    geometry = A.chosen_configs(["geometry"])  # each control beside the same recipe on the ball, and pose
+    assert {"pose", "token_stable", "token_lorentz", "token_euclidean", "token_sphere", "pooled_stable",
+            "pooled_lorentz", "token_released", "pooled_released"} <= set(geometry)
+    assert A.reference_of("token_sphere") == "token_stable" and A.reference_of("pooled_lorentz") == "pooled_stable"
     assert all(A.reference_of(n) is None for n in A.CONFIGS if n.endswith("_released"))
 
 
@@ -150,6 +155,8 @@ def test_every_configuration_builds_the_model_its_name_says():
     assert config("token_stable_soft").hyp_clip == "soft" and config("pose").use_hyperbolic is False
     for name in A.CONFIGS:
         assert config(name).hyp_text_cmp == ("pooled" if name.startswith("pooled") else "token")
+        assert config(name).ineffective() is None, name
+    assert config("token_lorentz").hyp_geometry == "lorentz" and config("token_lorentz").hyp_clip_r == 2.0
 
 
 @pytest.mark.parametrize("flags,expected", [
