@@ -379,9 +379,9 @@ def main(args):
         scores = {split: evaluate_split(engine.module, eval_loader, split, args, synced)
                   for split, eval_loader in eval_loaders.items()}
         dev_score = scores["dev"][metric]
-        improved = best is None or (dev_score > best if higher_is_better else dev_score < best)
-        best = dev_score if improved else best
-        engine.save(args.output_dir, epoch, best, improved)
+        is_best = best is None or (dev_score > best if higher_is_better else dev_score < best)
+        best = dev_score if is_best else best
+        engine.save(args.output_dir, epoch, best, is_best)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                   **{f"{split}_{k}": v for split, stats in scores.items() for k, v in stats.items()},
                   "best_dev_" + metric: best, "epoch_time_s": round(time.time() - start, 1)}

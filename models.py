@@ -9,20 +9,21 @@ import os
 
 import geoopt
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import branch
 import config
 import geometry_controls  # noqa: F401  (registers euclidean and sphere)
 import hyperbolic as hyp
+import losses
 import lorentz  # noqa: F401  (registers lorentz)
 import model_io
 import utils
 from settings import (above, at_least, between, choices_of, declared, defaults, finite_at_least,
                       resolve_unset, setting)
 from geometry import build_geometry, geometry_names
-from stgcn_layers import PARTS, build_part_modules, encode_parts
+from skeleton import PART_FEATURES, PARTS, POSE_FEATURES
+from stgcn_layers import build_part_modules, encode_parts
 
 TEXT_SOURCES = ("token", "decoder")
 TEXT_COMPARISONS = ("pooled", "attn", "token")
@@ -261,7 +262,7 @@ class Uni_Sign(nn.Module):
         self.total_updates = 0
 
         # Registration order follows the released state dict: own parameters, buffers, then children.
-        self.part_para = nn.Parameter(torch.zeros(4 * 256))
+        self.part_para = nn.Parameter(torch.zeros(POSE_FEATURES))
         if settings.use_hyperbolic:
             ball = build_geometry(settings.hyp_geometry, settings.init_c)  # registered below, after pose_proj
             self.hyp_attn_W, self.hyp_attn_b = ball.attention_parameters(settings.hyp_dim)
@@ -275,7 +276,7 @@ class Uni_Sign(nn.Module):
         self.proj_linear, self.gcn_modules, self.fusion_gcn_modules = build_part_modules()
         self.mt5_tokenizer, self.mt5_model = load_mt5(settings.mt5_path or config.mt5_path, safetensors_only)
         d_model = self.mt5_model.config.d_model
-        self.pose_proj = nn.Linear(4 * 256, d_model)
+        self.pose_proj = nn.Linear(POSE_FEATURES, d_model)
         if settings.use_hyperbolic:
             smoothing_hyp = settings.label_smoothing_hyp
             self.manifold = ball
@@ -283,7 +284,7 @@ class Uni_Sign(nn.Module):
                             input_norm=settings.hyp_input_norm, soft_clip=settings.hyp_clip == "soft")
             for part in ("body", "right", "left", "face_all"):
                 setattr(self, HYP_PART_MODULES[part],
-                        hyp.HyperbolicProjection(256, settings.hyp_dim, self.manifold, **remedies))
+                        hyp.HyperbolicProjection(PART_FEATURES, settings.hyp_dim, self.manifold, **remedies))
             self.hyp_proj_text = hyp.HyperbolicProjection(d_model, settings.hyp_dim, self.manifold, **remedies)
             self.geom_loss = hyp.HyperbolicContrastiveLoss(self.manifold, smoothing_hyp)
             if settings.hyp_text_cmp == "attn":
@@ -369,17 +370,15 @@ class Uni_Sign(nn.Module):
         inputs_embeds, attention_mask, part_features, _ = self.encode_pose(batch)
         labels = batch["labels"].to(inputs_embeds.device)
         outputs = self.teacher_forced(inputs_embeds, attention_mask, labels)
-        logits = outputs.logits.float()
-        ce_loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
-                                  label_smoothing=self.config.label_smoothing)
+        ce_loss = losses.translation_loss(outputs.logits, labels, self.config.label_smoothing)
         if not self.config.use_hyperbolic:
             return {"loss": ce_loss, "ce_loss": ce_loss.detach()}
 
         text_features, text_mask = self.text_features(outputs, labels)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with torch.autocast(device_type=ce_loss.device.type, enabled=False):
             hyp_loss, stats = self.hyperbolic_loss(part_features, text_features.float(), text_mask)
             alpha = self.alpha()
-            loss = alpha * ce_loss + (1.0 - alpha) * hyp_loss
+            loss = losses.blend(ce_loss, hyp_loss, alpha)
         stats.update(ce_loss=ce_loss.detach(), hyp_loss=hyp_loss.detach(), alpha=alpha.detach())
         return {"loss": loss, **stats}
 
@@ -488,13 +487,8 @@ class Uni_Sign(nn.Module):
         self.global_step += 1
 
     def alpha(self):
-        """alpha = clamp(alpha0 + 0.1 progress + 0.2 sigmoid(loss_alpha_logit), 0.1, 1) with alpha0 = config.alpha and
-        progress in [0, 1] (0 while set_total_updates was not called). A device tensor: no host sync."""
-        if self.total_updates > 0:
-            progress = (self.global_step.float() / self.total_updates).clamp(0.0, 1.0)
-        else:
-            progress = torch.zeros((), device=self.global_step.device)
-        return (self.config.alpha + 0.1 * progress + 0.2 * torch.sigmoid(self.loss_alpha_logit.float())).clamp(0.1, 1.0)
+        """The cross-entropy's share of the loss now (losses.alpha_schedule, alpha0 = config.alpha)."""
+        return losses.alpha_schedule(self.config.alpha, self.global_step, self.total_updates, self.loss_alpha_logit)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

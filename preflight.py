@@ -18,6 +18,7 @@ from engine import remove_stale_temporaries
 from model_io import ModelFileError, check_mt5_weights
 from settings import at_least
 from models import BRANCH_SETTINGS, LOSS_SETTINGS, ModelConfig
+from skeleton import POSE_NODES
 from train_config import OPTIMIZERS, TrainConfig
 
 
@@ -269,7 +270,6 @@ def check_output_dir(args):
 
 # ---------------------------------------------------------------------------- memory of a training step
 
-POSE_NODES = 9 + 21 + 21 + 18  # the body, hands and face graphs' nodes (stgcn_layers.PART_GRAPHS)
 # Values an ST-GCN block keeps for its backward per (frame, node): its 1x1 convolution's output (2 partitions),
 # the graph product, BatchNorm, ReLU, the temporal convolution and its BatchNorm, the residual's convolution and
 # BatchNorm, the sum: about 8 per output channel. Spatial blocks output 64, 128 and 256 channels, the temporal

@@ -253,7 +253,7 @@ def test_safetensors_errors_are_named(tmp_path):
         model_io.load_tensors(str(path))
 
 
-# ---------------------------------------------------------------------------- --finetune checks (issue 12)
+# ---------------------------------------------------------------------------- --finetune checks
 
 def test_finetune_with_another_shape_is_one_error_line_naming_the_flag(token_run, io_demo, tmp_path, capsys):
     """The whole command line, in this process (as are the next test's)."""
