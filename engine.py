@@ -208,8 +208,8 @@ class Engine:
 
     def save(self, output_dir, epoch, best_score, is_best):
         """checkpoint.pth (+ best_checkpoint.pth when is_best: this epoch's dev score is the run's best_score so far)
-        as plain dicts the release can load, written atomically on rank 0; then the resumable DeepSpeed state (optimizers, scheduler, RNG) in
-        output_dir/deepspeed/epoch<N>, which becomes `latest` only once every rank has written its part.
+        as plain dicts the release can load, written atomically on rank 0; then the resumable DeepSpeed state
+        (optimizers, scheduler, RNG) in output_dir/deepspeed/epoch<N>, which becomes `latest` only once every rank has written its part.
         A save that fails or is stopped removes what it wrote; the previous epoch's state stays."""
         state = model_state_dict(self.ds)
         if utils.is_main_process():

@@ -17,7 +17,7 @@ from datasets import BadSampleError, load_pose
 from engine import remove_stale_temporaries
 from model_io import ModelFileError, check_mt5_weights
 from settings import at_least
-from models import BRANCH_SETTINGS, LOSS_SETTINGS, ModelConfig
+from model_config import BRANCH_SETTINGS, LOSS_SETTINGS, ModelConfig
 from skeleton import POSE_NODES
 from train_config import OPTIMIZERS, TrainConfig
 

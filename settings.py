@@ -20,7 +20,8 @@ import os
 def setting(default, help, choices=None, valid=None, allowed=None, flag=None, command_line=True, nargs=None,
             training_only=False, recorded=True):
     """A dataclass field: `default` the value an unset setting takes, `help` argparse's text, `choices` the allowed
-    values (or a function returning them, read when asked), `valid(value) -> bool` with `allowed` (what is valid, in words) the range check, `flag` the command-line
+    values (or a function returning them, read when asked), `valid(value) -> bool` with `allowed` (what is valid,
+    in words) the range check, `flag` the command-line
     spelling (default --<name>), command_line=False for a recorded value that is no flag, nargs argparse's (a
     tuple field of that many values of its element type), training_only: checked only when training (not under
     --eval), recorded: told in a model folder's card."""
@@ -141,7 +142,8 @@ def read_config_file(parser, path):
     if content is None:
         return {}
     if not isinstance(content, dict):
-        utils.fail(f"--config {path}: expected `name: value` lines (a run's config.yaml), got a {type(content).__name__}")
+        utils.fail(f"--config {path}: expected `name: value` lines (a run's config.yaml), got a "
+                   f"{type(content).__name__}")
     actions = {action.dest: action for action in parser._actions if action.dest not in NOT_IN_CONFIG_FILE}
     values = {}
     for key, value in content.items():

@@ -92,7 +92,8 @@ def get_args_parser():
     p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (Demo 7, CSL_Daily 40)")
     p.add_argument("--out", default=os.path.join("out", "ablation"), help="folder of the runs and the tables")
     p.add_argument("--configs", nargs="+", default=["default"],
-                   help=f"configurations or sets to run ({'; '.join(f'{k}: ' + ' '.join(v) for k, v in CONFIG_SETS.items())}"
+                   help="configurations or sets to run ("
+                        f"{'; '.join(f'{k}: ' + ' '.join(v) for k, v in CONFIG_SETS.items())}"
                         f"; more: {' '.join(n for n in CONFIGS if n not in DEFAULT_CONFIGS)}); each one's reference "
                         "runs too")
     p.add_argument("--quick", action="store_true", help=f"dev/test cut to {QUICK_SAMPLES} samples, {QUICK_STEPS} "

@@ -27,7 +27,8 @@ def test_keyword_curvature_functions_equal_geoopt(dtype, c, seed):
     assert torch.equal(hyp.expmap0(u, c=ball.c), ball.expmap0(u, project=True))
     assert torch.equal(hyp.dist0(x, c=ball.c), ball.dist0(x))
     assert torch.equal(hyp.mobius_matvec(m, x, c=ball.c), ball.mobius_matvec(m, x))
-    assert torch.equal(hyp.weighted_midpoint(x, w, c=ball.c, reducedim=[1]), ball.weighted_midpoint(x, w, reducedim=[1]))
+    assert torch.equal(hyp.weighted_midpoint(x, w, c=ball.c, reducedim=[1]),
+                       ball.weighted_midpoint(x, w, reducedim=[1]))
     assert torch.equal(hyp.mobius_add(x, y, c=ball.c), ball.mobius_add(x, y, project=False))
     inside, y = x[:, :2], y[:, :2]  # off the float32 boundary, where artanh amplifies any rounding
     torch.testing.assert_close(hyp.pairwise_dist(inside, y, c=ball.c),
