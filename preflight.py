@@ -101,11 +101,14 @@ def merge_saved(given, finetuned, source, evaluating):
         values.update({name: None for name in BRANCH_SETTINGS}, use_hyperbolic=True)
         print(f"--finetune {source}: the saved model has no hyperbolic branch; --use_hyperbolic adds one, trained "
               "from scratch")
-    changed = []
+    changed, unused = [], []
     for name, value in given.items():
         if name == "mt5_path" or (new_branch and name in BRANCH_SETTINGS):
             values[name] = value
-        elif value != values[name] and name in LOSS_SETTINGS and not evaluating:
+        elif value != values[name] and name in LOSS_SETTINGS and evaluating:
+            # the release's eval.sh passes its training command's loss flags: they shape no prediction
+            unused.append(f"--{name} {value} (saved: {values[name]})")
+        elif value != values[name] and name in LOSS_SETTINGS:
             changed.append(f"--{name} {value} (saved: {values[name]})")
             values[name] = value
         elif value != values[name]:
@@ -115,6 +118,8 @@ def merge_saved(given, finetuned, source, evaluating):
                        f"{_flag_value(name, value)}: leave the flag out ({fix})")
     if changed:
         print(f"--finetune {source}: fine-tuning with {', '.join(changed)}")
+    if unused:
+        print(f"--eval: {', '.join(unused)} only shape the training loss, so they change no score")
     return ModelConfig(**values)
 
 

@@ -122,3 +122,35 @@ def test_a_bad_config_file_is_one_error_line_naming_the_key(capsys, tmp_path, co
         settings.parse_command_line(fine_tuning.get_args_parser(), ["--config", str(path)])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(path) in errors[0] and needle in errors[0], errors
+
+
+# ---------------------------------------------------------------------------- --finetune's saved settings
+
+SAVED_TOKEN_MODEL = {"args": {**dataclasses.asdict(ModelConfig(use_hyperbolic=True, hyp_text_emb_src="decoder")),
+                              "dataset": "Demo"}, "state": {"hyp_proj_body.proj.weight": None}}
+SAVED_POSE_MODEL = {"args": argparse.Namespace(batch_size=16, dataset="CSL_News"), "state": {"pose_proj.weight": None}}
+
+
+def settings_for(flags, finetuned):
+    import preflight
+    args = fine_tuning.get_args_parser().parse_args(flags + ["--finetune", "saved.pth"])
+    return preflight.model_settings(args, finetuned)
+
+
+def test_the_saved_model_is_built_and_a_contradicting_flag_is_one_line(capsys):
+    assert settings_for(["--eval"], SAVED_TOKEN_MODEL) == ModelConfig.from_saved(SAVED_TOKEN_MODEL["args"])
+    with pytest.raises(SystemExit):
+        settings_for(["--eval", "--hyp_text_cmp", "pooled"], SAVED_TOKEN_MODEL)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --finetune saved.pth was saved with --hyp_text_cmp token, and this command gives "
+                      "--hyp_text_cmp pooled: leave the flag out (the evaluation builds the saved model)"]
+
+
+def test_fine_tuning_may_change_the_loss_and_add_the_branch_each_said_in_one_line(capsys):
+    evaluated = settings_for(["--eval", "--alpha", "0.5"], SAVED_TOKEN_MODEL)  # the release's eval.sh does this
+    assert evaluated.alpha == 0.7 and "--alpha 0.5 (saved: 0.7) only shape the training loss" in capsys.readouterr().out
+    tuned = settings_for(["--alpha", "0.5"], SAVED_TOKEN_MODEL)
+    assert tuned.alpha == 0.5 and "fine-tuning with --alpha 0.5 (saved: 0.7)" in capsys.readouterr().out
+    branch = settings_for(["--use_hyperbolic", "--hyp_text_cmp", "pooled", "--hyp_recipe", "stable"], SAVED_POSE_MODEL)
+    assert branch.use_hyperbolic and branch.hyp_text_cmp == "pooled" and branch.hyp_midpoint == "gyro"
+    assert "--use_hyperbolic adds one" in capsys.readouterr().out
