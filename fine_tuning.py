@@ -159,7 +159,7 @@ def main(args):
     if args.finetune:
         model_io.load_weights(model, args.finetune, drop_curvature=not args.eval, read=finetuned)
         del finetuned  # its tensors were copied into the model: not a second copy of the weights for the whole run
-    collator = PoseCollator(model.mt5_tokenizer, args.dataset)
+    collator = PoseCollator(model.mt5_tokenizer, args.dataset, max_target_len=args.max_target_tokens)
     eval_loaders = {split: build_loader(datasets[split], collator, args, train=False)
                     for split in datasets if split != "train"}
     metric, higher_is_better = BEST_METRIC[args.task]

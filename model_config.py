@@ -97,12 +97,9 @@ class ModelConfig:
     def ineffective(self):
         """The first setting that cannot take effect in this model, as an error message, or None."""
         released = defaults(ModelConfig)
-        if not self.use_hyperbolic:
-            given = [f"--{name} {getattr(self, name)}" for name in BRANCH_SETTINGS
-                     if getattr(self, name) != released[name]]
-            if given:
-                return (f"{given[0]} has no effect without --use_hyperbolic (it sets the hyperbolic branch): add "
-                        "--use_hyperbolic, or leave it out")
+        if not self.use_hyperbolic and self.hyp_recipe != released["hyp_recipe"]:
+            return (f"--hyp_recipe {self.hyp_recipe} has no effect without --use_hyperbolic (it sets the hyperbolic "
+                    "branch): add --use_hyperbolic, or leave it out")
         if self.hyp_clip == "soft" and self.hyp_clip_r == 0:
             return "--hyp_clip soft has no effect without a clipping radius: add --hyp_clip_r R (R > 0)"
         if self.hyp_pair_weights == "parts" and self.hyp_text_cmp != "token":
@@ -112,6 +109,14 @@ class ModelConfig:
             return (f"--hyp_midpoint {self.hyp_midpoint} sets the parts' mean of pooled/attn modes, which token mode "
                     "does not take: use --hyp_text_cmp pooled or attn, or leave --hyp_midpoint out")
         return None
+
+    def unused_branch_settings(self):
+        """The branch's settings away from their defaults in a model without the branch (a pose-only run of a
+        command line written for the branch): said in one line, not refused."""
+        released = defaults(ModelConfig)
+        if self.use_hyperbolic:
+            return []
+        return [f"--{name} {getattr(self, name)}" for name in BRANCH_SETTINGS if getattr(self, name) != released[name]]
 
     def drop_ineffective(self):
         """Set the settings that cannot take effect (ineffective) to their defaults: the same model."""

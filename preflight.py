@@ -72,6 +72,9 @@ def check_model(model_config, args):
     problem = model_config.ineffective()
     if problem:
         utils.fail(problem)
+    unused = model_config.unused_branch_settings()
+    if unused and utils.is_main_process():
+        print(f"note: {', '.join(unused)}: the hyperbolic branch's settings, unused without --use_hyperbolic")
     if args.zero_stage == 3 and model_config.use_hyperbolic and not args.eval:
         utils.fail("--zero_stage 3 partitions every parameter, but Riemannian Adam needs the hyperbolic branch's "
                    "ManifoldParameters whole: use --zero_stage 2 (or 0/1) with --use_hyperbolic")
@@ -102,9 +105,12 @@ def merge_saved(given, finetuned, source, evaluating):
         print(f"--finetune {source}: the saved model has no hyperbolic branch; --use_hyperbolic adds one, trained "
               "from scratch")
     changed, unused = [], []
+    without_branch = not values["use_hyperbolic"] and not given.get("use_hyperbolic")
     for name, value in given.items():
         if name == "mt5_path" or (new_branch and name in BRANCH_SETTINGS):
             values[name] = value
+        elif without_branch and name in BRANCH_SETTINGS and name != "hyp_recipe":
+            values[name] = value  # unused without the branch (check_model says so)
         elif value != values[name] and name in LOSS_SETTINGS and evaluating:
             # the release's eval.sh passes its training command's loss flags: they shape no prediction
             unused.append(f"--{name} {value} (saved: {values[name]})")

@@ -41,6 +41,9 @@ class TrainConfig:
                                  "the end of each epoch; the device runs ahead in between", valid=at_least(1),
                              allowed="at least 1 (steps between reads of the training values)", training_only=True,
                              recorded=False)
+    max_target_tokens: int = setting(50, "target tokens kept per sentence for the teacher-forced loss (longer "
+                                          "sentences are cut; --max_tgt_len is generation's)",
+                                     valid=at_least(1), allowed="at least 1 (target tokens kept for the loss)")
     compile: bool = setting(False, "torch.compile the pose encoder (off by default: slower on CPU, not yet measured "
                                    "on GPU)", recorded=False)
 

@@ -19,13 +19,22 @@ NOWHERE = ["--mt5_path", "no_mt5", "--pose_dir", "no_poses", "--output_dir"]
     (["--use_hyperbolic", "--hyp_text_cmp", "pooled", "--hyp_pair_weights", "parts"],
      "--hyp_pair_weights parts weighs token mode's part pairs, and --hyp_text_cmp pooled"),
     (["--hyp_recipe", "stable"], "--hyp_recipe stable has no effect without --use_hyperbolic"),
-    (["--hyp_dim", "64"], "--hyp_dim 64 has no effect without --use_hyperbolic"),
     (["--use_hyperbolic", "--hyp_midpoint", "gyro"], "--hyp_midpoint gyro sets the parts' mean of pooled/attn"),
 ])
 def test_a_setting_that_cannot_take_effect_is_one_error_line(capsys, tmp_path, flags, needle):
     line = fine_tuning_refuses(capsys, flags + NOWHERE + [tmp_path / "out"])[0]
     assert needle in line
     assert not (tmp_path / "out").exists()  # refused before anything was read or made
+
+
+def test_branch_settings_of_a_pose_only_run_are_said_unused_in_one_line(capsys):
+    import preflight
+    args = fine_tuning.get_args_parser().parse_args(["--hyp_dim", "64", "--hyp_text_emb_src", "decoder"])
+    config = preflight.model_settings(args)
+    assert not config.use_hyperbolic and config.ineffective() is None
+    assert capsys.readouterr().out.splitlines() == [
+        "note: --hyp_dim 64, --hyp_text_emb_src decoder: the hyperbolic branch's settings, unused without "
+        "--use_hyperbolic"]
 
 
 def test_soft_clip_with_a_radius_and_the_recipes_knobs_are_accepted():
