@@ -23,17 +23,10 @@ import pose_files
 import utils
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
 from sample_index import SampleIndex, StringTableBuilder, json_array_blocks
+# the skeleton's definitions, named here too (datasets.PART_INDICES, ...)
+from skeleton import NUM_KEYPOINTS, PART_ANCHORS, PART_INDICES  # noqa: F401
 
 CONFIDENCE_THRESHOLD = 0.3
-NUM_KEYPOINTS = 133  # COCO-WholeBody
-# part -> COCO-WholeBody indices; the anchor a part is recentred on is given by PART_ANCHORS (None: not recentred).
-PART_INDICES = {
-    "body": [0, 3, 4, 5, 6, 7, 8, 9, 10],
-    "left": list(range(91, 112)),
-    "right": list(range(112, 133)),
-    "face_all": [23, 25, 27, 29, 31, 33, 35, 37, 39] + list(range(83, 91)) + [53],
-}
-PART_ANCHORS = {"body": None, "left": 91, "right": 112, "face_all": 53}
 PROMPTS = {"Chinese": "Translate sign language video to Chinese: ",
            "English": "Translate sign language video to English: ",
            "German": "Translate sign language video to German: "}

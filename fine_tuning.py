@@ -4,32 +4,35 @@
     python fine_tuning.py --dataset Demo --mt5_path pretrained_weight/mt5-demo ...   # one process, CPU
     python fine_tuning.py --eval --finetune out/best_checkpoint.pth ...
 
-Set-up is in main(); the two loops are train_one_epoch() and evaluate(). What is checked before training
-starts is preflight.py's; the optimizers and checkpoints (save, resume) are engine.py's.
+Set-up is in main(); the two loops, train_one_epoch() and evaluate(), are train_loop.py's. What is checked before
+training starts is preflight.py's; the optimizers and checkpoints (save, resume) are engine.py's.
 """
 import argparse
+import dataclasses
 import errno
 import math
 import os
 import sys
 import time
-from collections import defaultdict
-from typing import NamedTuple
 
 import torch
 import transformers
-from tqdm import tqdm
 
 import config
 import model_io
 import peers
+import settings
 import utils
 from datasets import DataConfig
 from engine import CheckpointError, Engine, Stopped, latest_tag, stop_on_signals
-from models import HYP_CHOICES, STABLE_RECIPE, ModelConfig
-from preflight import check_flags, preflight
+from model_config import ModelConfig
+from preflight import check_flags, model_settings, preflight
+from train_config import TrainConfig
+# the loops, named here too (fine_tuning.train_one_epoch, ...)
+from train_loop import (NonFiniteLoss, Predictions, StepSums, evaluate, evaluate_split,  # noqa: F401
+                        first_readable_batch, throughput, train_one_epoch)
 
-MODEL, DATA = ModelConfig(), DataConfig()  # the flags' defaults: one place for each setting
+DATA = DataConfig()  # the data flags' defaults
 
 # The dev metric that picks best_checkpoint.pth, and whether higher is better.
 BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_per_instance", True), "CSLR": ("wer", False)}
@@ -37,19 +40,8 @@ BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_per_instance", True), "CSL
 
 def get_args_parser():
     p = argparse.ArgumentParser("Geo-Sign fine-tuning", add_help=False)
-    p.add_argument("--batch_size", type=int, default=8, help="per process")
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--opt", default="adamw", choices=["adamw"])
-    p.add_argument("--opt-betas", dest="opt_betas", type=float, nargs=2, default=(0.9, 0.999))
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--min-lr", dest="min_lr", type=float, default=1e-6)
-    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=5)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.01)
-    p.add_argument("--gradient_clipping", type=float, default=1.0)
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
-    p.add_argument("--seed", type=int, default=42)
+    settings.add_arguments(p, TrainConfig, unset=False)  # the engine's and the training loop's settings
+    p.add_argument("--config", default=None, help="a run's config.yaml: its settings, under the flags given here")
     p.add_argument("--num_workers", type=int, default=4)
     p.add_argument("--output_dir", default="out/fine_tuning")
     p.add_argument("--finetune", default="", help="checkpoint (.pth) or model folder that initialises the model")
@@ -65,229 +57,17 @@ def get_args_parser():
     p.add_argument("--pose_dir", default=None, help="overrides config.pose_dirs[dataset]")
     p.add_argument("--skip_bad_samples", action="store_true", help="skip and count unreadable pose files")
     p.add_argument("--rgb_support", action="store_true", help="(the RGB branch is not part of this pose-only model)")
-    p.add_argument("--quick_break", type=int, default=0, help="cap training steps per epoch (0: no cap)")
-    p.add_argument("--log_every", type=int, default=50,
-                   help="read the training values to the host (progress bar, wandb) every N steps and at the end of "
-                        "each epoch; the device runs ahead in between")
     p.add_argument("--save_one_batch", action="store_true", help="save the first training batch to one_batch.pt")
     # model
-    p.add_argument("--mt5_path", default=MODEL.mt5_path, help="overrides config.mt5_path (default: the --finetune folder's mT5, else config.mt5_path)")
-    p.add_argument("--label_smoothing", type=float, default=MODEL.label_smoothing)
     p.add_argument("--num_beams", type=int, default=4)
     p.add_argument("--max_tgt_len", type=int, default=100, help="new tokens at generation")
-    p.add_argument("--use_hyperbolic", action="store_true")
-    p.add_argument("--hyp_dim", type=int, default=MODEL.hyp_dim)
-    p.add_argument("--init_c", type=float, default=MODEL.init_c)
-    p.add_argument("--hyp_lr", type=float, default=1e-3)
-    p.add_argument("--hyp_text_emb_src", default=MODEL.hyp_text_emb_src, choices=["token", "decoder"])
-    p.add_argument("--hyp_text_cmp", default=MODEL.hyp_text_cmp, choices=["pooled", "attn", "token"])
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the pose encoder (off by default: slower on CPU, not yet measured on GPU)")
-    p.add_argument("--alpha", type=float, default=MODEL.alpha)
-    p.add_argument("--label_smoothing_hyp", type=float, default=MODEL.label_smoothing_hyp)
-    p.add_argument("--hyp_recipe", default=MODEL.hyp_recipe, choices=list(HYP_CHOICES["hyp_recipe"]),
-                   help="released: the paper's computation; stable: the remedies for its saturated part points "
-                        f"({', '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in STABLE_RECIPE.items())}) "
-                        "for each of these flags left at its default")
-    p.add_argument("--hyp_clip_r", type=float, default=MODEL.hyp_clip_r,
-                   help="clip the tangent vectors to this norm before the exponential map (0: off)")
-    p.add_argument("--hyp_clip", default=MODEL.hyp_clip, choices=list(HYP_CHOICES["hyp_clip"]),
-                   help="hard: min(1, r/|u|) u (Guo et al. 2022); soft: r tanh(|u|/r) u/|u|, radii keep differing")
-    p.add_argument("--hyp_scale", default=MODEL.hyp_scale, choices=list(HYP_CHOICES["hyp_scale"]),
-                   help="meru: feature scale that starts near unit radius and can only shrink")
-    p.add_argument("--hyp_input_norm", action="store_true", default=MODEL.hyp_input_norm,
-                   help="LayerNorm(x) / sqrt(d) before each hyperbolic projection")
-    p.add_argument("--hyp_midpoint", default=MODEL.hyp_midpoint, choices=list(HYP_CHOICES["hyp_midpoint"]),
-                   help="pooled/attn: frechet (iterative, as released) or gyro (closed-form weighted gyromidpoint)")
-    p.add_argument("--hyp_pair_weights", default=MODEL.hyp_pair_weights,
-                   choices=list(HYP_CHOICES["hyp_pair_weights"]),
-                   help="token: uniform (as released) or parts (each part's pair weighted by 4 w_p, so the part "
-                        "weights enter the loss; a change of method)")
+    settings.add_arguments(p, ModelConfig)  # the model's settings, unset (None) unless given
     # logging
     p.add_argument("--wandb", action="store_true")
     p.add_argument("--wandb_project", default="Geo-Sign")
     p.add_argument("--wandb_run_name", default=None)
     p.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     return p
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def train_one_epoch(engine, loader, epoch, steps, log_every=50, skip_bad_samples=False, dtype="fp32", run=None):
-    """One epoch of `steps` batches of `loader` (utils.steps_per_epoch). The step's values (losses, alpha,
-    curvature, health statistics...) stay on the device, summed there; they are read to the host, one sync that
-    waits for every queued kernel, only every `log_every` steps and at the end of the epoch (to the progress bar
-    and the wandb `run`). The loss is checked for non-finite values at every step, on the device: the run fails at
-    the next read, naming the first bad step (the last good checkpoint is the previous epoch's). skip_bad_samples:
-    the loader may yield batches emptied of unreadable samples. dtype: the training precision, whose peak
-    FLOP/s the model FLOPs utilisation is measured against."""
-    model = engine.module
-    engine.train()
-    skipped, skipped_steps, samples, flops, start = 0, 0, 0, 0.0, time.time()
-    sums = StepSums()
-    # closed when the loop ends or raises, so that an error line never continues the bar's line
-    with tqdm(loader, total=steps, desc=f"train {epoch}", disable=not utils.is_main_process(),
-              dynamic_ncols=True) as bar:
-        for step, batch in enumerate(bar):
-            if step >= steps:
-                break
-            skipped += batch["num_skipped"]
-            if skip_bad_samples and not utils.all_ranks_true(len(batch["name"]) > 0):
-                # --skip_bad_samples left some rank an empty batch: every rank skips the step together, since
-                # a rank that went on alone would wait forever for the others in the gradient all-reduce
-                skipped_steps += 1
-                continue
-            out = engine(batch)  # the model moves the batch to its device and precision
-            sums.add(step, out)
-            engine.step(out["loss"])  # backward; at an accumulation boundary both optimizers step
-            samples += len(batch["name"])
-            flops += model.training_flops(batch)
-            if sums.count % log_every == 0 or step == steps - 1:
-                means = sums.read(epoch, int(model.global_step))
-                if run is not None:  # the means since the last read, with the learning rates
-                    run.log({**{f"train/{k}": v for k, v in means.items()}, **engine.lrs(), "epoch": epoch})
-                bar.set_postfix(loss=f"{sums.epoch_means()['loss']:.3f}", lr=f"{engine.lr():.2e}")
-    skipped = sum(utils.gather_objects(skipped))  # every rank's
-    if sums.count == 0:
-        utils.fail(f"epoch {epoch} trained on no sample: all {skipped} samples it read were unreadable and skipped "
-                   "(--skip_bad_samples); fix or remove the bad pose files. Stopping without saving this epoch")
-    sums.read(epoch, int(model.global_step))  # what the last read did not see (none when it was the last step)
-    stats = {**sums.epoch_means(), "lr": engine.lr()}
-    if skipped:
-        print(f"epoch {epoch}: skipped {skipped} bad samples (--skip_bad_samples)"
-              + (f"; {skipped_steps} steps skipped on every rank because one rank had no readable sample"
-                 if skipped_steps and utils.world_size() > 1 else ""))
-    stats["skipped_samples"] = skipped
-    stats["skipped_steps"] = skipped_steps
-    stats.update(throughput(samples, flops, time.time() - start, dtype))
-    print(f"epoch {epoch}: {stats['samples_per_s']:.1f} samples/s, {stats['tflops']:.2f} TFLOP/s"
-          + (f", model FLOPs utilisation {100 * stats['mfu']:.1f} %" if "mfu" in stats else ""))
-    return stats
-
-
-class StepSums:
-    """The training step's values summed on the device, and the first step whose loss was not finite (-1: none),
-    read to the host in one transfer by `read`."""
-
-    def __init__(self):
-        self.sums, self.first_bad, self.count = {}, None, 0
-        self.host, self.host_count = {}, 0
-
-    def add(self, step, out):
-        bad = torch.where(torch.isfinite(out["loss"].detach()), -1, step)
-        self.first_bad = bad if self.first_bad is None else torch.where(self.first_bad >= 0, self.first_bad, bad)
-        for key, value in out.items():
-            value = value.detach().float()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.count += 1
-
-    def read(self, epoch, update):
-        """The means since the previous read (a dict); raises NonFiniteLoss, on every rank together, when a loss
-        was not finite."""
-        if self.count == self.host_count:
-            return {}
-        keys = list(self.sums)
-        values = torch.stack([self.first_bad.float(), *(self.sums[k] for k in keys)]).tolist()
-        first_bad = int(values[0])
-        if not utils.all_ranks_true(first_bad < 0):
-            where = f"step {first_bad}" if first_bad >= 0 else "a step of another rank"
-            raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, {where} (read at optimizer update {update})")
-        steps = self.count - self.host_count
-        means = {k: (v - self.host.get(k, 0.0)) / steps for k, v in zip(keys, values[1:])}
-        self.host, self.host_count = dict(zip(keys, values[1:])), self.count
-        return means
-
-    def epoch_means(self):
-        """The epoch's means so far, as of the last read."""
-        return {k: v / max(self.host_count, 1) for k, v in self.host.items()}
-
-
-def throughput(samples, flops, seconds, dtype):
-    """This rank's samples and FLOPs over the epoch's wall time: samples/s of the whole run (ranks take equal
-    shares), achieved TFLOP/s per accelerator and, where its peak is known, model FLOPs utilisation."""
-    stats = {"samples_per_s": samples * utils.world_size() / seconds, "tflops": flops / seconds / 1e12}
-    peak = utils.peak_flops(dtype)
-    if peak:
-        stats["mfu"] = stats["tflops"] * 1e12 / peak
-    return stats
-
-
-class Predictions(NamedTuple):
-    """A split's translations in dataset order (names, hypotheses, references) and the pose files of the samples
-    skipped as unreadable (--skip_bad_samples)."""
-    names: list
-    hyps: list
-    refs: list
-    skipped: list
-
-
-@torch.no_grad()
-def evaluate(model, loader, task, num_beams=4, max_new_tokens=100, synced=False):
-    """Beam-search this rank's batches, gather all ranks' predictions back in dataset order, then score them with
-    the task's metrics. Returns (metrics, Predictions), the same on every rank; the caller writes what it keeps.
-
-    synced (ZeRO-3 with several ranks): every forward gathers the partitioned parameters from all ranks, so
-    the ranks must run the same forwards: transformers keeps a finished rank stepping until all are done
-    (synced_gpus), and a rank with fewer (or empty) batches generates on a stand-in batch whose output is dropped."""
-    from SLRT_metrics import evaluate as score
-
-    model.eval()
-    split = loader.dataset.phase
-    mine, stand_in = {}, None
-    rounds = max(utils.gather_objects(len(loader))) if synced else len(loader)
-    batches = iter(loader)
-    # counted by hand (a synced rank may run more rounds than it has batches), closed when the loop ends or
-    # raises: the bar ends at 100 % and an error line never continues it
-    with tqdm(total=len(loader), desc=f"eval {split}", disable=not utils.is_main_process(), dynamic_ncols=True) as bar:
-        for _ in range(rounds):
-            batch = next(batches, None)
-            if batch is not None:
-                bar.update()
-            if batch is None or not batch["name"]:
-                if not synced:
-                    continue
-                if stand_in is None:
-                    stand_in = first_readable_batch(loader)
-                model.generate(stand_in, num_beams=num_beams, max_new_tokens=max_new_tokens, synced_gpus=True)
-                continue
-            preds = model.generate(batch, num_beams=num_beams, max_new_tokens=max_new_tokens, synced_gpus=synced)
-            mine.update(zip(batch["name"], zip(preds, batch["text"])))
-    results = {}
-    for part in utils.gather_objects(mine):
-        results.update(part)
-    samples = loader.dataset.samples
-    names = [s["name"] for s in samples if s["name"] in results]
-    # each sample is in one batch of one rank: those not translated were skipped as unreadable
-    skipped = [s["pose_path"] for s in samples if s["name"] not in results] if len(names) < len(samples) else []
-    hyps, refs = [results[n][0] for n in names], [results[n][1] for n in names]
-    metrics = score(hyps, refs, loader.dataset.dataset_name, task)
-    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    return metrics, Predictions(names, hyps, refs, skipped)
-
-
-def evaluate_split(model, loader, split, args, synced=False):
-    """evaluate() one split, then what the run keeps of it: the literature's pair of prediction files (CSL
-    formatting, rank 0) and, with --skip_bad_samples, the skipped samples, listed and counted beside the scores."""
-    from SLRT_metrics import format_for_dataset
-
-    metrics, predictions = evaluate(model, loader, args.task, args.num_beams, args.max_tgt_len, synced)
-    if predictions.skipped:
-        utils.report_skipped(args.output_dir, split, predictions.skipped, len(loader.dataset))
-    if utils.is_main_process():
-        utils.write_predictions(args.output_dir, split, predictions.names,
-                                format_for_dataset(predictions.hyps, args.dataset, is_reference=False),
-                                format_for_dataset(predictions.refs, args.dataset, is_reference=True))
-    if args.skip_bad_samples:
-        metrics["skipped_samples"] = len(predictions.skipped)
-    return metrics
-
-
-def first_readable_batch(loader):
-    """A one-sample batch of the loader's dataset's first readable sample (a stand-in for synced generation)."""
-    item = next(item for item in map(loader.dataset.__getitem__, range(len(loader.dataset))) if item is not None)
-    return loader.collate_fn([item])
 
 
 def _torch_dtype(name):
@@ -345,13 +125,6 @@ def load_splits(args):
             for phase in phases + (() if args.eval else ("train",))}
 
 
-def resolve_recipe(args):
-    """Write the knob values --hyp_recipe sets into args, so that every checkpoint's args record them and a later
-    change of the recipe leaves the saved model as it was trained."""
-    resolved = ModelConfig.from_args(args)
-    vars(args).update({name: getattr(resolved, name) for name in STABLE_RECIPE})
-
-
 def main(args):
     from datasets import PoseCollator
     from models import Uni_Sign
@@ -362,16 +135,20 @@ def main(args):
     if rank != 0:
         transformers.utils.logging.disable_progress_bar()  # print from rank 0 only
     args.dtype = utils.resolve_dtype(args.dtype)
-    resolve_recipe(args)
     # read (and, for a model folder, verified) before anything is built from it
     args.finetune = model_io.resolve_hub_id(args.finetune, "--finetune")  # a Hub id: its cached snapshot folder
     finetuned = model_io.read_model(args.finetune) if args.finetune else None
+    # resolved once; every checkpoint's args record the values the model ran with
+    resolved = model_settings(args, finetuned)
+    vars(args).update({k: v for k, v in dataclasses.asdict(resolved).items() if k != "mt5_path"})
     args.mt5_path = args.mt5_path or model_io.folder_mt5_path(args.finetune) or config.mt5_path
     args.num_workers = min(args.num_workers, os.cpu_count() or 1)
     if args.eval and not args.finetune:
         print("--eval without --finetune: scoring the untrained model (a baseline)")
     datasets = load_splits(args)
     preflight(args, datasets)
+    if utils.is_main_process():  # what --config reads to rerun or vary this run
+        settings.write_config_file(args.output_dir, args, get_args_parser())
     print(f"{world} process(es), {args.dtype}, ZeRO stage {args.zero_stage}, output in {args.output_dir}")
 
     utils.set_seed(args.seed)  # the same initial model on every rank
@@ -382,7 +159,7 @@ def main(args):
     if args.finetune:
         model_io.load_weights(model, args.finetune, drop_curvature=not args.eval, read=finetuned)
         del finetuned  # its tensors were copied into the model: not a second copy of the weights for the whole run
-    collator = PoseCollator(model.mt5_tokenizer, args.dataset)
+    collator = PoseCollator(model.mt5_tokenizer, args.dataset, max_target_len=args.max_target_tokens)
     eval_loaders = {split: build_loader(datasets[split], collator, args, train=False)
                     for split in datasets if split != "train"}
     metric, higher_is_better = BEST_METRIC[args.task]
@@ -423,9 +200,9 @@ def main(args):
         scores = {split: evaluate_split(engine.module, eval_loader, split, args, synced)
                   for split, eval_loader in eval_loaders.items()}
         dev_score = scores["dev"][metric]
-        improved = best is None or (dev_score > best if higher_is_better else dev_score < best)
-        best = dev_score if improved else best
-        engine.save(args.output_dir, epoch, best, improved)
+        is_best = best is None or (dev_score > best if higher_is_better else dev_score < best)
+        best = dev_score if is_best else best
+        engine.save(args.output_dir, epoch, best, is_best)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                   **{f"{split}_{k}": v for split, stats in scores.items() for k, v in stats.items()},
                   "best_dev_" + metric: best, "epoch_time_s": round(time.time() - start, 1)}
@@ -525,6 +302,6 @@ def error_message(err):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser("Geo-Sign fine-tuning", parents=[get_args_parser()])
     try:
-        run(parser.parse_args())
+        run(settings.parse_command_line(parser))
     finally:
         utils.freeze_long_lived_objects()  # a quick exit

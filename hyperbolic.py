@@ -24,10 +24,12 @@ from geoopt.manifolds.stereographic import math as stereo_math
 from geoopt.utils import clamp_abs, sabs
 from torch import nn
 
+from geometry import Geometry, register
+
 
 def make_ball(init_c):
-    """The one PoincareBall shared by every hyperbolic module; c = softplus(isp_c) is learnable."""
-    return geoopt.PoincareBall(c=float(init_c), learnable=True)
+    """The one Poincaré ball shared by every hyperbolic module; c = softplus(isp_c) is learnable."""
+    return Poincare(init_c)
 
 
 # The scripted helpers below take k = -c; the functions after them read the ball's k for each use, as
@@ -48,14 +50,14 @@ def _artan_k(x: torch.Tensor, k: torch.Tensor):
 
 
 @torch.jit.script
-def _expmap0(u: torch.Tensor, k: torch.Tensor):
-    u_norm = u.norm(dim=-1, p=2, keepdim=True).clamp_min(1e-15)
+def _expmap0(u: torch.Tensor, k: torch.Tensor, dim: int):
+    u_norm = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)
     return _tan_k(u_norm, k) * (u / u_norm)
 
 
 @torch.jit.script
-def _dist0(x: torch.Tensor, k: torch.Tensor):
-    return 2.0 * _artan_k(x.norm(dim=-1, p=2), k)
+def _dist0(x: torch.Tensor, k: torch.Tensor, dim: int):
+    return 2.0 * _artan_k(x.norm(dim=dim, p=2), k)
 
 
 @torch.jit.script
@@ -80,24 +82,26 @@ def _weighted_midpoint(points: torch.Tensor, weights: torch.Tensor, k: torch.Ten
     return _tan_k(half * _artan_k(norm, k), k) * (two_mean / norm)
 
 
-def expmap0(u, ball):
+def expmap0(u, *, c, dim=-1):
     """exp_0(u) = tanh(sqrt(c) ||u||) u / (sqrt(c) ||u||), projected into the ball (geoopt's
     PoincareBall.expmap0(u, project=True))."""
-    return stereo_math.project(_expmap0(u, ball.k), k=ball.k, dim=-1)
+    k = -c  # geoopt's k: one tensor for both uses, as PoincareBall.k gives them
+    return stereo_math.project(_expmap0(u, k, dim), k=k, dim=dim)
 
 
-def dist0(x, ball):
-    """d_c(0, x) = 2 artanh(sqrt(c) ||x||) / sqrt(c), over the last axis."""
-    return _dist0(x, ball.k)
+def dist0(x, *, c, dim=-1):
+    """d_c(0, x) = 2 artanh(sqrt(c) ||x||) / sqrt(c), over the axis `dim`."""
+    return _dist0(x, -c, dim)
 
 
-def mobius_matvec(m, x, ball):
+def mobius_matvec(m, x, *, c):
     """M (x)_c x = tanh(||Mx|| / ||x|| artanh(sqrt(c) ||x||)) Mx / (sqrt(c) ||Mx||), 0 where Mx = 0, projected.
     m (D_out, D), x (..., D)."""
-    return stereo_math.project(_mobius_matvec(m, x, ball.k), k=ball.k, dim=-1)
+    k = -c
+    return stereo_math.project(_mobius_matvec(m, x, k), k=k, dim=-1)
 
 
-def weighted_midpoint(points, weights, ball, reducedim):
+def weighted_midpoint(points, weights, *, c, reducedim):
     """Weighted Möbius gyromidpoint (Ungar) over the axes `reducedim` of points (..., D), weights shaped like
     points without the last axis (only their ratios matter):
 
@@ -107,18 +111,22 @@ def weighted_midpoint(points, weights, ball, reducedim):
     projected. geoopt's PoincareBall.weighted_midpoint (tested), for negative curvature. A closed form: unlike
     the fixed-point iteration of `frechet_mean` it needs no convergence, also for points near the boundary.
     """
-    mean = _weighted_midpoint(points, weights, ball.k, list(reducedim))
+    k = -c
+    return _squeeze_and_project(_weighted_midpoint(points, weights, k, list(reducedim)), reducedim, k)
+
+
+def _squeeze_and_project(mean, reducedim, k):
     for seen, axis in enumerate(sorted(reducedim)):
         mean = mean.squeeze(axis - seen)
-    return stereo_math.project(mean, k=ball.k, dim=-1)
+    return stereo_math.project(mean, k=k, dim=-1)
 
 
-def mobius_add(x, y, c):
+def mobius_add(x, y, *, c, dim=-1):
     """x (+)_c y = ((1 + 2c<x,y> + c||y||^2) x + (1 - c||x||^2) y) / (1 + 2c<x,y> + c^2 ||x||^2 ||y||^2)."""
-    return stereo_math.mobius_add(x, y, k=-c, dim=-1)
+    return stereo_math.mobius_add(x, y, k=-c, dim=dim)
 
 
-def expmap(x, u, c):
+def expmap(x, u, *, c):
     """exp_x(u) = x (+)_c tanh(sqrt(c) lambda_x ||u|| / 2) u / (sqrt(c) ||u||), projected into the ball.
 
     Sync-free (no host-side branch on c), for use inside loops.
@@ -127,22 +135,22 @@ def expmap(x, u, c):
     u_norm = u.norm(dim=-1, keepdim=True).clamp_min(1e-15)
     lam = 2.0 / (1.0 - c * x.pow(2).sum(dim=-1, keepdim=True)).clamp_min(1e-15)
     step = stereo_math.tanh(sqrt_c * lam * u_norm / 2.0) * u / (sqrt_c * u_norm)
-    return stereo_math.project(mobius_add(x, step, c), k=-c, dim=-1)
+    return stereo_math.project(mobius_add(x, step, c=c), k=-c, dim=-1)
 
 
-def logmap(x, y, c):
+def logmap(x, y, *, c):
     """log_x(y) = 2 / (sqrt(c) lambda_x) artanh(sqrt(c) ||-x (+)_c y||) (-x (+)_c y) / ||-x (+)_c y||.
 
     Sync-free (no host-side branch on c), for use inside loops.
     """
     sqrt_c = c.sqrt()
-    diff = mobius_add(-x, y, c)
+    diff = mobius_add(-x, y, c=c)
     diff_norm = diff.norm(dim=-1, keepdim=True).clamp_min(1e-15)
     lam = 2.0 / (1.0 - c * x.pow(2).sum(dim=-1, keepdim=True)).clamp_min(1e-15)
     return 2.0 / (sqrt_c * lam) * stereo_math.artanh(sqrt_c * diff_norm) * diff / diff_norm
 
 
-def frechet_mean(points, weights, c, max_iter=50, tol=1e-5, return_unconverged=False):
+def frechet_mean(points, weights, *, c, max_iter=50, tol=1e-5, return_unconverged=False):
     """Weighted Fréchet (Karcher) mean: argmin_mu sum_p w_p d_c(mu, x_p)^2, by the fixed-point iteration
 
         mu <- exp_mu( sum_p w_p log_mu(x_p) ),   starting at mu = x_0,
@@ -161,15 +169,15 @@ def frechet_mean(points, weights, c, max_iter=50, tol=1e-5, return_unconverged=F
     mu = points[:, 0]
     active = torch.ones_like(mu[:, :1], dtype=torch.bool)
     for _ in range(max_iter):
-        tangent = (weights * logmap(mu.unsqueeze(1), points, c)).sum(dim=1)
-        updated = expmap(mu, tangent, c)
+        tangent = (weights * logmap(mu.unsqueeze(1), points, c=c)).sum(dim=1)
+        updated = expmap(mu, tangent, c=c)
         moved = (updated - mu).norm(dim=-1, keepdim=True)
         mu = torch.where(active, updated, mu)
         active = active & (moved >= tol)
     return (mu, active[:, 0]) if return_unconverged else mu
 
 
-def pairwise_dist(x, y, c):
+def pairwise_dist(x, y, *, c):
     """d_c(x_i, y_j) for x (..., N, D) and y (..., M, D) -> (..., N, M), without building (..., N, M, D):
 
         ||-x (+)_c y||^2 = ||x - y||^2 / ((1 - c<x,y>)^2 + c^2 (||x||^2 ||y||^2 - <x,y>^2)),
@@ -206,11 +214,6 @@ def soft_clip_features(u, radius):
     sech^2(||u|| / r) > 0), so features clipped to the same sphere by the hard clip keep different radii."""
     norm = u.norm(dim=-1, keepdim=True).clamp_min(1e-15)
     return u * (radius * torch.tanh(norm / radius) / norm)
-
-
-def part_weights(ball, points):
-    """w_p = softmax_p d_c(0, x_p): parts farther from the origin (more specific) weigh more. (B, P)."""
-    return torch.softmax(dist0(points, ball), dim=-1)
 
 
 def masked_mean(x, mask):
@@ -273,79 +276,14 @@ class HyperbolicProjection(nn.Module):
         return (soft_clip_features if self.soft_clip else clip_features)(u, self.clip_r)
 
     def forward(self, x):
-        return expmap0(self.tangent(x), self.manifold)
+        return self.manifold.to_space(self.tangent(x))
 
 
 PROJECTION_LIMIT = 1.0 - 4e-3  # sqrt(c) ||x|| of geoopt's float32 projection (its eps for float32)
 
 
-def health_stats(ball, parts, tangents, weights, text=None, text_mask=None, unconverged=None):
-    """Whether the branch is alive, from the points it computed anyway (device tensors, no host sync):
-
-        hyp_at_limit      fraction of part points with sqrt(c) ||h|| >= PROJECTION_LIMIT - 1e-4
-        hyp_radius        mean sqrt(c) ||h|| of the part points (1 = the boundary)
-        hyp_text_radius   the same for the text points
-        hyp_w_entropy     -sum_p w_p log w_p / log P, averaged over samples (1 = uniform part weights)
-        hyp_tangent_norm  mean sqrt(c) ||u|| of the part tangent vectors before exp_0
-        hyp_frechet_unconverged  fraction of Fréchet means still moving at their last iteration (pooled/attn)
-
-    parts (B, P, D), tangents (B, P, D), weights (B, P), text (B, D) or (B, L, D) with text_mask (B, L) of
-    its real tokens, unconverged (B,) booleans or None.
-    """
-    sqrt_c = ball.c.detach().float().sqrt()
-    radius = sqrt_c * parts.detach().norm(dim=-1)
-    w = weights.detach()
-    entropy = -(w * w.clamp_min(1e-30).log()).sum(dim=-1) / math.log(w.shape[-1])
-    stats = {"hyp_at_limit": (radius >= PROJECTION_LIMIT - 1e-4).float().mean(), "hyp_radius": radius.mean(),
-             "hyp_w_entropy": entropy.mean(), "hyp_tangent_norm": (sqrt_c * tangents.detach().norm(dim=-1)).mean()}
-    if text is not None:
-        text_radius = sqrt_c * text.detach().norm(dim=-1)
-        stats["hyp_text_radius"] = (text_radius.mean() if text_mask is None else
-                                    (text_radius * text_mask).sum() / text_mask.sum().clamp_min(1))
-    if unconverged is not None:
-        stats["hyp_frechet_unconverged"] = unconverged.detach().float().mean()
-    return stats
-
-
-def make_attention_parameters(hyp_dim, manifold):
-    """hyp_attn_W (hyp_dim x hyp_dim, Euclidean ManifoldParameter, init identity) and hyp_attn_b (a point
-    of the ball, init at the origin), so that at initialisation the keys are the token points themselves.
-    W lives on geoopt.Euclidean(ndim=2): Riemannian Adam then treats it as plain Adam would, while the
-    Riemannian group keeps all of the attention's parameters together (both are ManifoldParameters in Geo-Sign).
-    """
-    weight = geoopt.ManifoldParameter(torch.eye(hyp_dim), manifold=geoopt.Euclidean(ndim=2))
-    bias = geoopt.ManifoldParameter(torch.zeros(hyp_dim), manifold=manifold)
-    return weight, bias
-
-
-def token_keys(ball, values, weight, bias):
-    """k_t = (W (x)_c v_t) (+)_c b, with the Möbius matrix-vector product
-    W (x)_c v = tanh(||Wv|| / ||v|| artanh(sqrt(c) ||v||)) Wv / (sqrt(c) ||Wv||). values (B, L, D)."""
-    keys = stereo_math.mobius_add(mobius_matvec(weight.float(), values, ball), bias.float(), k=ball.k, dim=-1)
-    return stereo_math.project(keys, k=ball.k, dim=-1)
-
-
-def token_attention(ball, parts, keys, token_mask, temperature):
-    """a_pt = softmax_t( -d_c(h_p, k_t) / temperature ) over the real tokens (padding gets exactly 0).
-
-    parts (B, P, D), keys (B, L, D), token_mask (B, L). Returns (B, P, L).
-    """
-    distances = pairwise_dist(parts, keys, ball.c)
-    return masked_softmax(-distances / temperature, token_mask.unsqueeze(1))
-
-
-def token_context(ball, values, attention):
-    """c_p = weighted Möbius gyromidpoint of the token points v_t with weights a_pt, reduced over tokens:
-
-        c_p = 1/2 (x)_c ( sum_t a_pt lambda_{v_t} v_t / sum_t a_pt (lambda_{v_t} - 1) ).
-
-    values (B, L, D), attention (B, P, L) -> (B, P, D): values gain a part axis, the token axis is reduced.
-    """
-    return weighted_midpoint(values.unsqueeze(1), attention, ball, reducedim=[2])
-
-
 class HyperbolicContrastiveLoss(nn.Module):
-    """For N pairs (p_i, t_i): logits_ij = -d_c(p_i, t_j) / tau + margin [i != j],
+    """For N pairs (p_i, t_i): logits_ij = -d(p_i, t_j) / tau + margin [i != j] (d: the geometry's distance),
     loss = cross-entropy(logits, targets i, label smoothing). tau = 0.01 + 1.99 sigmoid(temp) and the
     margin `margin_base` are learnable (init temp 1.0, margin 0.3)."""
 
@@ -360,9 +298,9 @@ class HyperbolicContrastiveLoss(nn.Module):
         return 0.01 + 1.99 * torch.sigmoid(self.temp.float())
 
     def forward(self, anchors, targets, pair_weights=None):
-        """anchors, targets (N, D) on the ball. Returns (loss, d_c(p_i, t_i) for each i).
+        """anchors, targets (N, D) in the geometry's space. Returns (loss, d(p_i, t_i) for each i).
         pair_weights (N,), optional: loss = mean_i pair_weights_i CE_i instead of mean_i CE_i."""
-        distances = pairwise_dist(anchors, targets, self.manifold.c)  # (N, N)
+        distances = self.manifold.distance(anchors, targets)  # (N, N)
         negatives = 1.0 - torch.eye(distances.shape[0], device=distances.device, dtype=distances.dtype)
         logits = -distances / self.temperature() + self.margin_base.float() * negatives
         labels = torch.arange(distances.shape[0], device=distances.device)
@@ -372,3 +310,69 @@ class HyperbolicContrastiveLoss(nn.Module):
             per_pair = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
             loss = (pair_weights * per_pair).mean()
         return loss, distances.diagonal()
+
+
+@register("poincare")
+class Poincare(geoopt.PoincareBall, Geometry):
+    """The Poincaré ball of curvature -c, c = softplus(isp_c) learnable (geoopt's PoincareBall, whose parameter keeps
+    the released checkpoints' key `manifold.isp_c`), as the Geo-Sign branch computes it.
+
+    The methods compose the scripted helpers above as geoopt's PoincareBall methods do, reading k = -softplus(isp_c)
+    afresh at each use: the curvature's gradient is then a sum of one term per read, as in the released computation
+    and in geoopt, and stays theirs bit for bit (one read shared by two uses rounds the sum differently)."""
+
+    limit = PROJECTION_LIMIT
+
+    def __init__(self, c=1.0, learnable=True):
+        super().__init__(c=float(c), learnable=learnable)
+
+    def to_space(self, u):
+        """expmap0, projected."""
+        return stereo_math.project(_expmap0(u, self.k, -1), k=self.k, dim=-1)
+
+    def from_space(self, x):
+        """log_0(x) = artanh(sqrt(c) ||x||) x / (sqrt(c) ||x||)."""
+        return stereo_math.logmap0(x, k=self.k, dim=-1)
+
+    def distance(self, x, y):
+        return pairwise_dist(x, y, c=self.c)
+
+    def origin_distance(self, x):
+        """dist0."""
+        return _dist0(x, self.k, -1)
+
+    def mean(self, points, weights, reducedim):
+        """The weighted gyromidpoint (weighted_midpoint)."""
+        return _squeeze_and_project(_weighted_midpoint(points, weights, self.k, list(reducedim)), reducedim, self.k)
+
+    def iterative_mean(self, points, weights):
+        """The Fréchet mean by its fixed-point iteration, as released (frechet_mean)."""
+        return frechet_mean(points, weights, c=self.c.float(), return_unconverged=True)
+
+    def scale(self, like):
+        return self.c.detach().float().sqrt()
+
+    def curvature(self, like):
+        return self.c.detach()
+
+    def attention_parameters(self, dim):
+        """hyp_attn_W (dim x dim, Euclidean ManifoldParameter, init identity) and hyp_attn_b (a point of the ball,
+        init at the origin). W lives on geoopt.Euclidean(ndim=2): Riemannian Adam then treats it as plain Adam
+        would, while the Riemannian group keeps all of the attention's parameters together (both are
+        ManifoldParameters in Geo-Sign)."""
+        weight = geoopt.ManifoldParameter(torch.eye(dim), manifold=geoopt.Euclidean(ndim=2))
+        bias = geoopt.ManifoldParameter(torch.zeros(dim), manifold=self)
+        return weight, bias
+
+    def keys(self, values, weight, bias):
+        """k_t = (W (x)_c v_t) (+)_c b, with the Möbius matrix-vector product
+        W (x)_c v = tanh(||Wv|| / ||v|| artanh(sqrt(c) ||v||)) Wv / (sqrt(c) ||Wv||). values (B, L, D)."""
+        keys = stereo_math.mobius_add(self.matvec(weight.float(), values), bias.float(), k=self.k, dim=-1)
+        return stereo_math.project(keys, k=self.k, dim=-1)
+
+    def matvec(self, m, x):
+        """mobius_matvec, projected."""
+        return stereo_math.project(_mobius_matvec(m, x, self.k), k=self.k, dim=-1)
+
+    def riemannian_parameters(self):
+        return [self.isp_c]

@@ -2,89 +2,27 @@
 
 Attribute names are the released checkpoints' key names (tests/data/official_keys/official_keys_*.txt).
 """
-import dataclasses
 import functools
 import os
 
+import geoopt
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+import branch
 import config
 import hyperbolic as hyp
+import losses
 import model_io
-import utils
-from stgcn_layers import PARTS, build_part_modules, encode_parts
+from geometry import build_geometry
+# the settings, named here too (models.ModelConfig, models.STABLE_RECIPE, ...)
+from model_config import (BRANCH_SETTINGS, HYP_CHOICES, LOSS_SETTINGS, STABLE_RECIPE, TEXT_COMPARISONS,  # noqa: F401
+                          TEXT_SOURCES, ModelConfig)
+from skeleton import PART_FEATURES, PARTS, POSE_FEATURES
+from stgcn_layers import build_part_modules, encode_parts
 
-TEXT_SOURCES = ("token", "decoder")
-TEXT_COMPARISONS = ("pooled", "attn", "token")
 HYP_PART_MODULES = {"body": "hyp_proj_body", "left": "hyp_proj_left", "right": "hyp_proj_right",
                     "face_all": "hyp_proj_face"}
-
-
-HYP_CHOICES = {"hyp_recipe": ("released", "stable"), "hyp_scale": ("released", "meru"),
-               "hyp_midpoint": ("frechet", "gyro"), "hyp_clip": ("hard", "soft"),
-               "hyp_pair_weights": ("uniform", "parts")}
-# --hyp_recipe stable: chosen on the demo's dev scores and the branch's health, then measured against the released
-# computation by script/ablate_hyperbolic.py (docs/hyperbolic.md says why this combination).
-STABLE_RECIPE = {"hyp_input_norm": True, "hyp_scale": "meru", "hyp_clip_r": 2.0, "hyp_midpoint": "gyro",
-                 "hyp_pair_weights": "parts"}
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """Every setting that shapes the model, with its one default (fine_tuning.py's flags take theirs from
-    here). A model folder's config.json stores these; checkpoints store them inside their `args`."""
-    mt5_path: str = None  # None: config.mt5_path
-    use_hyperbolic: bool = False
-    hyp_dim: int = 256
-    init_c: float = 1.0
-    hyp_text_emb_src: str = "token"
-    hyp_text_cmp: str = "token"
-    alpha: float = 0.7
-    label_smoothing: float = 0.2
-    label_smoothing_hyp: float = 0.2
-    # Remedies for the saturated branch (hyperbolic.HyperbolicProjection); `released` leaves them all off.
-    hyp_recipe: str = "released"   # or "stable": the knobs below set to STABLE_RECIPE where left at their defaults
-    hyp_clip_r: float = 0.0        # feature clipping radius before exp_0 (0: off)
-    hyp_clip: str = "hard"         # "soft": r tanh(||u|| / r) u / ||u|| instead of min(1, r / ||u||) u
-    hyp_scale: str = "released"    # "meru": feature scale starting near unit radius, clamped to only shrink
-    hyp_input_norm: bool = False   # LayerNorm(x) / sqrt(d) before the projection
-    hyp_midpoint: str = "frechet"  # pooled/attn: "gyro", the closed-form weighted gyromidpoint
-    # token mode: "parts" weighs each part's pair in the contrastive loss by P w_p (a change of method, not of
-    # numerics: the released token loss never uses the part weights, so nothing moves the parts' radii apart)
-    hyp_pair_weights: str = "uniform"
-
-    def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is not None and field.type in (bool, int, float):
-                setattr(self, field.name, field.type(value))
-        if self.hyp_text_emb_src not in TEXT_SOURCES or self.hyp_text_cmp not in TEXT_COMPARISONS:
-            raise ValueError(f"hyp_text_emb_src must be one of {TEXT_SOURCES} and hyp_text_cmp one of "
-                             f"{TEXT_COMPARISONS}; got {self.hyp_text_emb_src!r}, {self.hyp_text_cmp!r}")
-        for name, allowed in HYP_CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
-        if self.hyp_recipe == "stable":
-            released = ModelConfig()
-            for name, value in STABLE_RECIPE.items():
-                if getattr(self, name) == getattr(released, name):
-                    setattr(self, name, value)
-
-    @classmethod
-    def from_args(cls, args):
-        """The settings found in `args`: a namespace of flags, a saved record (a checkpoint's args dict, a model
-        folder's config.json fields) or a ModelConfig (utils.config_from_args). A saved `stable` record without
-        one of the recipe's knobs was trained before that knob joined the recipe, so it keeps the knob's released
-        value: a later change of the recipe does not change a saved model."""
-        config = utils.config_from_args(cls, args)
-        if isinstance(args, dict) and config.hyp_recipe == "stable":
-            released = cls()
-            for name in STABLE_RECIPE:
-                if name not in args:
-                    setattr(config, name, getattr(released, name))
-        return config
 
 
 class MT5FolderError(FileNotFoundError):
@@ -168,10 +106,10 @@ class Uni_Sign(nn.Module):
         self.total_updates = 0
 
         # Registration order follows the released state dict: own parameters, buffers, then children.
-        self.part_para = nn.Parameter(torch.zeros(4 * 256))
+        self.part_para = nn.Parameter(torch.zeros(POSE_FEATURES))
         if settings.use_hyperbolic:
-            ball = hyp.make_ball(settings.init_c)  # registered below, after pose_proj
-            self.hyp_attn_W, self.hyp_attn_b = hyp.make_attention_parameters(settings.hyp_dim, ball)
+            ball = build_geometry(settings.hyp_geometry, settings.init_c)  # registered below, after pose_proj
+            self.hyp_attn_W, self.hyp_attn_b = ball.attention_parameters(settings.hyp_dim)
             if settings.hyp_text_cmp != "token":  # kept for the checkpoint layout, unused by this mode
                 self.hyp_attn_W.requires_grad_(False)
                 self.hyp_attn_b.requires_grad_(False)
@@ -182,7 +120,7 @@ class Uni_Sign(nn.Module):
         self.proj_linear, self.gcn_modules, self.fusion_gcn_modules = build_part_modules()
         self.mt5_tokenizer, self.mt5_model = load_mt5(settings.mt5_path or config.mt5_path, safetensors_only)
         d_model = self.mt5_model.config.d_model
-        self.pose_proj = nn.Linear(4 * 256, d_model)
+        self.pose_proj = nn.Linear(POSE_FEATURES, d_model)
         if settings.use_hyperbolic:
             smoothing_hyp = settings.label_smoothing_hyp
             self.manifold = ball
@@ -190,7 +128,7 @@ class Uni_Sign(nn.Module):
                             input_norm=settings.hyp_input_norm, soft_clip=settings.hyp_clip == "soft")
             for part in ("body", "right", "left", "face_all"):
                 setattr(self, HYP_PART_MODULES[part],
-                        hyp.HyperbolicProjection(256, settings.hyp_dim, self.manifold, **remedies))
+                        hyp.HyperbolicProjection(PART_FEATURES, settings.hyp_dim, self.manifold, **remedies))
             self.hyp_proj_text = hyp.HyperbolicProjection(d_model, settings.hyp_dim, self.manifold, **remedies)
             self.geom_loss = hyp.HyperbolicContrastiveLoss(self.manifold, smoothing_hyp)
             if settings.hyp_text_cmp == "attn":
@@ -211,13 +149,12 @@ class Uni_Sign(nn.Module):
         that turns a trained model file into a model. `source`: a model folder (script/export_model.py: nothing
         unpickled, every file checked against its SHA-256) or a `.pth` checkpoint, ours or the release's. mT5
         comes from `mt5_path`, else the folder's own, else the checkpoint's saved --mt5_path, else
-        config.mt5_path. A checkpoint without saved flags: its weights tell whether it has the hyperbolic branch.
+        config.mt5_path. The settings are read by ModelConfig.from_saved.
         read: what model_io.read_model(source) gave, if already read (its args and meta describe the run);
         complete, verbose: as model_io.load_weights."""
         read = read or model_io.read_model(source)
-        if "use_hyperbolic" not in read["args"]:
-            read["args"]["use_hyperbolic"] = any(key.startswith("hyp_proj") for key in read["state"])
-        settings = ModelConfig.from_args({**read["args"], **({"mt5_path": mt5_path} if mt5_path else {})})
+        settings = ModelConfig.from_saved(read["args"], read["state"])
+        settings.mt5_path = mt5_path or settings.mt5_path
         if not mt5_path and not read["folder"] and settings.mt5_path and not os.path.isdir(settings.mt5_path):
             settings.mt5_path = None  # the training machine's path: fall back to config.mt5_path
         safetensors_only = read["folder"] and not mt5_path
@@ -277,17 +214,15 @@ class Uni_Sign(nn.Module):
         inputs_embeds, attention_mask, part_features, _ = self.encode_pose(batch)
         labels = batch["labels"].to(inputs_embeds.device)
         outputs = self.teacher_forced(inputs_embeds, attention_mask, labels)
-        logits = outputs.logits.float()
-        ce_loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
-                                  label_smoothing=self.config.label_smoothing)
+        ce_loss = losses.translation_loss(outputs.logits, labels, self.config.label_smoothing)
         if not self.config.use_hyperbolic:
             return {"loss": ce_loss, "ce_loss": ce_loss.detach()}
 
         text_features, text_mask = self.text_features(outputs, labels)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with torch.autocast(device_type=ce_loss.device.type, enabled=False):
             hyp_loss, stats = self.hyperbolic_loss(part_features, text_features.float(), text_mask)
             alpha = self.alpha()
-            loss = alpha * ce_loss + (1.0 - alpha) * hyp_loss
+            loss = losses.blend(ce_loss, hyp_loss, alpha)
         stats.update(ce_loss=ce_loss.detach(), hyp_loss=hyp_loss.detach(), alpha=alpha.detach())
         return {"loss": loss, **stats}
 
@@ -295,14 +230,14 @@ class Uni_Sign(nn.Module):
         """Contrastive loss between pose parts and text on the ball (float32). Returns (loss, stats)."""
         ball = self.manifold
         parts, tangents = self.part_points(part_features, with_tangents=True)
-        weights = hyp.part_weights(ball, parts)  # (B, 4)
+        weights = branch.part_weights(parts, geometry=ball)  # (B, 4)
         temperature = self.geom_loss.temperature()
         unconverged = None
         if self.config.hyp_text_cmp == "token":
             tokens = self.hyp_proj_text(text_features)  # (B, L, D)
-            keys = hyp.token_keys(ball, tokens, self.hyp_attn_W, self.hyp_attn_b)
-            attention = hyp.token_attention(ball, parts, keys, text_mask, temperature)
-            context = hyp.token_context(ball, tokens, attention)  # (B, 4, D)
+            keys = ball.keys(tokens, self.hyp_attn_W, self.hyp_attn_b)
+            attention = branch.token_attention(parts, keys, text_mask, temperature, geometry=ball)
+            context = branch.token_context(tokens, attention, geometry=ball)  # (B, 4, D)
             anchors, targets = parts.flatten(0, 1), context.flatten(0, 1)
             text_points, text_points_mask = tokens, text_mask
         else:
@@ -314,18 +249,19 @@ class Uni_Sign(nn.Module):
             pair_weights = weights.shape[1] * weights.flatten()  # mean 1 over each sample's parts
         loss, positive_distances = self.geom_loss(anchors, targets, pair_weights)
         mean_weights = weights.detach().mean(dim=0)
-        stats = {"curvature": ball.c.detach(), "temperature": temperature.detach(),
+        stats = {"curvature": ball.curvature(parts), "temperature": temperature.detach(),
                  "margin": self.geom_loss.margin_base.detach(), "pos_dist": positive_distances.detach().mean()}
         stats.update({f"w_{name}": mean_weights[i] for i, name in enumerate(("body", "left", "right", "face"))})
-        stats.update(hyp.health_stats(ball, parts, tangents, weights, text_points, text_points_mask, unconverged))
+        stats.update(branch.health_stats(parts, tangents, weights, text_points, text_points_mask, unconverged,
+                                         geometry=ball))
         return loss, stats
 
     def pose_point(self, parts, weights):
         """pooled/attn modes: the parts' weighted mean on the ball, (B, D), and (B,) booleans of Fréchet
         iterations still moving at their end (None for the closed-form gyromidpoint)."""
         if self.config.hyp_midpoint == "gyro":
-            return hyp.weighted_midpoint(parts, weights, self.manifold, reducedim=[1]), None
-        return hyp.frechet_mean(parts, weights, self.manifold.c.float(), return_unconverged=True)
+            return self.manifold.mean(parts, weights, reducedim=[1]), None
+        return self.manifold.iterative_mean(parts, weights)
 
     def teacher_forced(self, inputs_embeds, attention_mask, labels):
         """mT5's teacher-forced pass on the targets; with the decoder's hidden states when they are the text
@@ -350,7 +286,7 @@ class Uni_Sign(nn.Module):
         """The four parts' points on the ball, (B, 4, hyp_dim) in PARTS order (float32); with_tangents: also
         their tangent vectors at the origin (detached, for the health statistics)."""
         tangents = [getattr(self, HYP_PART_MODULES[p]).tangent(part_features[p]) for p in PARTS]
-        points = torch.stack([hyp.expmap0(u, self.manifold) for u in tangents], dim=1)
+        points = torch.stack([self.manifold.to_space(u) for u in tangents], dim=1)
         return (points, torch.stack([u.detach() for u in tangents], dim=1)) if with_tangents else points
 
     def pooled_text_point(self, text_features, text_mask):
@@ -379,10 +315,11 @@ class Uni_Sign(nn.Module):
             parts = self.part_points(part_features)
             if self.config.hyp_text_cmp == "token":
                 uniform = text_mask.float() / text_mask.sum(dim=1, keepdim=True).clamp_min(1)
-                text = hyp.token_context(self.manifold, self.hyp_proj_text(text_features), uniform.unsqueeze(1))[:, 0]
+                text = branch.token_context(self.hyp_proj_text(text_features), uniform.unsqueeze(1),
+                                            geometry=self.manifold)[:, 0]
             else:
                 text = self.pooled_text_point(text_features, text_mask)
-            return {"parts": parts, "text": text, "weights": hyp.part_weights(self.manifold, parts)}
+            return {"parts": parts, "text": text, "weights": branch.part_weights(parts, geometry=self.manifold)}
 
     # ------------------------------------------------------------------ alpha schedule
     def set_total_updates(self, total_updates):
@@ -394,13 +331,8 @@ class Uni_Sign(nn.Module):
         self.global_step += 1
 
     def alpha(self):
-        """alpha = clamp(alpha0 + 0.1 progress + 0.2 sigmoid(loss_alpha_logit), 0.1, 1) with alpha0 = config.alpha and
-        progress in [0, 1] (0 while set_total_updates was not called). A device tensor: no host sync."""
-        if self.total_updates > 0:
-            progress = (self.global_step.float() / self.total_updates).clamp(0.0, 1.0)
-        else:
-            progress = torch.zeros((), device=self.global_step.device)
-        return (self.config.alpha + 0.1 * progress + 0.2 * torch.sigmoid(self.loss_alpha_logit.float())).clamp(0.1, 1.0)
+        """The cross-entropy's share of the loss now (losses.alpha_schedule, alpha0 = config.alpha)."""
+        return losses.alpha_schedule(self.config.alpha, self.global_step, self.total_updates, self.loss_alpha_logit)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -451,19 +383,22 @@ class Uni_Sign(nn.Module):
     # ------------------------------------------------------------------ optimizer groups
     def hyperbolic_parameters(self):
         """Parameters for Riemannian Adam (no weight decay): the attention's ManifoldParameters (token
-        mode) and the curvature `manifold.isp_c`. Empty without the hyperbolic branch."""
+        mode) and the geometry's own (the Poincaré ball's curvature `manifold.isp_c`). Empty without the hyperbolic
+        branch, and in geometries without Riemannian parameters."""
         if not self.config.use_hyperbolic:
             return []
-        params = [self.hyp_attn_W, self.hyp_attn_b, self.manifold.isp_c]
-        return [p for p in params if p.requires_grad]
+        params = [p for p in (self.hyp_attn_W, self.hyp_attn_b) if isinstance(p, geoopt.ManifoldParameter)]
+        return [p for p in params + self.manifold.riemannian_parameters() if p.requires_grad]
 
     def euclidean_param_groups(self, weight_decay):
         """AdamW groups of every other trainable parameter, each once (shared hand modules, the shared
         ball): decay on matrices and tensors, none on biases, norms and 0-d/1-d scalars."""
         riemannian = {id(p) for p in self.hyperbolic_parameters()}
         decay, no_decay = [], []
-        for _, param in self.named_parameters():  # named_parameters already removes duplicates
+        for name, param in self.named_parameters():  # named_parameters already removes duplicates
             if not param.requires_grad or id(param) in riemannian:
                 continue
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            # the attention's W starts at the identity, which decay would pull away from (Riemannian Adam, which
+            # trains it on the ball, has no decay either)
+            (no_decay if param.ndim <= 1 or name == "hyp_attn_W" else decay).append(param)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

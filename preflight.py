@@ -1,6 +1,7 @@
 """What fine_tuning.py checks before training starts, so that a set-up mistake costs no epoch: the flags
 (check_flags), every split's labels and pose files, and the output folder (preflight). Each check stops with
 one `error:` line."""
+import dataclasses
 import json
 import math
 import os
@@ -10,54 +11,29 @@ import shutil
 from tqdm import tqdm
 
 import config
+import settings
 import utils
 from datasets import BadSampleError, load_pose
 from engine import remove_stale_temporaries
 from model_io import ModelFileError, check_mt5_weights
+from settings import at_least
+from model_config import BRANCH_SETTINGS, LOSS_SETTINGS, ModelConfig
+from skeleton import POSE_NODES
+from train_config import OPTIMIZERS, TrainConfig
 
 
-def _at_least(low):
-    return lambda value: value >= low  # False for NaN
-
-
-def _finite_at_least(low):
-    return lambda value: math.isfinite(value) and value >= low
-
-
-def _between(low, high):
-    return lambda value: low <= value <= high
-
-
-# Every number flag of fine_tuning.py / pretraining.py: (flag, its argparse name, valid?, what is valid). Out of
-# range, each failed deep inside torch, DeepSpeed or transformers (a traceback), some only after an epoch of
-# training (--num_beams 0, --max_tgt_len 0), and some trained on silently (--alpha 2, --warmup-epochs -1).
-FLAG_RULES = (
-    ("--seed", "seed", lambda value: 0 <= value < 2**32, "between 0 and 2**32 - 1 (as numpy's seeds)"),
-    ("--batch_size", "batch_size", _at_least(1), "at least 1"),
-    ("--max_length", "max_length", _at_least(1), "at least 1 (frames read per video)"),
-    ("--num_workers", "num_workers", _at_least(0), "0 (load in the main process) or more"),
-    ("--num_beams", "num_beams", _at_least(1), "at least 1 (1: greedy decoding)"),
-    ("--max_tgt_len", "max_tgt_len", _at_least(1), "at least 1 (new tokens at generation)"),
-    ("--hyp_dim", "hyp_dim", _at_least(1), "at least 1 (the Poincaré ball's dimension)"),
-    ("--init_c", "init_c", lambda value: math.isfinite(value) and value > 0, "a number above 0 (the ball's curvature)"),
-    ("--alpha", "alpha", _between(0, 1), "between 0 and 1 (the cross-entropy's share of the loss)"),
-    ("--label_smoothing", "label_smoothing", _between(0, 1), "between 0 and 1"),
-    ("--label_smoothing_hyp", "label_smoothing_hyp", _between(0, 1), "between 0 and 1"),
-    ("--hyp_clip_r", "hyp_clip_r", _finite_at_least(0), "0 (no clipping) or a positive radius"),
-)
+# Every number flag of fine_tuning.py / pretraining.py: (flag, its argparse name, valid?, what is valid); the model's
+# come from models.ModelConfig's fields. Out of range, each failed deep inside torch, DeepSpeed or transformers (a
+# traceback), some only after an epoch of training (--num_beams 0, --max_tgt_len 0), and some trained on silently
+# (--alpha 2, --warmup-epochs -1).
+FLAG_RULES = settings.number_rules(TrainConfig) + (
+    ("--max_length", "max_length", at_least(1), "at least 1 (frames read per video)"),
+    ("--num_workers", "num_workers", at_least(0), "0 (load in the main process) or more"),
+    ("--num_beams", "num_beams", at_least(1), "at least 1 (1: greedy decoding)"),
+    ("--max_tgt_len", "max_tgt_len", at_least(1), "at least 1 (new tokens at generation)"),
+) + settings.number_rules(ModelConfig)
 # The same for the flags only training reads (not checked under --eval).
-TRAINING_FLAG_RULES = (
-    ("--epochs", "epochs", _at_least(1), "at least 1; to only evaluate, pass --eval"),
-    ("--gradient_accumulation_steps", "gradient_accumulation_steps", _at_least(1), "at least 1"),
-    ("--quick_break", "quick_break", _at_least(0), "0 (no cap) or a number of steps"),
-    ("--log_every", "log_every", _at_least(1), "at least 1 (steps between reads of the training values)"),
-    ("--lr", "lr", _finite_at_least(0), "a number of at least 0"),
-    ("--min-lr", "min_lr", _finite_at_least(0), "a number of at least 0"),
-    ("--hyp_lr", "hyp_lr", _finite_at_least(0), "a number of at least 0"),
-    ("--warmup-epochs", "warmup_epochs", _finite_at_least(0), "0 (no warm-up) or more"),
-    ("--weight-decay", "weight_decay", _finite_at_least(0), "a number of at least 0"),
-    ("--gradient_clipping", "gradient_clipping", _finite_at_least(0), "0 (no clipping) or a positive norm"),
-)
+TRAINING_FLAG_RULES = settings.number_rules(TrainConfig, training_only=True)
 
 
 def check_flags(args):
@@ -67,7 +43,7 @@ def check_flags(args):
     rules = FLAG_RULES + (() if args.eval else TRAINING_FLAG_RULES)
     for flag, name, valid, allowed in rules:
         value = getattr(args, name)
-        if not valid(value):
+        if value is not None and not valid(value):  # None: a setting left unset, resolved later
             utils.fail(f"{flag} must be {allowed} (got {value})")
     if not args.eval:
         if not all(0 <= beta < 1 for beta in args.opt_betas):
@@ -75,17 +51,88 @@ def check_flags(args):
         if args.min_lr > args.lr:
             utils.fail(f"--min-lr {args.min_lr} is above --lr {args.lr}: the schedule decays from --lr down to "
                        "--min-lr; lower --min-lr")
+    if args.opt.lower() not in OPTIMIZERS:
+        utils.fail(f"--opt {args.opt}: this implementation trains with {' or '.join(OPTIMIZERS)} only (the release's "
+                   "recipe); leave --opt out or pass --opt adamw")
+    args.opt = args.opt.lower()
     if args.resume and args.overwrite:
         utils.fail("--resume continues the run in --output_dir and --overwrite replaces it: pass one of them")
     if args.eval and args.resume:  # --eval returned before the resumable state was read: it scored something else
         utils.fail("--eval scores the model of --finetune and --resume continues training: to score a run, pass "
                    "--eval --finetune OUTPUT_DIR/best_checkpoint.pth (or checkpoint.pth)")
-    if args.zero_stage == 3 and args.use_hyperbolic and not args.eval:
-        utils.fail("--zero_stage 3 partitions every parameter, but Riemannian Adam needs the hyperbolic branch's "
-                   "ManifoldParameters whole: use --zero_stage 2 (or 0/1) with --use_hyperbolic")
+    if not args.finetune:  # else once the saved settings are read (model_settings)
+        check_model(ModelConfig.from_args(args), args)
     if args.rgb_support:
         utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
     check_precision(args)
+
+
+def check_model(model_config, args):
+    """Refuse a model setting that cannot take effect (ModelConfig.ineffective) and ZeRO-3 with the branch."""
+    problem = model_config.ineffective()
+    if problem:
+        utils.fail(problem)
+    unused = model_config.unused_branch_settings()
+    if unused and utils.is_main_process():
+        print(f"note: {', '.join(unused)}: the hyperbolic branch's settings, unused without --use_hyperbolic")
+    if args.zero_stage == 3 and model_config.use_hyperbolic and not args.eval:
+        utils.fail("--zero_stage 3 partitions every parameter, but Riemannian Adam needs the hyperbolic branch's "
+                   "ManifoldParameters whole: use --zero_stage 2 (or 0/1) with --use_hyperbolic")
+
+
+def model_settings(args, finetuned=None):
+    """The run's model settings, resolved once: the flags given (unset ones are None), and with --finetune the model
+    the checkpoint or folder records (ModelConfig.from_saved; `finetuned` is model_io.read_model's dict). A given
+    flag that contradicts the saved model stops in one line naming both values; fine-tuning may change the loss's
+    settings (LOSS_SETTINGS) and add the hyperbolic branch to a model without it, each said in one line."""
+    given = {name: getattr(args, name) for name in settings.defaults(ModelConfig)
+             if getattr(args, name, None) is not None}
+    if finetuned is None:
+        model_config = ModelConfig(**given)
+    else:
+        model_config = merge_saved(given, finetuned, args.finetune, args.eval)
+    check_model(model_config, args)
+    return model_config
+
+
+def merge_saved(given, finetuned, source, evaluating):
+    """The saved model's settings with the given flags that may change it (model_settings)."""
+    saved = ModelConfig.from_saved(finetuned["args"], finetuned["state"])
+    values = dataclasses.asdict(saved)
+    new_branch = bool(given.get("use_hyperbolic")) and not saved.use_hyperbolic and not evaluating
+    if new_branch:
+        values.update({name: None for name in BRANCH_SETTINGS}, use_hyperbolic=True)
+        print(f"--finetune {source}: the saved model has no hyperbolic branch; --use_hyperbolic adds one, trained "
+              "from scratch")
+    changed, unused = [], []
+    without_branch = not values["use_hyperbolic"] and not given.get("use_hyperbolic")
+    for name, value in given.items():
+        if name == "mt5_path" or (new_branch and name in BRANCH_SETTINGS):
+            values[name] = value
+        elif without_branch and name in BRANCH_SETTINGS and name != "hyp_recipe":
+            values[name] = value  # unused without the branch (check_model says so)
+        elif value != values[name] and name in LOSS_SETTINGS and evaluating:
+            # the release's eval.sh passes its training command's loss flags: they shape no prediction
+            unused.append(f"--{name} {value} (saved: {values[name]})")
+        elif value != values[name] and name in LOSS_SETTINGS:
+            changed.append(f"--{name} {value} (saved: {values[name]})")
+            values[name] = value
+        elif value != values[name]:
+            fix = ("the evaluation builds the saved model" if evaluating else
+                   "fine-tuning starts from the saved model; to train another, start without --finetune")
+            utils.fail(f"--finetune {source} was saved with {_flag_value(name, values[name])}, and this command gives "
+                       f"{_flag_value(name, value)}: leave the flag out ({fix})")
+    if changed:
+        print(f"--finetune {source}: fine-tuning with {', '.join(changed)}")
+    if unused:
+        print(f"--eval: {', '.join(unused)} only shape the training loss, so they change no score")
+    return ModelConfig(**values)
+
+
+def _flag_value(name, value):
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"no --{name}"
+    return f"--{name} {value}"
 
 
 def check_precision(args):
@@ -234,7 +281,6 @@ def check_output_dir(args):
 
 # ---------------------------------------------------------------------------- memory of a training step
 
-POSE_NODES = 9 + 21 + 21 + 18  # the body, hands and face graphs' nodes (stgcn_layers.PART_GRAPHS)
 # Values an ST-GCN block keeps for its backward per (frame, node): its 1x1 convolution's output (2 partitions),
 # the graph product, BatchNorm, ReLU, the temporal convolution and its BatchNorm, the residual's convolution and
 # BatchNorm, the sum: about 8 per output channel. Spatial blocks output 64, 128 and 256 channels, the temporal

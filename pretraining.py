@@ -13,6 +13,7 @@ import argparse
 
 import captions
 import fine_tuning
+import settings
 import utils
 
 
@@ -39,6 +40,6 @@ def resolve_captions(args):
 
 if __name__ == "__main__":
     try:
-        fine_tuning.run(resolve_captions(get_args_parser().parse_args()))
+        fine_tuning.run(resolve_captions(settings.parse_command_line(get_args_parser())))
     finally:
         utils.freeze_long_lived_objects()  # a quick exit

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import PART_INDICES
+from skeleton import PART_FEATURES, PART_INDICES, PARTS
 
 HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
               (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
@@ -16,7 +16,7 @@ BODY_EDGES = [(0, 1), (0, 2), (0, 3), (0, 4), (3, 5), (5, 7), (4, 6), (6, 8)]
 FACE_EDGES = ([(i, i + 1) for i in range(8)] + [(i, i + 1) for i in range(9, 16)] + [(16, 9)]
               + [(17, i) for i in range(17)])
 
-# part -> (nodes, edges): node v of a part is the keypoint datasets.PART_INDICES[part][v], the one list of them.
+# part -> (nodes, edges): node v of a part is the keypoint skeleton.PART_INDICES[part][v], the one list of them.
 PART_GRAPHS = {part: (len(PART_INDICES[part]), edges) for part, edges in
                (("body", BODY_EDGES), ("left", HAND_EDGES), ("right", HAND_EDGES), ("face_all", FACE_EDGES))}
 
@@ -92,13 +92,14 @@ def spatial_stack(adjacency):
     return nn.Sequential(OrderedDict([
         ("layer0_0", STGCNBlock(64, 64, adjacency, 1)),
         ("layer1_0", STGCNBlock(64, 128, adjacency, 1)),
-        ("layer2_0", STGCNBlock(128, 256, adjacency, 1)),
+        ("layer2_0", STGCNBlock(128, PART_FEATURES, adjacency, 1)),
     ]))
 
 
 def temporal_stack(adjacency):
     """`fusion_gcn_modules[part]`: layer0_0..layer0_2, 256->256 with kt = 5."""
-    return nn.Sequential(OrderedDict([(f"layer0_{i}", STGCNBlock(256, 256, adjacency, 5)) for i in range(3)]))
+    return nn.Sequential(OrderedDict([(f"layer0_{i}", STGCNBlock(PART_FEATURES, PART_FEATURES, adjacency, 5))
+                                      for i in range(3)]))
 
 
 def build_part_modules():
@@ -122,7 +123,6 @@ def build_part_modules():
 # Node of the body part whose (detached) feature is added to each other part after the spatial stack:
 # body indices are COCO 0,3,4,5,6,7,8,9,10, so -2 is the left wrist (9), -1 the right wrist (10), 0 the nose.
 BODY_ANCHOR = {"left": -2, "right": -1, "face_all": 0}
-PARTS = ("body", "left", "right", "face_all")
 
 
 def encode_parts(pose, proj_linear, gcn_modules, fusion_gcn_modules):

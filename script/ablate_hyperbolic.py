@@ -1,4 +1,5 @@
-"""Ablation of the hyperbolic branch: pose-only vs Geo-Sign token / pooled, as released vs the remedies (issue 25).
+"""Ablation of the hyperbolic branch: pose-only vs Geo-Sign token / pooled, as released vs the remedies, and the
+geometry against its controls (--configs geometry).
 
     python script/ablate_hyperbolic.py [--dataset Demo] [--seeds 2] [--epochs N] [--out DIR] [--configs NAME ...]
     python script/ablate_hyperbolic.py --quick                     # few samples and steps: what the tests run
@@ -34,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = ["--use_hyperbolic", "--hyp_text_cmp", "token"]
 POOLED = ["--use_hyperbolic", "--hyp_text_cmp", "pooled"]
 # name -> fine_tuning.py flags beyond the recipe's. A name is <mode>_<variant>; its reference is <mode>_released
-# (pose's: token_released). The *_stable and single-remedy flags come with issue 25's remedies.
+# (pose's: token_released); a geometry's (<mode>_<geometry>) is <mode>_stable, the same recipe on the Poincaré ball.
 CONFIGS = {
     "pose": [],
     "token_released": TOKEN,
@@ -46,21 +47,28 @@ CONFIGS = {
     "token_norm": TOKEN + ["--hyp_input_norm"],
     "pooled_gyro": POOLED + ["--hyp_midpoint", "gyro"],
     "token_stable_soft": TOKEN + ["--hyp_recipe", "stable", "--hyp_clip", "soft"],
-    # stable as it was before the part-weighted pairs joined it, spelled out: with --hyp_recipe stable, a knob
-    # given its released value is read as left at its default and gets the recipe's
-    "token_stable_uniform": TOKEN + ["--hyp_input_norm", "--hyp_scale", "meru", "--hyp_clip_r", "2.0",
-                                     "--hyp_midpoint", "gyro"],
+    # stable as it was before the part-weighted pairs joined it (an explicit flag wins over the recipe)
+    "token_stable_uniform": TOKEN + ["--hyp_recipe", "stable", "--hyp_pair_weights", "uniform"],
 }
+# Is it the geometry? The stable recipe's settings (all apply to every space) in Lorentz space and in the two
+# controls without negative curvature.
+GEOMETRY_CONTROLS = ("lorentz", "euclidean", "sphere")
+CONFIGS.update({f"{mode}_{space}": flags + ["--hyp_recipe", "stable", "--hyp_geometry", space]
+                for mode, flags in (("token", TOKEN), ("pooled", POOLED)) for space in GEOMETRY_CONTROLS})
 DEFAULT_CONFIGS = ("pose", "token_released", "token_stable", "pooled_released", "pooled_stable")
+# --configs NAME of a set runs all of its configurations (and their references).
+CONFIG_SETS = {"default": DEFAULT_CONFIGS,
+               "geometry": ("pose", "token_stable", *(f"token_{space}" for space in GEOMETRY_CONTROLS),
+                            "pooled_stable", *(f"pooled_{space}" for space in GEOMETRY_CONTROLS))}
 # The training recipe per dataset: Demo is script/demo.sh's, CSL_Daily the paper's (script/train_paper.sh) in one
-# process. Decoder text features for every configuration (the pose-only model ignores the hyp flags).
+# process; `branch`: the hyperbolic branch's flags, given to the configurations that have it (decoder text features).
 RECIPES = {
     "Demo": dict(epochs=7, flags=["--task", "SLT", "--batch_size", "8", "--lr", "1e-3", "--warmup-epochs", "1",
-                                  "--min-lr", "1e-5", "--num_workers", "0", "--num_beams", "4", "--max_tgt_len", "40",
-                                  "--alpha", "0.7", "--hyp_text_emb_src", "decoder"]),
+                                  "--min-lr", "1e-5", "--num_workers", "0", "--num_beams", "4", "--max_tgt_len", "40"],
+                 branch=["--alpha", "0.7", "--hyp_text_emb_src", "decoder"]),
     "CSL_Daily": dict(epochs=40, flags=["--task", "SLT", "--batch_size", "8", "--gradient_accumulation_steps", "8",
-                                        "--lr", "3e-5", "--warmup-epochs", "5", "--min-lr", "1e-6", "--init_c", "1.5",
-                                        "--hyp_lr", "1e-3", "--alpha", "0.7", "--hyp_text_emb_src", "decoder"]),
+                                        "--lr", "3e-5", "--warmup-epochs", "5", "--min-lr", "1e-6", "--hyp_lr", "1e-3"],
+                      branch=["--init_c", "1.5", "--alpha", "0.7", "--hyp_text_emb_src", "decoder"]),
 }
 FIRST_SEED = 42  # demo.sh's and the paper's; the k-th seed is FIRST_SEED + k
 # --quick: dev and test cut to QUICK_SAMPLES each, QUICK_STEPS training steps an epoch, a short beam search.
@@ -84,8 +92,10 @@ def get_args_parser():
     p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (Demo 7, CSL_Daily 40)")
     p.add_argument("--out", default=os.path.join("out", "ablation"), help="folder of the runs and the tables")
     p.add_argument("--configs", nargs="+", default=["default"],
-                   help=f"configurations to run ('default': {' '.join(DEFAULT_CONFIGS)}; more: "
-                        f"{' '.join(n for n in CONFIGS if n not in DEFAULT_CONFIGS)}); each one's reference runs too")
+                   help="configurations or sets to run ("
+                        f"{'; '.join(f'{k}: ' + ' '.join(v) for k, v in CONFIG_SETS.items())}"
+                        f"; more: {' '.join(n for n in CONFIGS if n not in DEFAULT_CONFIGS)}); each one's reference "
+                        "runs too")
     p.add_argument("--quick", action="store_true", help=f"dev/test cut to {QUICK_SAMPLES} samples, {QUICK_STEPS} "
                                                         "steps an epoch, 2 epochs unless --epochs")
     p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
@@ -99,17 +109,23 @@ def get_args_parser():
 
 def reference_of(name):
     """The configuration `name` is compared with: its mode's released one (pose: token_released); None for those."""
-    reference = "token_released" if name == "pose" else name.split("_")[0] + "_released"
+    mode, _, variant = name.partition("_")
+    if name == "pose":
+        return "token_released"
+    reference = f"{mode}_stable" if variant in GEOMETRY_CONTROLS else f"{mode}_released"
     return None if reference == name else reference
 
 
 def chosen_configs(names):
-    """--configs expanded ('default' -> DEFAULT_CONFIGS) with each one's reference, in CONFIGS order."""
-    unknown = [n for n in names if n != "default" and n not in CONFIGS]
+    """--configs expanded (a set of CONFIG_SETS -> its configurations) with each one's reference, and the reference's
+    reference, in CONFIGS order."""
+    unknown = [n for n in names if n not in CONFIG_SETS and n not in CONFIGS]
     if unknown:
-        utils.fail(f"--configs: unknown configuration {unknown[0]!r}; choose from default {' '.join(CONFIGS)}")
-    wanted = {n for name in names for n in (DEFAULT_CONFIGS if name == "default" else (name,))}
-    wanted |= {reference_of(n) for n in wanted if reference_of(n)}
+        utils.fail(f"--configs: unknown configuration {unknown[0]!r}; choose from {' '.join(CONFIG_SETS)} "
+                   f"{' '.join(CONFIGS)}")
+    wanted = {n for name in names for n in CONFIG_SETS.get(name, (name,))}
+    for _ in range(2):
+        wanted |= {reference_of(n) for n in wanted if reference_of(n)}
     return [n for n in CONFIGS if n in wanted]
 
 
@@ -158,7 +174,9 @@ def data_flags(args):
 
 def fine_tuning_command(args, name, seed, output_dir, finetune):
     """`python fine_tuning.py` with the recipe, the data, the configuration's flags and the run's seed."""
-    return [sys.executable, "fine_tuning.py", "--dataset", args.dataset, *RECIPES[args.dataset]["flags"],
+    recipe = RECIPES[args.dataset]
+    branch = recipe["branch"] if "--use_hyperbolic" in CONFIGS[name] else []
+    return [sys.executable, "fine_tuning.py", "--dataset", args.dataset, *recipe["flags"], *branch,
             *(QUICK_FLAGS if args.quick else []), *data_flags(args), *CONFIGS[name],
             *(["--finetune", finetune] if finetune else []), "--epochs", str(args.epochs), "--seed", str(seed),
             "--output_dir", output_dir, "--overwrite"]
@@ -222,7 +240,7 @@ def train_and_score(args, name, seed, run):
               "test_predictions": os.path.join(predictions_dir, "test_tmp_pres.txt"),
               "test_references": os.path.join(predictions_dir, "test_tmp_refs.txt"),
               "hyp": {k[len("train_"):]: v for k, v in records[-1].items() if k.startswith("train_hyp_")}}
-    if "--use_hyperbolic" in CONFIGS[name]:
+    if "--use_hyperbolic" in CONFIGS[name] and "--hyp_geometry" not in CONFIGS[name]:  # a plot of the ball
         drawn = os.path.join(run_dir, "embeddings", "poincare_disk.png")
         result["plot"] = drawn if reused and os.path.isfile(drawn) else plot_embeddings(args, name, seed, run_dir, run)
     return result

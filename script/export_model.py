@@ -18,13 +18,13 @@ import json
 import os
 
 import model_io
+import settings
 import utils
 from models import Uni_Sign
+from train_config import TrainConfig
 
 # The run settings worth telling in the card (when the checkpoint saved them).
-TRAINING_KEYS = ("dataset", "task", "epochs", "batch_size", "gradient_accumulation_steps", "lr", "min_lr",
-                 "warmup_epochs", "weight_decay", "gradient_clipping", "dtype", "zero_stage", "seed", "max_length",
-                 "finetune", "hyp_lr")
+TRAINING_KEYS = ("dataset", "task", "max_length", "finetune") + settings.recorded(TrainConfig)
 DATASET_NAMES = {"CSL_Daily": "CSL-Daily", "CSL_News": "CSL-News", "How2Sign": "How2Sign", "OpenASL": "OpenASL",
                  "WLASL": "WLASL", "Demo": "Geo-Sign demo (synthetic poses, CSL-Daily sentences)"}
 SCORE_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "rouge": "ROUGE-L",

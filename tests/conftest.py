@@ -1,6 +1,7 @@
 """Shared fixtures: the demo (tiny mT5, tokenizer, CSL-Daily-format data) and the training runs several test
 files read, each built once per test session (once in all, with several pytest-xdist workers)."""
 import gzip
+import inspect
 import json
 import os
 import pickle
@@ -147,7 +148,29 @@ def token_run(tiny_demo, tmp_path_factory):
     return Path(built_once(tmp_path_factory, "token_run", train))
 
 
+# Fixtures that train a model, and what a test's own code calls to start a process or train: a test using either is
+# marked e2e, so that `-m "not slow and not e2e"` is the quick unit tier of the edit-test loop.
+TRAINING_FIXTURES = {"token_run", "deepspeed_run", "exported", "short_sentence_demo"}
+E2E_CALLS = ("sys.executable", "subprocess.", "fine_tuning.run(", "fine_tuning.main(", "ablate_hyperbolic.main(",
+             "A.main(", "check_ok(", "Engine(", "train_one_epoch(")
+
+
+def starts_processes_or_trains(item):
+    if TRAINING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in E2E_CALLS)
+
+
 def pytest_collection_modifyitems(items):
-    """The tests marked slow first (a minute or two each): with several pytest-xdist workers, the longest ones
-    then start at once instead of one worker finishing them alone while the other idles."""
+    """Mark the tests that start processes or train `e2e`; then the tests marked slow first (a minute or two each):
+    with several pytest-xdist workers, the longest ones then start at once instead of one worker finishing them
+    alone while the other idles."""
+    for item in items:
+        if starts_processes_or_trains(item):
+            item.add_marker(pytest.mark.e2e)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -13,8 +13,7 @@ import SLRT_metrics
 import utils
 from e2e import run
 
-# Explicit, so that the test runs what exists on every branch: the *_stable and single-remedy configurations
-# need issue 25's flags in fine_tuning.py.
+# The two configurations every ablation has (pose-only and the released branch): quick enough for a test.
 TEST_CONFIGS = ["pose", "token_released"]
 
 
@@ -129,7 +128,12 @@ def test_configurations_bring_their_reference():
     assert A.chosen_configs(["default"]) == list(A.DEFAULT_CONFIGS)
     assert A.chosen_configs(["token_clip"]) == ["token_released", "token_clip"]
     assert A.chosen_configs(["pose", "pooled_gyro"]) == ["pose", "token_released", "pooled_released", "pooled_gyro"]
-    assert {A.reference_of(n) for n in A.CONFIGS} == {None, "token_released", "pooled_released"}
+    assert {A.reference_of(n) for n in A.CONFIGS} == {None, "token_released", "pooled_released", "token_stable",
+                                                      "pooled_stable"}
+    geometry = A.chosen_configs(["geometry"])  # each control beside the same recipe on the ball, and pose
+    assert {"pose", "token_stable", "token_lorentz", "token_euclidean", "token_sphere", "pooled_stable",
+            "pooled_lorentz", "token_released", "pooled_released"} <= set(geometry)
+    assert A.reference_of("token_sphere") == "token_stable" and A.reference_of("pooled_lorentz") == "pooled_stable"
     assert all(A.reference_of(n) is None for n in A.CONFIGS if n.endswith("_released"))
 
 
@@ -140,14 +144,18 @@ def test_every_configuration_builds_the_model_its_name_says():
     def config(name):
         return ModelConfig.from_args(fine_tuning.get_args_parser().parse_args(A.CONFIGS[name]))
 
+    token_recipe = {**STABLE_RECIPE, "hyp_midpoint": "frechet"}  # token mode takes no midpoint
     stable = {k: getattr(config("token_stable"), k) for k in STABLE_RECIPE}
-    assert stable == STABLE_RECIPE
-    # stable before the part-weighted pairs: every other knob of the recipe, spelled out
+    assert stable == token_recipe
+    # stable before the part-weighted pairs: the recipe with an explicit flag, which wins
     uniform = {k: getattr(config("token_stable_uniform"), k) for k in STABLE_RECIPE}
-    assert uniform == {**STABLE_RECIPE, "hyp_pair_weights": "uniform"}
+    assert uniform == {**token_recipe, "hyp_pair_weights": "uniform"}
+    assert config("pooled_stable").hyp_midpoint == "gyro"
     assert config("token_stable_soft").hyp_clip == "soft" and config("pose").use_hyperbolic is False
     for name in A.CONFIGS:
         assert config(name).hyp_text_cmp == ("pooled" if name.startswith("pooled") else "token")
+        assert config(name).ineffective() is None, name
+    assert config("token_lorentz").hyp_geometry == "lorentz" and config("token_lorentz").hyp_clip_r == 2.0
 
 
 @pytest.mark.parametrize("flags,expected", [

@@ -244,7 +244,7 @@ def test_batchnorm_statistics_stay_float32_under_bf16():
 def test_resume_restores_both_optimizers_and_the_counter(tmp_path):
     eng = build()
     train(eng)
-    eng.save(str(tmp_path), epoch=0, best=1.5, improved=True)
+    eng.save(str(tmp_path), epoch=0, best_score=1.5, is_best=True)
     train(eng, steps=1)
     after = {k: v.clone() for k, v in engine.model_state_dict(eng.ds).items()}
 
@@ -266,7 +266,7 @@ def scaled_tanh(x: torch.Tensor, k: torch.Tensor):
 
 def test_scripted_functions_give_the_same_gradients_from_their_first_call():
     """The resumed runs of the hyperbolic branch drifted from uninterrupted ones (~2e-5 relative in train_pos_dist
-    by the second epoch, issue 24 item 8): TorchScript's executor profiles a scripted function's first call and then
+    by the second epoch): TorchScript's executor profiles a scripted function's first call and then
     runs an optimised graph with its own autodiff, so a fresh process (the resumed one) computed its first steps'
     gradients of the geometry differently. After utils.set_seed every call computes the same ones."""
     previous = torch._C._get_graph_executor_optimize()
@@ -314,10 +314,10 @@ def test_resume_restores_the_accelerators_random_generator(tmp_path, monkeypatch
     from deepspeed.accelerator import get_accelerator
     eng = build()
     (tmp_path / "old").mkdir(), (tmp_path / "new").mkdir()
-    eng.save(str(tmp_path / "old"), epoch=0, best=1.0, improved=True)  # on the CPU: no device generator
+    eng.save(str(tmp_path / "old"), epoch=0, best_score=1.0, is_best=True)  # on the CPU: no device generator
     gpu = FakeGPU(get_accelerator(), torch.arange(16, dtype=torch.uint8))
     monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: gpu)
-    eng.save(str(tmp_path / "new"), epoch=0, best=1.0, improved=True)
+    eng.save(str(tmp_path / "new"), epoch=0, best_score=1.0, is_best=True)
     saved = engine.load_trusted(tmp_path / "new" / "deepspeed" / "epoch0" / "mp_rank_00_model_states.pt")
     assert torch.equal(saved["rng"][0]["accelerator"]["state"], gpu.state)
 
@@ -340,7 +340,7 @@ class Planted:
 def test_planted_pickle_in_the_resumable_state_is_refused(tmp_path, victim):
     eng = build()
     train(eng, steps=1)
-    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    eng.save(str(tmp_path), epoch=0, best_score=1.0, is_best=True)
     path = tmp_path / "deepspeed" / "epoch0" / victim
     assert path.is_file()
     marker = tmp_path / "marker"
@@ -360,7 +360,7 @@ def test_planted_pickle_in_the_resumable_state_is_refused(tmp_path, victim):
 
 def test_resume_with_another_model_names_the_flags(tmp_path):
     eng = build()
-    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    eng.save(str(tmp_path), epoch=0, best_score=1.0, is_best=True)
     with pytest.raises(engine.CheckpointError) as refused:
         build(use_hyperbolic=False).resume(str(tmp_path))
     err = str(refused.value)
@@ -369,7 +369,7 @@ def test_resume_with_another_model_names_the_flags(tmp_path):
 
 def test_resume_without_a_complete_deepspeed_state_says_so(tmp_path):
     eng = build()
-    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    eng.save(str(tmp_path), epoch=0, best_score=1.0, is_best=True)
     os.remove(tmp_path / "deepspeed" / "latest")  # as when killed during the first DeepSpeed save
     with pytest.raises(engine.CheckpointError) as refused:
         build().resume(str(tmp_path))
@@ -383,7 +383,7 @@ def test_resume_without_a_complete_deepspeed_state_says_so(tmp_path):
 def test_save_keeps_only_the_newest_state_and_an_atomic_latest(tmp_path):
     eng = build()
     for epoch in range(3):
-        eng.save(str(tmp_path), epoch=epoch, best=1.0, improved=epoch == 0)
+        eng.save(str(tmp_path), epoch=epoch, best_score=1.0, is_best=epoch == 0)
     ds_dir = tmp_path / "deepspeed"
     assert sorted(name for name in os.listdir(ds_dir) if name.startswith("epoch")) == ["epoch2"]
     assert (ds_dir / "latest").read_text() == "epoch2"
@@ -425,7 +425,7 @@ def test_full_disk_names_the_file_and_keeps_the_earlier_checkpoint(tmp_path, mon
 
 def test_full_disk_during_the_deepspeed_save_keeps_the_previous_state(tmp_path, monkeypatch):
     eng = build()
-    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    eng.save(str(tmp_path), epoch=0, best_score=1.0, is_best=True)
     real_save = torch.save
 
     def full_disk_for_deepspeed(obj, f, *args, **kwargs):
@@ -436,7 +436,7 @@ def test_full_disk_during_the_deepspeed_save_keeps_the_previous_state(tmp_path, 
 
     monkeypatch.setattr(torch, "save", full_disk_for_deepspeed)
     with pytest.raises(model_io.CheckpointError, match="disk is full"):
-        eng.save(str(tmp_path), epoch=1, best=1.0, improved=False)
+        eng.save(str(tmp_path), epoch=1, best_score=1.0, is_best=False)
     monkeypatch.setattr(torch, "save", real_save)
     ds_dir = tmp_path / "deepspeed"
     assert sorted(n for n in os.listdir(ds_dir) if n.startswith(("epoch", "latest"))) == ["epoch0", "latest"]
@@ -446,7 +446,7 @@ def test_full_disk_during_the_deepspeed_save_keeps_the_previous_state(tmp_path, 
 
 def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
     eng = build()
-    eng.save(str(tmp_path), epoch=0, best=1.0, improved=True)
+    eng.save(str(tmp_path), epoch=0, best_score=1.0, is_best=True)
     real_save = torch.save
 
     def interrupted(obj, f, *args, **kwargs):
@@ -457,7 +457,7 @@ def test_sigterm_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(model_io.torch, "save", interrupted)
     with pytest.raises(engine.Stopped, match="SIGTERM"), engine.stop_on_signals():
-        eng.save(str(tmp_path), epoch=1, best=1.0, improved=False)
+        eng.save(str(tmp_path), epoch=1, best_score=1.0, is_best=False)
     monkeypatch.setattr(model_io.torch, "save", real_save)
     assert sorted(os.listdir(tmp_path)) == ["best_checkpoint.pth", "checkpoint.pth", "deepspeed"]
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
@@ -555,8 +555,8 @@ def test_stopped_then_resumed_run_equals_an_uninterrupted_one(resume_demo, tmp_p
     """Stopped at epoch 1's first step, resumed, with the hyperbolic branch: the two epochs after the resume log
     what an uninterrupted run logs, bit for bit, and the last weights are the same. What made them differ: the
     persistent dev/test loaders drew their workers' seed from the global generator when they first started (epoch
-    0 in one run, the resumed epoch in the other; issue 24 item 9), and TorchScript optimised the geometry's
-    scripted functions after their first calls, which the resumed process made again (item 8)."""
+    0 in one run, the resumed epoch in the other), and TorchScript optimised the geometry's
+    scripted functions after their first calls, which the resumed process made again."""
     def args(out):
         return base_args(resume_demo, out, epochs=3, steps=2) + ["--num_workers", str(workers)]
     check_ok(run([sys.executable, "fine_tuning.py", *args(tmp_path / "whole")]))

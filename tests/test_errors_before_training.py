@@ -1,4 +1,4 @@
-"""fine_tuning.py on bad flags and files it can check up front (issue 12): each stops with exit code 1 and one
+"""fine_tuning.py on bad flags and files it can check up front: each stops with exit code 1 and one
 `error:` line that names the flag or file, before any training: number flags out of range, an output folder that
 cannot be written or holds an earlier run (never overwritten by accident), missing, corrupt or empty splits,
 sentence labels under --task ISLR, broken or unsafe mT5 folders. (Errors met while a job runs:

@@ -1,4 +1,4 @@
-"""fine_tuning.py meeting errors while a job runs (issue 12): a bad pose file read by a worker, an epoch with no
+"""fine_tuning.py meeting errors while a job runs: a bad pose file read by a worker, an epoch with no
 readable sample, running out of accelerator memory or disk, each one line with exit code 1 and nothing
 half-written; several processes with --skip_bad_samples or ZeRO-3 evaluation finish and score like one.
 (Flags and files checked before training: test_errors_before_training.py.)"""

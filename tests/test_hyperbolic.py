@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import branch
 import hyperbolic as hyp
 
 HOST_SYNC_OPS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
@@ -33,30 +34,30 @@ def random_points(ball, *shape, scale=0.3, dtype=torch.float64, seed=0):
 
 @pytest.fixture
 def ball64():
-    return geoopt.PoincareBall(c=1.3).double()
+    return hyp.Poincare(c=1.3, learnable=False).double()
 
 
 def test_closed_forms_match_geoopt(ball64):
     x, y = random_points(ball64, 5, 16, seed=1), random_points(ball64, 5, 16, seed=2)
     u = torch.randn(5, 16, dtype=torch.float64) * 0.5
     c = ball64.c
-    torch.testing.assert_close(hyp.logmap(x, y, c), ball64.logmap(x, y))
-    torch.testing.assert_close(hyp.expmap(x, u, c), ball64.expmap(x, u))
-    torch.testing.assert_close(hyp.mobius_add(x, y, c), ball64.mobius_add(x, y))
-    torch.testing.assert_close(hyp.expmap(x, hyp.logmap(x, y, c), c), y)
+    torch.testing.assert_close(hyp.logmap(x, y, c=c), ball64.logmap(x, y))
+    torch.testing.assert_close(hyp.expmap(x, u, c=c), ball64.expmap(x, u))
+    torch.testing.assert_close(hyp.mobius_add(x, y, c=c), ball64.mobius_add(x, y))
+    torch.testing.assert_close(hyp.expmap(x, hyp.logmap(x, y, c=c), c=c), y)
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-5), (torch.float32, 2e-2)])
 @pytest.mark.parametrize("scale", [0.1, 0.5, 3.0])
 def test_pairwise_distance_matches_geoopt(dtype, tolerance, scale):
     """Against geoopt's dist in float64 (float32 near the boundary loses about 1e-2 either way)."""
-    ball = geoopt.PoincareBall(c=1.3).to(dtype)
+    ball = hyp.Poincare(c=1.3, learnable=False).to(dtype)
     x = random_points(ball, 3, 4, 64, scale=scale, dtype=dtype)
     y = random_points(ball, 3, 7, 64, scale=scale, dtype=dtype, seed=1)
     y[:, 0] = x[:, 0]  # coincident points: distance 0, finite gradient
     y[:, 1] = ball.expmap(x[:, 1], torch.randn(3, 64, dtype=dtype) * 1e-3)
     x.requires_grad_()
-    distances = hyp.pairwise_dist(x, y, ball.c)
+    distances = hyp.pairwise_dist(x, y, c=ball.c)
     exact = ball.double().dist(x.detach().double().unsqueeze(2), y.double().unsqueeze(1))
     torch.testing.assert_close(distances.double(), exact, atol=tolerance, rtol=0)
     if dtype == torch.float32:
@@ -71,7 +72,7 @@ def test_frechet_mean_of_two_points_is_their_geodesic_midpoint(ball64):
     points = random_points(ball64, 6, 2, 32, scale=0.6)
     x, y = points[:, 0], points[:, 1]
     weights = torch.full((6, 2), 0.5, dtype=torch.float64)
-    mean = hyp.frechet_mean(points, weights, ball64.c)
+    mean = hyp.frechet_mean(points, weights, c=ball64.c)
     midpoint = ball64.expmap(x, 0.5 * ball64.logmap(x, y))
     torch.testing.assert_close(mean, midpoint)
     torch.testing.assert_close(ball64.dist(mean, x), ball64.dist(mean, y))
@@ -83,7 +84,7 @@ def test_frechet_mean_with_one_hot_weights_returns_that_point(ball64):
     points = random_points(ball64, 3, 4, 16, scale=0.8)
     for part in range(4):
         weights = F.one_hot(torch.full((3,), part), 4).double()
-        torch.testing.assert_close(hyp.frechet_mean(points, weights, ball64.c), points[:, part])
+        torch.testing.assert_close(hyp.frechet_mean(points, weights, c=ball64.c), points[:, part])
 
 
 @pytest.mark.parametrize("scale", [0.1, 0.5])
@@ -91,24 +92,24 @@ def test_frechet_mean_reaches_the_tolerance_and_is_stationary(scale):
     """Part points at moderate spreads (mean norm ~0.1 and ~0.45): every sample meets the stopping rule
     within the 50 iterations (more iterations change nothing), the weighted sum of log maps (the
     Riemannian gradient) nearly vanishes, and the result matches a long float64 run."""
-    ball = geoopt.PoincareBall(c=1.0)
+    ball = hyp.Poincare(c=1.0, learnable=False)
     points = random_points(ball, 64, 4, 64, scale=scale / 8, dtype=torch.float32, seed=3)
     weights = torch.softmax(torch.randn(64, 4, generator=torch.Generator().manual_seed(4)), dim=-1)
     c = ball.c.detach()
-    mean = hyp.frechet_mean(points, weights, c)
-    assert torch.equal(mean, hyp.frechet_mean(points, weights, c, max_iter=200))
-    gradient = (weights.unsqueeze(-1) * hyp.logmap(mean.unsqueeze(1), points, c)).sum(dim=1)
+    mean = hyp.frechet_mean(points, weights, c=c)
+    assert torch.equal(mean, hyp.frechet_mean(points, weights, c=c, max_iter=200))
+    gradient = (weights.unsqueeze(-1) * hyp.logmap(mean.unsqueeze(1), points, c=c)).sum(dim=1)
     assert gradient.norm(dim=-1).max() < 1e-4
-    reference = hyp.frechet_mean(points.double(), weights.double(), c.double(), max_iter=300, tol=0.0)
+    reference = hyp.frechet_mean(points.double(), weights.double(), c=c.double(), max_iter=300, tol=0.0)
     assert (mean.double() - reference).norm(dim=-1).max() < 1e-4
 
 
 def test_frechet_iterations_never_sync_with_the_host():
-    ball = geoopt.PoincareBall(c=1.0)
+    ball = hyp.Poincare(c=1.0, learnable=False)
     points = random_points(ball, 4, 4, 32, dtype=torch.float32).requires_grad_()
     weights = torch.softmax(torch.randn(4, 4), dim=-1)
     with HostSyncRecorder() as recorder:
-        hyp.frechet_mean(points, weights, ball.c).sum().backward()
+        hyp.frechet_mean(points, weights, c=ball.c).sum().backward()
     assert recorder.calls == []
     with HostSyncRecorder() as recorder:  # the recorder does see geoopt's host-side branch on the curvature
         ball.dist0(points)
@@ -116,11 +117,11 @@ def test_frechet_iterations_never_sync_with_the_host():
 
 
 def test_token_attention_is_a_distribution_over_real_tokens_only():
-    ball = geoopt.PoincareBall(c=1.0)
+    ball = hyp.Poincare(c=1.0, learnable=False)
     parts = random_points(ball, 3, 4, 8, dtype=torch.float32)
     keys = random_points(ball, 3, 6, 8, seed=5, dtype=torch.float32)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
-    attention = hyp.token_attention(ball, parts, keys, mask, torch.tensor(0.7))
+    attention = branch.token_attention(parts, keys, mask, torch.tensor(0.7), geometry=ball)
     assert attention.shape == (3, 4, 6)
     torch.testing.assert_close(attention.sum(-1), torch.ones(3, 4))
     assert (attention.masked_select(~mask.unsqueeze(1).expand_as(attention)) == 0).all()
@@ -133,24 +134,25 @@ def test_token_context_is_the_weighted_gyromidpoint_over_tokens(ball64):
     tokens = random_points(ball64, 2, 5, 16, scale=0.3)
     one_hot = F.one_hot(torch.tensor([[0, 3, 4, 1], [2, 2, 0, 4]]), 5).double()  # (B, P=4, L=5)
     chosen = tokens[torch.arange(2)[:, None], one_hot.argmax(-1)]
-    torch.testing.assert_close(hyp.token_context(ball64, tokens, one_hot), chosen)
+    torch.testing.assert_close(branch.token_context(tokens, one_hot, geometry=ball64), chosen)
     halves = torch.zeros(2, 4, 5, dtype=torch.float64)
     halves[..., 1] = halves[..., 3] = 0.5
     midpoint = ball64.expmap(tokens[:, 1], 0.5 * ball64.logmap(tokens[:, 1], tokens[:, 3]))
-    torch.testing.assert_close(hyp.token_context(ball64, tokens, halves), midpoint.unsqueeze(1).expand(2, 4, 16))
+    torch.testing.assert_close(branch.token_context(tokens, halves, geometry=ball64), midpoint.unsqueeze(1).expand(2, 4, 16))
     # A padded token with weight 0 changes nothing, whatever its value.
     weights = torch.softmax(torch.randn(2, 4, 5, dtype=torch.float64), -1)
     weights[..., -1] = 0
     weights = weights / weights.sum(-1, keepdim=True)
     changed = tokens.clone()
     changed[:, -1] = random_points(ball64, 2, 16, seed=9)
-    torch.testing.assert_close(hyp.token_context(ball64, tokens, weights), hyp.token_context(ball64, changed, weights))
-    torch.testing.assert_close(hyp.token_context(ball64, tokens, weights),
-                               hyp.token_context(ball64, tokens[:, :4], weights[..., :4]))
+    torch.testing.assert_close(branch.token_context(tokens, weights, geometry=ball64),
+                               branch.token_context(changed, weights, geometry=ball64))
+    torch.testing.assert_close(branch.token_context(tokens, weights, geometry=ball64),
+                               branch.token_context(tokens[:, :4], weights[..., :4], geometry=ball64))
 
 
 def test_contrastive_loss_equals_a_direct_computation():
-    ball = geoopt.PoincareBall(c=0.8)
+    ball = hyp.Poincare(c=0.8, learnable=False)
     loss_module = hyp.HyperbolicContrastiveLoss(ball, label_smoothing=0.2)
     with torch.no_grad():
         loss_module.temp.fill_(-0.4)
@@ -169,10 +171,10 @@ def test_contrastive_loss_equals_a_direct_computation():
 
 
 def test_part_weights_are_a_softmax_of_the_distance_to_the_origin():
-    ball = geoopt.PoincareBall(c=1.0)
+    ball = hyp.Poincare(c=1.0, learnable=False)
     parts = random_points(ball, 3, 4, 8, scale=0.5, dtype=torch.float32)
     expected = torch.softmax(2 * torch.atanh(parts.norm(dim=-1)), dim=-1)
-    torch.testing.assert_close(hyp.part_weights(ball, parts), expected)
+    torch.testing.assert_close(branch.part_weights(parts, geometry=ball), expected)
 
 
 def test_masked_mean_and_softmax():
@@ -226,16 +228,17 @@ def test_finite_under_bf16_autocast(token_model):
 
 
 def test_finite_for_points_at_the_boundary():
-    ball = geoopt.PoincareBall(c=1.0, learnable=True)
+    ball = hyp.Poincare(c=1.0, learnable=True)
     direction = F.normalize(torch.randn(2, 4, 16), dim=-1)
     parts = (direction * (1 - 1e-6)).requires_grad_()
     tokens = (F.normalize(torch.randn(2, 5, 16), dim=-1) * (1 - 1e-6)).requires_grad_()
-    weight, bias = hyp.make_attention_parameters(16, ball)
+    weight, bias = ball.attention_parameters(16)
     loss_module = hyp.HyperbolicContrastiveLoss(ball)
     mask = torch.ones(2, 5, dtype=torch.bool)
-    keys = hyp.token_keys(ball, tokens, weight, bias)
-    context = hyp.token_context(ball, tokens, hyp.token_attention(ball, parts, keys, mask, loss_module.temperature()))
-    mean = hyp.frechet_mean(parts, hyp.part_weights(ball, parts), ball.c)
+    keys = ball.keys(tokens, weight, bias)
+    context = branch.token_context(
+        tokens, branch.token_attention(parts, keys, mask, loss_module.temperature(), geometry=ball), geometry=ball)
+    mean = hyp.frechet_mean(parts, branch.part_weights(parts, geometry=ball), c=ball.c)
     loss = loss_module(parts.flatten(0, 1), context.flatten(0, 1))[0] + loss_module(mean, context[:, 0])[0]
     loss.backward()
     assert torch.isfinite(loss)
@@ -244,11 +247,11 @@ def test_finite_for_points_at_the_boundary():
 
 
 GEOOPT_FORMS = {  # our sync-free function -> the geoopt method it replaces, called the way the model calls them
-    "expmap0": (lambda ball, x, w, m: hyp.expmap0(x, ball), lambda ball, x, w, m: ball.expmap0(x, dim=-1, project=True)),
-    "dist0": (lambda ball, x, w, m: hyp.dist0(x, ball), lambda ball, x, w, m: ball.dist0(x, dim=-1)),
-    "mobius_matvec": (lambda ball, x, w, m: hyp.mobius_matvec(m, x, ball),
+    "expmap0": (lambda ball, x, w, m: ball.to_space(x), lambda ball, x, w, m: ball.expmap0(x, dim=-1, project=True)),
+    "dist0": (lambda ball, x, w, m: ball.origin_distance(x), lambda ball, x, w, m: ball.dist0(x, dim=-1)),
+    "mobius_matvec": (lambda ball, x, w, m: ball.matvec(m, x),
                       lambda ball, x, w, m: ball.mobius_matvec(m, x, dim=-1)),
-    "weighted_midpoint": (lambda ball, x, w, m: hyp.weighted_midpoint(x, w, ball, reducedim=[1]),
+    "weighted_midpoint": (lambda ball, x, w, m: ball.mean(x, w, reducedim=[1]),
                           lambda ball, x, w, m: ball.weighted_midpoint(x, w, reducedim=[1], dim=-1)),
 }
 
@@ -264,7 +267,7 @@ def test_sync_free_forms_equal_geoopt_bit_for_bit_with_gradients(name, dtype, c,
     results = []
     for fn in (ours, theirs):
         gen = torch.Generator().manual_seed(seed)
-        ball = geoopt.PoincareBall(c=c, learnable=True).to(dtype)
+        ball = hyp.Poincare(c=c, learnable=True).to(dtype)
         scale = torch.tensor([0.2, 1.0, 30.0], dtype=dtype).repeat_interleave(2)
         x = (torch.randn(6, 4, 8, generator=gen, dtype=dtype) * scale[:, None, None])
         if name != "expmap0":

@@ -1,5 +1,5 @@
 """preflight.check_step_memory: a training step too large for the machine is refused before training, in one line
-naming the flags that lower it (was: killed by the kernel at 23.6 GB without a word, issue 24 item 13)."""
+naming the flags that lower it (was: killed by the kernel at 23.6 GB without a word)."""
 import json
 import sys
 from types import SimpleNamespace
