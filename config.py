@@ -74,8 +74,23 @@ pose_dirs = {
     "Captions": _p("dataset", "Captions"),
 }
 
-# RGB frames are not used by the pose-only model; kept so --rgb_support reports a clear error.
-rgb_dirs = {name: _p("dataset", name, "frames") for name in pose_dirs}
+# Where a missing file comes from: the line that reports it names this (the README's "Using real data" says more).
+UNI_SIGN_HUB = "the Hugging Face repository ZechengLi19/Uni-Sign (Uni-Sign's release)"
+label_sources = {
+    "CSL_News": "CSL_News_Labels.json from the Hugging Face dataset ZechengLi19/CSL-News",
+    "OpenASL": f"OpenASL's labels.train from {UNI_SIGN_HUB}",
+    "YouTubeASL": "youtube_asl_video_ids.txt from YouTube-ASL's release (docs/captions.md)",
+}
+pose_sources = {
+    "CSL_News": f"CSL-News's pose pickles from {UNI_SIGN_HUB}",
+    "CSL_Daily": f"CSL-Daily's pose pickles from {UNI_SIGN_HUB}",
+    "WLASL": f"WLASL's pose pickles from {UNI_SIGN_HUB}",
+    "How2Sign": f"How2Sign's pose pickles from {UNI_SIGN_HUB}",
+    "OpenASL": f"OpenASL's pose pickles from {UNI_SIGN_HUB}",
+    "Phoenix2014T": ("the corpus's frame folders: python script/extract_poses.py --src "
+                     "PHOENIX-2014-T/features/fullFrame-210x260px --out POSE_DIR --layout phoenix (docs/poses.md)"),
+    "YouTubeASL": "the videos (yt-dlp) then python script/extract_poses.py (docs/captions.md)",
+}
 
 # Datasets whose text is Chinese: prompt language and CSL metric formatting depend on it.
 chinese_datasets = ("CSL_News", "CSL_Daily", "Demo")

@@ -34,9 +34,16 @@ TASKS = ("SLT", "ISLR", "CSLR")
 PHASES = ("train", "dev", "test")
 CSL_NEWS_TRAIN_FRACTION = 0.99
 REAL_DATA_HINT = 'download it and point config.py at it (see README.md, "Using real data")'
-PHOENIX_POSE_HINT = ("extract it from the corpus's frame folders: python script/extract_poses.py --src "
-                     "PHOENIX-2014-T/features/fullFrame-210x260px --out POSE_DIR --layout phoenix (docs/poses.md), "
-                     "and point config.py or --pose_dir at POSE_DIR")
+
+
+def missing_data_hint(dataset_name, sources):
+    """What to do about a dataset's missing labels or poses: where they come from (config.label_sources or
+    config.pose_sources) and where to put them."""
+    if dataset_name == "Demo":
+        return "run `python script/make_demo.py`"
+    if dataset_name in sources:
+        return f'get {sources[dataset_name]}, then point config.py (or the flag) at it (README.md, "Using real data")'
+    return REAL_DATA_HINT
 
 # All parts' points gathered once, with the column ranges of each part and of the anchors.
 _ALL_INDICES = np.concatenate([PART_INDICES[p] for p in PART_INDICES])
@@ -410,13 +417,13 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
     label_path = label_path or {"train": config.train_label_paths, "dev": config.dev_label_paths,
                                 "test": config.test_label_paths}[phase][dataset_name]
     if not os.path.isfile(label_path) and not captions.is_caption_folder(dataset_name, label_path):
-        hint = "run `python script/make_demo.py`" if dataset_name == "Demo" else REAL_DATA_HINT
+        hint = missing_data_hint(dataset_name, config.label_sources)
         raise FileNotFoundError(f"{dataset_name} {phase} labels not found at {label_path}: {hint}")
     pose_dir = pose_dir or config.pose_dirs[dataset_name]
     if dataset_name == "WLASL":
         pose_dir = os.path.join(pose_dir, phase)
     if not os.path.isdir(pose_dir):
-        hint = PHOENIX_POSE_HINT if dataset_name == "Phoenix2014T" else REAL_DATA_HINT
+        hint = missing_data_hint(dataset_name, config.pose_sources)
         raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {hint}")
     settings = DataConfig.from_args(args)
     task = settings.task

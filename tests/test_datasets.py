@@ -472,6 +472,7 @@ def test_missing_label_file_tells_how_to_fix(tmp_path):
         datasets.build_dataset("CSL_News", "train", args())
     message = str(error.value)
     assert "config.py" in message and "Using real data" in message and "CSL_News_Labels.json" in message
+    assert "ZechengLi19/CSL-News" in message  # where it comes from
     with pytest.raises(FileNotFoundError, match="make_demo"):
         datasets.build_dataset("Demo", "train", args(), label_path=str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="phase"):

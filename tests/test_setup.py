@@ -244,6 +244,7 @@ def test_openasls_missing_train_file_is_one_line_and_the_readme_names_its_source
         datasets.build_dataset("OpenASL", "train", datasets.DataConfig(), pose_dir=str(tmp_path))
     message = str(missing.value)
     assert len(message.splitlines()) == 1 and path in message and "Using real data" in message
+    assert "ZechengLi19/Uni-Sign" in message  # its source, in the line itself
     section = read("README.md").split("## Using real data", 1)[1].split("\n## ", 1)[0]
     assert "OpenASL's `labels.train` (`ZechengLi19/Uni-Sign`)" in section
     for source in ("Poses", "csl_stage1_weight.pth", "best.pth", "CSL_News_Labels.json"):
