@@ -45,6 +45,7 @@ def missing_data_hint(dataset_name, sources):
         return f'get {sources[dataset_name]}, then point config.py (or the flag) at it (README.md, "Using real data")'
     return REAL_DATA_HINT
 
+
 # All parts' points gathered once, with the column ranges of each part and of the anchors.
 _ALL_INDICES = np.concatenate([PART_INDICES[p] for p in PART_INDICES])
 _PART_SLICES, _start = {}, 0
