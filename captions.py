@@ -50,7 +50,7 @@ class CaptionConfig:
 
 
 def add_caption_flags(parser):
-    """The caption-corpus flags, for any script whose runs can read a caption corpus (pretraining.py)."""
+    """The caption-corpus flags (fine_tuning.py's and so pretraining.py's)."""
     defaults = CaptionConfig()
     group = parser.add_argument_group("captioned long videos (docs/captions.md)")
     group.add_argument("--captions", default=None, metavar="DIR",
@@ -75,12 +75,21 @@ CAPTION_FLAG_RULES = (
 
 
 def check_caption_flags(args):
-    """Each caption flag in its range and --min_clip_s below --max_clip_s; else one `error:` line."""
-    for flag, name, valid, allowed in CAPTION_FLAG_RULES:
-        if not valid(getattr(args, name)):
-            utils.fail(f"{flag} must be {allowed} (got {getattr(args, name)})")
+    """--min_clip_s below --max_clip_s (their ranges: CAPTION_FLAG_RULES, in preflight's); else one `error:` line."""
     if args.min_clip_s >= args.max_clip_s:
         utils.fail(f"--min_clip_s {args.min_clip_s} is not below --max_clip_s {args.max_clip_s}: no clip would be kept")
+
+
+def resolve_captions(args):
+    """--captions DIR: the clips of DIR's captioned long videos are the data (dataset "Captions" unless
+    --dataset names another caption corpus), every split read from DIR (dev and test: its held-out videos)."""
+    if args.captions:
+        if args.dataset not in CAPTION_DATASETS:
+            args.dataset = "Captions"
+        for phase in ("train", "dev", "test"):
+            setattr(args, f"{phase}_label_path", getattr(args, f"{phase}_label_path") or args.captions)
+        args.pose_dir = args.pose_dir or args.captions
+    return args
 
 
 # ----------------------------------------------------------------------------- caption files

@@ -117,6 +117,12 @@ def load_pose(path, frames=None):
     return keypoints, scores
 
 
+def load_sample_pose(sample):
+    """load_pose of a label entry: its pose file, or only its clip's frames when the entry has a range (a caption
+    corpus's clips of a long video)."""
+    return load_pose(sample["pose_path"], sample.get("frames"))
+
+
 def _load_pose_file(path, frames=None):
     """A `.pose` file's person 0, all of it or frames=(start, end) of it (the file is read whole, then cut)."""
     try:
@@ -370,12 +376,15 @@ class PoseDataset(torch.utils.data.Dataset):
     """Items dict(name, pose={part: (T, V, 3) float32 tensor}, text); None for a bad sample when skipping.
 
     samples: a SampleIndex (what build_dataset gives: compact, shared by forked workers without copies) or
-    any sequence of {"name", "pose_path", "text"} dicts.
+    any sequence of {"name", "pose_path", "text"} dicts. missing_parts: parts (PART_INDICES' names) read as
+    undetected, their points' confidence 0 before normalisation, as an estimator reports a part it did not find
+    (script/part_importance.py's occlusion).
     """
 
-    def __init__(self, dataset_name, phase, samples, max_length=256, skip_bad_samples=False):
+    def __init__(self, dataset_name, phase, samples, max_length=256, skip_bad_samples=False, missing_parts=()):
         self.dataset_name, self.phase, self.samples = dataset_name, phase, samples
         self.max_length, self.skip_bad_samples = max_length, skip_bad_samples
+        self.missing_points = [i for part in missing_parts for i in PART_INDICES[part]]
 
     def __len__(self):
         return len(self.samples)
@@ -383,14 +392,15 @@ class PoseDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         try:
-            keypoints, scores = load_pose(sample["pose_path"], sample.get("frames"))
+            keypoints, scores = load_sample_pose(sample)
         except BadSampleError:
             if self.skip_bad_samples:
                 return None
             raise
         frames = select_frames(len(keypoints), self.max_length, random=self.phase == "train")
-        if len(frames) < len(keypoints):
+        if len(frames) < len(keypoints) or self.missing_points:  # take() copies: writable
             keypoints, scores = keypoints.take(frames, axis=0), scores.take(frames, axis=0)
+            scores[:, self.missing_points] = 0.0
         parts = normalise_pose(keypoints, scores)
         pose = {part: torch.from_numpy(values) for part, values in parts.items()}
         return {"name": sample["name"], "pose": pose, "text": sample["text"]}

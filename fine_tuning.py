@@ -18,8 +18,10 @@ import time
 import torch
 import transformers
 
+import captions
 import config
 import model_io
+import SLRT_metrics
 import peers
 import settings
 import utils
@@ -58,11 +60,16 @@ def get_args_parser():
     p.add_argument("--skip_bad_samples", action="store_true", help="skip and count unreadable pose files")
     p.add_argument("--rgb_support", action="store_true", help="(the RGB branch is not part of this pose-only model)")
     p.add_argument("--save_one_batch", action="store_true", help="save the first training batch to one_batch.pt")
+    p.add_argument("--bleu_tokenize", default=SLRT_metrics.DEFAULT_BLEU_TOKENIZE, choices=list(SLRT_metrics.BLEU_PROTOCOLS),
+                   help="BLEU's protocol: 13a (sacrebleu's default, as GFSLT-VLP and Uni-Sign score) or none "
+                        "(signjoey's raw corpus BLEU); docs/design.md")
+    captions.add_caption_flags(p)
     # model
     p.add_argument("--num_beams", type=int, default=4)
     p.add_argument("--max_tgt_len", type=int, default=100, help="new tokens at generation")
     settings.add_arguments(p, ModelConfig)  # the model's settings, unset (None) unless given
     # logging
+    p.add_argument("--no_report", action="store_true", help="do not write report.html (the run in one page) at the end")
     p.add_argument("--wandb", action="store_true")
     p.add_argument("--wandb_project", default="Geo-Sign")
     p.add_argument("--wandb_run_name", default=None)
@@ -126,6 +133,7 @@ def load_splits(args):
 
 
 def main(args):
+    import datasets as datasets_module
     from datasets import PoseCollator
     from models import Uni_Sign
 
@@ -165,6 +173,9 @@ def main(args):
     metric, higher_is_better = BEST_METRIC[args.task]
 
     if args.eval:
+        layout_warning = datasets_module.pose_layout_warning(args.dataset)
+        if layout_warning and utils.is_main_process():
+            print(layout_warning)
         model.to(utils.device(), dtype=_torch_dtype(args.dtype))
         for split, eval_loader in eval_loaders.items():
             print(f"{split}: " + format_metrics(evaluate_split(model, eval_loader, split, args)))
@@ -206,6 +217,8 @@ def main(args):
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                   **{f"{split}_{k}": v for split, stats in scores.items() for k, v in stats.items()},
                   "best_dev_" + metric: best, "epoch_time_s": round(time.time() - start, 1)}
+        if args.task == "SLT":  # which BLEU the scores are, as sacrebleu signs them
+            record["bleu_signature"] = SLRT_metrics.bleu_signature(args.bleu_tokenize)
         if utils.is_main_process():
             utils.append_log(args.output_dir, record)
             print(f"epoch {epoch}: " + " | ".join(f"{split} {format_metrics(stats)}" for split, stats in scores.items()))
@@ -214,6 +227,11 @@ def main(args):
     if utils.is_main_process():
         plot = utils.plot_curves(args.output_dir, metric)
         summarise(args.output_dir, metric, plot)
+        if args.task == "SLT":
+            print(f"BLEU: {SLRT_metrics.bleu_signature(args.bleu_tokenize)}")
+        if not args.no_report:
+            import report_html
+            report_html.report_at_end_of_run(args.output_dir, args.task)
     if run is not None:
         run.finish()
 
@@ -302,6 +320,6 @@ def error_message(err):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser("Geo-Sign fine-tuning", parents=[get_args_parser()])
     try:
-        run(settings.parse_command_line(parser))
+        run(captions.resolve_captions(settings.parse_command_line(parser)))
     finally:
         utils.freeze_long_lived_objects()  # a quick exit

@@ -10,10 +10,11 @@ import shutil
 
 from tqdm import tqdm
 
+import captions
 import config
 import settings
 import utils
-from datasets import BadSampleError, load_pose
+from datasets import BadSampleError, load_sample_pose
 from engine import remove_stale_temporaries
 from model_io import ModelFileError, check_mt5_weights
 from settings import at_least
@@ -31,7 +32,7 @@ FLAG_RULES = settings.number_rules(TrainConfig) + (
     ("--num_workers", "num_workers", at_least(0), "0 (load in the main process) or more"),
     ("--num_beams", "num_beams", at_least(1), "at least 1 (1: greedy decoding)"),
     ("--max_tgt_len", "max_tgt_len", at_least(1), "at least 1 (new tokens at generation)"),
-) + settings.number_rules(ModelConfig)
+) + settings.number_rules(ModelConfig) + captions.CAPTION_FLAG_RULES
 # The same for the flags only training reads (not checked under --eval).
 TRAINING_FLAG_RULES = settings.number_rules(TrainConfig, training_only=True)
 
@@ -62,6 +63,7 @@ def check_flags(args):
                    "--eval --finetune OUTPUT_DIR/best_checkpoint.pth (or checkpoint.pth)")
     if not args.finetune:  # else once the saved settings are read (model_settings)
         check_model(ModelConfig.from_args(args), args)
+    captions.check_caption_flags(args)
     if args.rgb_support:
         utils.fail("--rgb_support: this implementation is pose-only (the RGB branch of Uni-Sign is not built)")
     check_precision(args)
@@ -182,7 +184,7 @@ def preflight(args, datasets):
             first_error = None
             for sample in dataset.samples:
                 try:
-                    load_pose(sample["pose_path"])
+                    load_sample_pose(sample)
                     break
                 except BadSampleError as err:
                     first_error = first_error or err
@@ -235,7 +237,7 @@ def check_pose_files(dataset, phase, label_path, skip_bad_samples):
     with tqdm(dataset.samples, desc=f"check {phase} poses", disable=not utils.is_main_process(), leave=False) as bar:
         for sample in bar:
             try:
-                longest = max(longest, len(load_pose(sample["pose_path"])[0]))
+                longest = max(longest, len(load_sample_pose(sample)[0]))
             except BadSampleError as err:
                 bad.append(err)
                 if not skip_bad_samples:
@@ -348,7 +350,7 @@ def longest_video(dataset, looked_at=32):
     longest = 0
     for index in range(min(len(dataset), looked_at)):
         try:
-            longest = max(longest, len(load_pose(dataset.samples[index]["pose_path"])[0]))
+            longest = max(longest, len(load_sample_pose(dataset.samples[index])[0]))
         except (BadSampleError, OSError):
             continue  # counted or refused by the checks above
     return longest

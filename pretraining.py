@@ -21,25 +21,11 @@ def get_args_parser():
     parser = argparse.ArgumentParser("Uni-Sign pose-only pretraining", parents=[fine_tuning.get_args_parser()])
     parser.set_defaults(dataset="CSL_News", task="SLT", epochs=20, lr=3e-4, batch_size=16,
                         gradient_accumulation_steps=8, quick_break=2048, output_dir="out/pretraining")
-    captions.add_caption_flags(parser)
     return parser
-
-
-def resolve_captions(args):
-    """--captions DIR: the clips of DIR's captioned long videos are the data (dataset "Captions" unless
-    --dataset names another caption corpus), every split read from DIR (dev and test: its held-out videos)."""
-    captions.check_caption_flags(args)
-    if args.captions:
-        if args.dataset not in captions.CAPTION_DATASETS:
-            args.dataset = "Captions"
-        for phase in ("train", "dev", "test"):
-            setattr(args, f"{phase}_label_path", getattr(args, f"{phase}_label_path") or args.captions)
-        args.pose_dir = args.pose_dir or args.captions
-    return args
 
 
 if __name__ == "__main__":
     try:
-        fine_tuning.run(resolve_captions(settings.parse_command_line(get_args_parser())))
+        fine_tuning.run(captions.resolve_captions(settings.parse_command_line(get_args_parser())))
     finally:
         utils.freeze_long_lived_objects()  # a quick exit

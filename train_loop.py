@@ -123,7 +123,7 @@ class Predictions(NamedTuple):
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, num_beams=4, max_new_tokens=100, synced=False):
+def evaluate(model, loader, task, num_beams=4, max_new_tokens=100, synced=False, bleu_tokenize="13a"):
     """Beam-search this rank's batches, gather all ranks' predictions back in dataset order, then score them with
     the task's metrics. Returns (metrics, Predictions), the same on every rank; the caller writes what it keeps.
 
@@ -161,7 +161,7 @@ def evaluate(model, loader, task, num_beams=4, max_new_tokens=100, synced=False)
     # each sample is in one batch of one rank: those not translated were skipped as unreadable
     skipped = [s["pose_path"] for s in samples if s["name"] not in results] if len(names) < len(samples) else []
     hyps, refs = [results[n][0] for n in names], [results[n][1] for n in names]
-    metrics = score(hyps, refs, loader.dataset.dataset_name, task)
+    metrics = score(hyps, refs, loader.dataset.dataset_name, task, bleu_tokenize=bleu_tokenize)
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     return metrics, Predictions(names, hyps, refs, skipped)
 
@@ -171,7 +171,8 @@ def evaluate_split(model, loader, split, args, synced=False):
     formatting, rank 0) and, with --skip_bad_samples, the skipped samples, listed and counted beside the scores."""
     from SLRT_metrics import format_for_dataset
 
-    metrics, predictions = evaluate(model, loader, args.task, args.num_beams, args.max_tgt_len, synced)
+    metrics, predictions = evaluate(model, loader, args.task, args.num_beams, args.max_tgt_len, synced,
+                                    getattr(args, "bleu_tokenize", "13a"))
     if predictions.skipped:
         utils.report_skipped(args.output_dir, split, predictions.skipped, len(loader.dataset))
     if utils.is_main_process():

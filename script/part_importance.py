@@ -31,7 +31,7 @@ import models
 import model_io
 import utils
 from atomic import atomic_open, atomic_path
-from datasets import PART_INDICES, PoseDataset, load_pose, normalise_pose, select_frames
+from datasets import PART_INDICES, PoseDataset
 from report_data import sentence_scores
 
 PART_NAMES = {"body": "body", "left": "left hand", "right": "right hand", "face_all": "face"}
@@ -58,23 +58,10 @@ def get_args_parser():
     return p
 
 
-class MissingPartDataset(PoseDataset):
-    """A PoseDataset whose items have one part undetected: its points' confidence is 0 before normalise_pose, as
-    a pose estimator reports a part it did not find. Otherwise the items are the dataset's own (same frames)."""
-
-    def __init__(self, dataset, part):
-        super().__init__(dataset.dataset_name, dataset.phase, dataset.samples, dataset.max_length,
-                         dataset.skip_bad_samples)
-        self.part = part
-
-    def __getitem__(self, index):
-        sample = self.samples[index]
-        keypoints, scores = load_pose(sample["pose_path"])  # skip_bad_samples is off: a bad file stops the run
-        frames = select_frames(len(keypoints), self.max_length, random=False)
-        keypoints, scores = keypoints.take(frames, axis=0), scores.take(frames, axis=0)  # copies: writable
-        scores[:, PART_INDICES[self.part]] = 0.0
-        pose = {part: torch.from_numpy(values) for part, values in normalise_pose(keypoints, scores).items()}
-        return {"name": sample["name"], "pose": pose, "text": sample["text"]}
+def missing_part_dataset(dataset, part):
+    """The dataset's items with `part` undetected (PoseDataset's missing_parts); otherwise its own (same frames)."""
+    return PoseDataset(dataset.dataset_name, dataset.phase, dataset.samples, dataset.max_length,
+                       dataset.skip_bad_samples, missing_parts=(part,))
 
 
 @contextlib.contextmanager
@@ -172,7 +159,7 @@ def measure(model, dataset, collator, args):
         results = {measure: {} for measure in MEASURES}
         for how, part in conditions:
             if how == "missing":
-                occluded = translate(model, build_loader(MissingPartDataset(dataset, part), collator, loader_args,
+                occluded = translate(model, build_loader(missing_part_dataset(dataset, part), collator, loader_args,
                                                          train=False), args)
             else:
                 with zeroed_features(part):

@@ -243,7 +243,7 @@ def test_bad_corpus_stops_pretraining_with_one_error_line(tiny_demo, tmp_path, c
     args = pretraining.get_args_parser().parse_args(pretraining_args(tiny_demo["mt5_path"], tmp_path / "c",
                                                                      tmp_path / "out"))
     with pytest.raises(SystemExit):
-        fine_tuning.run(pretraining.resolve_captions(args))
+        fine_tuning.run(captions.resolve_captions(args))
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and ".vtt:15: caption times reversed" in errors[0] and "--skip_bad_samples" in errors[0]
 
@@ -259,8 +259,8 @@ def test_pretraining_on_captions_resumes_exactly_and_fine_tunes(tiny_demo, tmp_p
     corpus(folder, {f"v{i}": (25.0 if i % 2 else 29.97, FOUR_CUES.replace("VIDEO", f"video {i}"), ".en.vtt")
                     for i in range(4)})
     stop = stop_at(3).replace("fine_tuning.run(fine_tuning.get_args_parser().parse_args(sys.argv[1:]))",
-                              "import pretraining\nparser = pretraining.get_args_parser()\n"
-                              "fine_tuning.run(pretraining.resolve_captions(parser.parse_args(sys.argv[1:])))")
+                              "import captions\nimport pretraining\nparser = pretraining.get_args_parser()\n"
+                              "fine_tuning.run(captions.resolve_captions(parser.parse_args(sys.argv[1:])))")
     assert "resolve_captions" in stop  # test_engine's script, run through pretraining.py's command line
     whole = check_ok(run([sys.executable, "pretraining.py", *pretraining_args(tiny_demo["mt5_path"], folder,
                                                                                tmp_path / "whole")]))

@@ -21,7 +21,7 @@ def demo_test_set(tiny_demo):
 @pytest.mark.parametrize("part", ["left", "right", "face_all"])
 def test_a_missing_part_is_undetected_and_the_others_unchanged(demo_test_set, part):
     for index in range(2):
-        whole, occluded = demo_test_set[index]["pose"], pi.MissingPartDataset(demo_test_set, part)[index]["pose"]
+        whole, occluded = demo_test_set[index]["pose"], pi.missing_part_dataset(demo_test_set, part)[index]["pose"]
         assert whole[part].abs().sum() > 0  # the demo signer has every part
         assert torch.equal(occluded[part], torch.zeros_like(occluded[part]))  # as normalise_pose leaves a missing part
         for other in whole:
@@ -30,7 +30,7 @@ def test_a_missing_part_is_undetected_and_the_others_unchanged(demo_test_set, pa
 
 
 def test_a_missing_body_leaves_no_frame_of_reference(demo_test_set):
-    occluded = pi.MissingPartDataset(demo_test_set, "body")[0]["pose"]
+    occluded = pi.missing_part_dataset(demo_test_set, "body")[0]["pose"]
     assert all(torch.equal(values, torch.zeros_like(values)) for values in occluded.values())
 
 
