@@ -89,7 +89,11 @@ def model_settings(args, finetuned=None):
     settings (LOSS_SETTINGS) and add the hyperbolic branch to a model without it, each said in one line."""
     given = {name: getattr(args, name) for name in settings.defaults(ModelConfig)
              if getattr(args, name, None) is not None}
-    if finetuned is None:
+    record = {} if finetuned is None else finetuned["args"]
+    record = record if isinstance(record, dict) else vars(record)
+    if not any(name in record for name in settings.defaults(ModelConfig)):
+        # nothing saved says what the model is (no --finetune, or a file without settings): the flags build it, and
+        # loading the weights refuses a file that is not this model's
         model_config = ModelConfig(**given)
     else:
         model_config = merge_saved(given, finetuned, args.finetune, args.eval)

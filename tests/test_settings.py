@@ -137,7 +137,9 @@ def test_a_bad_config_file_is_one_error_line_naming_the_key(capsys, tmp_path, co
 
 SAVED_TOKEN_MODEL = {"args": {**dataclasses.asdict(ModelConfig(use_hyperbolic=True, hyp_text_emb_src="decoder")),
                               "dataset": "Demo"}, "state": {"hyp_proj_body.proj.weight": None}}
-SAVED_POSE_MODEL = {"args": argparse.Namespace(batch_size=16, dataset="CSL_News"), "state": {"pose_proj.weight": None}}
+# Uni-Sign's stage-1 checkpoint: an argparse Namespace without use_hyperbolic; its weights tell there is no branch
+SAVED_POSE_MODEL = {"args": argparse.Namespace(batch_size=16, dataset="CSL_News", label_smoothing=0.2),
+                    "state": {"pose_proj.weight": None}}
 
 
 def settings_for(flags, finetuned):
@@ -163,3 +165,5 @@ def test_fine_tuning_may_change_the_loss_and_add_the_branch_each_said_in_one_lin
     branch = settings_for(["--use_hyperbolic", "--hyp_text_cmp", "pooled", "--hyp_recipe", "stable"], SAVED_POSE_MODEL)
     assert branch.use_hyperbolic and branch.hyp_text_cmp == "pooled" and branch.hyp_midpoint == "gyro"
     assert "--use_hyperbolic adds one" in capsys.readouterr().out
+    no_settings = {"args": {}, "state": {"encoder.weight": None}}  # not this model's: loading it is refused later
+    assert settings_for(["--eval", "--use_hyperbolic"], no_settings) == ModelConfig(use_hyperbolic=True)
