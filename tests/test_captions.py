@@ -229,7 +229,7 @@ def pretraining_args(mt5_path, folder, out):
     return ["--captions", str(folder), "--mt5_path", mt5_path, "--output_dir", str(out), "--epochs", "2",
             "--quick_break", "2", "--batch_size", "4", "--gradient_accumulation_steps", "1", "--lr", "1e-3",
             "--warmup-epochs", "0", "--num_workers", "0", "--num_beams", "1", "--max_tgt_len", "8", "--max_length", "8",
-            "--use_hyperbolic"]  # without it a resumed run's checkpoint restarts its global_step count (models.py)
+            "--use_hyperbolic", "--hyp_text_emb_src", "decoder"]  # as base_args, which fine-tunes it; without it a resumed run's checkpoint restarts its global_step count (models.py)
 
 
 FOUR_CUES = "WEBVTT\n\n" + "".join(f"00:00:0{2 * i}.250 --> 00:00:0{2 * i + 1}.900\nsentence {i} of VIDEO.\n\n"
