@@ -13,8 +13,8 @@ frames as a list of per-frame arrays (RTMPose's layout) has no large payload; th
 after MAX_SCANNED_OPS opcodes) and the file is read whole (safe_pickle), then sliced.
 
 Public: read_clip (the pose dict with keypoints and scores cut to the clip), probe (frames and fps of a file),
-CLIP_READERS (file extension -> its clip reader and prober). A `.pose` file (pose-format) stores a header, then
-fixed-size frames, so its reader can seek to a clip the same way and join CLIP_READERS.
+CLIP_READERS (file extension -> its clip reader and prober): pickles as above, `.pose` files (pose-format) read
+whole through pose_files.py, then cut.
 """
 import functools
 import io
@@ -25,6 +25,7 @@ import pickletools
 
 import numpy as np
 
+import pose_files
 from safe_pickle import PoseUnpickler, _RawArray, build_frames, load_restricted
 
 LARGE_PAYLOAD = 1 << 16  # bytes; pickle's own framing writes payloads this large outside its frames
@@ -185,8 +186,21 @@ def probe_pickle(path):
     return max(0, last - first), (float(fps) if isinstance(fps, (int, float, np.number)) and fps > 0 else None)
 
 
-# extension -> (read_clip(path, start, end) -> pose dict, probe(path) -> (frames, fps)); `.pose` joins here.
-CLIP_READERS = {".pkl": (read_pickle_clip, probe_pickle)}
+def read_pose_format_clip(path, start, end):
+    """Frames [start, end) of a `.pose` file (pose-format), mapped onto COCO-WholeBody's points (pose_files.py);
+    pose-format reads the whole body, so the file is read whole, then cut."""
+    record = pose_files.read_pose_file(path)
+    return {"keypoints": record.keypoints[start:end, None], "scores": record.scores[start:end, None],
+            "fps": record.fps}
+
+
+def probe_pose_format(path):
+    record = pose_files.read_pose_file(path)
+    return len(record.keypoints), record.fps
+
+
+# extension -> (read_clip(path, start, end) -> pose dict, probe(path) -> (frames, fps))
+CLIP_READERS = {".pkl": (read_pickle_clip, probe_pickle), ".pose": (read_pose_format_clip, probe_pose_format)}
 
 
 def read_clip(path, start, end):

@@ -141,6 +141,27 @@ def test_clip_frames_equal_the_clip_cut_into_its_own_file(tmp_path, as_list):
             assert len(clip["pose"]["body"]) == end - start
 
 
+def test_a_real_recordings_pose_file_with_written_captions_gives_its_clips(tmp_path):
+    """A real signer's MediaPipe `.pose` file (170 frames at 24 fps, tests/data/real_poses) captioned for this test:
+    each clip is the frames its times give, equal to the same frames of the whole file, fps from the file."""
+    import shutil
+    real = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "real_poses", "mediapipe.pose")
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for video in ("signer", "again"):  # two videos: one of them is held out as dev
+        shutil.copy(real, folder / f"{video}.pose")
+        (folder / f"{video}.en.vtt").write_text("WEBVTT\n\n00:00:00.250 --> 00:00:02.125\n[MUSIC] Hello,\nthere.\n\n"
+                                               "00:00:03.000 --> 00:00:06.900\nA second sentence.\n", encoding="utf-8")
+    whole_keypoints, whole_scores = datasets.load_pose(real)
+    samples = [s for phase in ("train", "dev") for s in build(folder, phase).samples]
+    assert sorted(s["text"] for s in samples) == ["A second sentence."] * 2 + ["Hello, there."] * 2
+    for sample in samples:
+        start, end = sample["frames"]
+        assert (start, end) in ((round(0.25 * 24), round(2.125 * 24)), (round(3.0 * 24), round(6.9 * 24)))
+        keypoints, scores = datasets.load_sample_pose(sample)
+        assert np.array_equal(keypoints, whole_keypoints[start:end]) and np.array_equal(scores, whole_scores[start:end])
+
+
 def test_array_layout_is_read_without_the_rest_of_the_file(tmp_path, monkeypatch):
     keypoints, scores = long_video(tmp_path / "long.pkl", 120, 25.0)
     monkeypatch.setattr(datasets, "load_restricted", None)  # the whole-file reader must not be used
