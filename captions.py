@@ -176,9 +176,9 @@ def read_caption_table(path):
 # ----------------------------------------------------------------------------- the corpus
 def is_caption_corpus(dataset_name, label_path):
     """Whether build_dataset reads `label_path` with read_clip_index: a caption dataset's labels, or a caption
-    table or folder given for any dataset."""
+    table or folder given for any dataset but PHOENIX-2014T (whose corpus CSV is its labels: phoenix_labels.py)."""
     return (dataset_name in CAPTION_DATASETS or os.path.isdir(label_path)
-            or os.path.splitext(label_path)[1].lower() in TABLE_EXTENSIONS)
+            or (os.path.splitext(label_path)[1].lower() in TABLE_EXTENSIONS and dataset_name != "Phoenix2014T"))
 
 
 def is_caption_folder(dataset_name, label_path):

@@ -173,7 +173,7 @@ def main(args):
     metric, higher_is_better = BEST_METRIC[args.task]
 
     if args.eval:
-        layout_warning = datasets_module.pose_layout_warning(args.dataset)
+        layout_warning = datasets_module.pose_layout_warning(datasets["test" if "test" in datasets else "dev"])
         if layout_warning and utils.is_main_process():
             print(layout_warning)
         model.to(utils.device(), dtype=_torch_dtype(args.dtype))

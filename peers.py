@@ -36,7 +36,7 @@ def is_peer_death(err):
 def dead_ranks(wait_s=2.0):
     """The ranks of this host whose process is gone. A dying process may still be closing its sockets when the
     survivors' collective fails, so look again for up to `wait_s` seconds before answering none."""
-    from engine import process_is_alive
+    from checkpointing import process_is_alive
     host, me = socket.gethostname(), os.getpid()
     deadline = time.monotonic() + wait_s
     while True:
