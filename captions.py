@@ -22,10 +22,9 @@ import zlib
 import numpy as np
 from tqdm import tqdm
 
-import datasets
 import pose_clips
 import utils
-from sample_index import RepeatedStrings, SampleIndex, StringTableBuilder
+from sample_index import LabelFileError, RepeatedStrings, SampleIndex, StringTableBuilder, refuse_duplicate_names
 
 CAPTION_DATASETS = ("YouTubeASL", "Captions")
 CAPTION_EXTENSIONS = (".vtt", ".srt")
@@ -196,10 +195,10 @@ def read_clip_index(dataset_name, phase, label_path, pose_dir, args):
     if not _is_table(path):  # a folder or a video list: the held-out videos are dev and test
         index = index.slice(0, dev_start) if phase == "train" else index.slice(dev_start, len(index))
     if len(index) == 0:
-        raise datasets.LabelFileError(f"{label_path}: no {phase} clips in it: every caption was dropped or "
+        raise LabelFileError(f"{label_path}: no {phase} clips in it: every caption was dropped or "
                                       "skipped (see the counts above)")
     if phase != "train":  # predictions are matched to references by name (a table's SENTENCE_NAME may repeat)
-        datasets._refuse_duplicate_names(index, label_path, phase)
+        refuse_duplicate_names(index, label_path, phase)
     return index
 
 
@@ -235,7 +234,7 @@ class _Corpus:
     def bad(self, message):
         """A problem a user must fix: raised, or with --skip_bad_samples kept to be counted and named."""
         if not self.skip_bad_samples:
-            raise datasets.LabelFileError(f"{message}; fix it, or pass --skip_bad_samples to skip and count it")
+            raise LabelFileError(f"{message}; fix it, or pass --skip_bad_samples to skip and count it")
         self.skipped.append(message)
 
 
@@ -257,7 +256,7 @@ def _clip_index(label_path, mtime, pose_dir, settings):
             kept.append((pose_file, clips))
     held_out = 0 if _is_table(label_path) else max(1, round(len(kept) * DEV_FRACTION))
     if held_out and len(kept) < 2:
-        raise datasets.LabelFileError(f"{label_path}: {len(kept)} video(s) give clips: a held-out dev split "
+        raise LabelFileError(f"{label_path}: {len(kept)} video(s) give clips: a held-out dev split "
                                       "needs at least 2 (splits are by video)")
     for pose_file, clips in kept:
         corpus.add(pose_file, clips)
@@ -279,7 +278,7 @@ def _videos(label_path, pose_dir, corpus):
         try:
             rows = read_caption_table(label_path)
         except (CaptionError, OSError, UnicodeDecodeError) as error:
-            raise datasets.LabelFileError(str(error)) from None
+            raise LabelFileError(str(error)) from None
         by_video = {}
         for row in rows:
             by_video.setdefault(row[0], []).append(row)

@@ -75,16 +75,6 @@ def check_resumable_state(tag_dir, reader="--resume"):
     return model_states
 
 
-def latest_tag(ds_dir):
-    """The tag named by ds_dir/latest when it is one of ours (epoch<N>), else None."""
-    try:
-        with open(os.path.join(ds_dir, "latest"), encoding="utf-8") as f:
-            tag = f.read().strip()
-    except OSError:
-        return None
-    return tag if re.fullmatch(r"epoch\d+", tag) else None
-
-
 def commit(ds_dir, tag):
     """Make `tag` the resumable state (ds_dir/latest, replaced atomically), then remove older tags: only
     the newest is kept, it alone holds the optimizer moments. Run by each node's local rank 0, so that

@@ -22,7 +22,8 @@ import pose_clips
 import pose_files
 import utils
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
-from sample_index import SampleIndex, StringTableBuilder, json_array_blocks
+from sample_index import (LabelFileError, SampleIndex, StringTableBuilder, json_array_blocks,  # noqa: F401
+                          refuse_duplicate_names)
 # the skeleton's definitions, named here too (datasets.PART_INDICES, ...)
 from skeleton import NUM_KEYPOINTS, PART_ANCHORS, PART_INDICES  # noqa: F401
 
@@ -226,10 +227,6 @@ def prompt_for(dataset_name):
     return PROMPTS["Chinese" if dataset_name in config.chinese_datasets else "English"]
 
 
-class LabelFileError(ValueError):
-    """A label file that cannot give this run its samples; the message names the file and the fix."""
-
-
 LABEL_FORMAT = ("a gzip-compressed pickle of a dict name -> {'name', 'video_path', 'text'[, 'gloss']} (CSL-Daily "
                 "style; PHOENIX-2014T's {'name', 'gloss', 'text', 'length', 'imgs_path'} find poses by 'name')")
 NEWS_FORMAT = "a JSON list of {'video', 'pose', 'text'} (CSL-News style)"
@@ -257,7 +254,7 @@ def _read_labels(dataset_name, phase, label_path, pose_dir, task):
                              f"{'train on' if phase == 'train' else 'score'}; point --{phase}_label_path at a label "
                              "file with entries")
     if phase != "train":  # predictions are matched to references by name
-        _refuse_duplicate_names(samples, label_path, phase)
+        refuse_duplicate_names(samples, label_path, phase)
     return samples
 
 
@@ -359,17 +356,6 @@ def _string_table(strings):
     builder = StringTableBuilder()
     builder.add(strings)
     return builder.build()
-
-
-def _refuse_duplicate_names(samples, label_path, phase):
-    first = {}
-    for i in range(len(samples)):
-        name = samples.name(i)
-        if name in first:
-            raise LabelFileError(f"{label_path}: two {phase} entries (numbers {first[name]} and {i} of the split) "
-                                 f"share the name {name!r}, so one reference would replace the other when scoring: "
-                                 "give every entry its own name (or remove the duplicate)")
-        first[name] = i
 
 
 class PoseDataset(torch.utils.data.Dataset):

@@ -28,13 +28,13 @@ import torch.distributed as dist
 import utils
 from atomic import disk_is_full
 # the resumable state's files, RNG and signals (checkpointing.py), named here too for the engine's callers
-from checkpointing import (Stopped, check_resumable_state, commit, latest_tag, load_trusted,  # noqa: F401
+from checkpointing import (Stopped, check_resumable_state, commit, load_trusted,  # noqa: F401
                            plain_args, remove_stale_temporaries, rng_state, set_rng_state, stop_on_signals)
-from model_io import CheckpointError, write_checkpoint
+from model_io import CheckpointError, latest_tag, write_checkpoint  # noqa: F401 (latest_tag: named here too)
 
 # Flags that say where and how a run is watched, not what it trains: they may differ on --resume.
 RUN_ONLY_FLAGS = {"resume", "output_dir", "local_rank", "num_workers", "wandb", "wandb_project", "wandb_run_name",
-                  "save_one_batch", "eval", "finetune", "log_every", "config", "overwrite"}
+                  "save_one_batch", "eval", "finetune", "log_every", "config", "overwrite", "no_report"}
 
 
 def deepspeed_config(args, total_updates, warmup_updates):

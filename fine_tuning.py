@@ -77,6 +77,11 @@ def get_args_parser():
     return p
 
 
+def default_settings():
+    """Every flag's value when it is not given, the model's resolved (what a run's report compares against)."""
+    return {**vars(get_args_parser().parse_args([])), **dataclasses.asdict(ModelConfig())}
+
+
 def _torch_dtype(name):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
 
@@ -231,7 +236,7 @@ def main(args):
             print(f"BLEU: {SLRT_metrics.bleu_signature(args.bleu_tokenize)}")
         if not args.no_report:
             import report_html
-            report_html.report_at_end_of_run(args.output_dir, args.task)
+            report_html.report_at_end_of_run(args.output_dir, args.task, default_settings())
     if run is not None:
         run.finish()
 

@@ -212,13 +212,23 @@ def save_atomic(obj, path, run_folder=None):
         raise full_disk_error(path, run_folder) from err
 
 
+def latest_tag(ds_dir):
+    """The resumable tag of a run's DeepSpeed folder: the one ds_dir/latest names (checkpointing.commit writes it)
+    when it is one of ours (epoch<N>), else None."""
+    try:
+        with open(os.path.join(ds_dir, "latest"), encoding="utf-8") as f:
+            tag = f.read().strip()
+    except OSError:
+        return None
+    return tag if re.fullmatch(r"epoch\d+", tag) else None
+
+
 def full_disk_error(path, run_folder=None):
     """The CheckpointError for a file that did not fit on its disk: the file, its folder, the fix and, for a
     training run's folder, what stays resumable (the DeepSpeed state's `latest`, which --resume reads)."""
     folder = os.path.dirname(os.path.abspath(path))
     tag = None
     if run_folder is not None:
-        from engine import latest_tag  # engine writes the resumable state (and imports this module)
         tag = latest_tag(os.path.join(run_folder, "deepspeed"))
     if tag:
         then = (f"then continue with the same command plus --resume (epoch {tag[len('epoch'):]} stays resumable; "

@@ -80,8 +80,9 @@ def read_predictions(folder, split):
     return names, hyps, refs
 
 
-def read_run(folder, split):
-    """Everything the report shows of one run folder; a ReportError when it is not a run or lacks predictions."""
+def read_run(folder, split, defaults=None):
+    """Everything the report shows of one run folder; a ReportError when it is not a run or lacks predictions.
+    defaults: every flag's value when not given (fine_tuning.default_settings), None when not known."""
     if not os.path.isdir(folder):
         raise ReportError(f"{folder} is not a folder: pass a run's --output_dir")
     if not os.path.isfile(os.path.join(folder, "log.txt")):
@@ -95,7 +96,8 @@ def read_run(folder, split):
     args = run_args(folder)
     dataset = args.get("dataset", "")
     bleu, rouge = sentence_scores(hyps, refs, dataset)
-    return types.SimpleNamespace(folder=folder, split=split, args=args, records=records, dataset=dataset,
+    return types.SimpleNamespace(folder=folder, split=split, args=args, defaults=defaults, records=records,
+                                 dataset=dataset,
                                  names=names, hyps=hyps, refs=refs, bleu=bleu, rouge=rouge,
                                  frames=video_frames(args, split, names), words=reference_lengths(refs, dataset))
 
@@ -134,11 +136,9 @@ def video_frames(args, split, names):
     return np.array(frames, dtype=float)
 
 
-def differing_settings(args):
-    """{flag: (value, default)} of the run's flags that differ from fine_tuning.py's defaults."""
+def differing_settings(args, defaults):
+    """{flag: (value, default)} of the run's flags that differ from `defaults` (fine_tuning.default_settings)."""
     from engine import RUN_ONLY_FLAGS
-    from fine_tuning import get_args_parser
-    defaults = vars(get_args_parser().parse_args([]))
     return {k: (v, defaults[k]) for k, v in sorted(args.items())
             if k in defaults and k not in RUN_ONLY_FLAGS | PLACES and v != defaults[k]
             and not (isinstance(v, (list, tuple)) and list(v) == list(defaults[k] or []))}

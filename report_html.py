@@ -2,7 +2,7 @@
 nothing fetched from the network), so that it opens offline on a cluster or a laptop.
 
     write_report(output_dir, split="test", baseline=None, out=None) -> path of the written file
-    report_at_end_of_run(output_dir, task)  -> what fine_tuning.py calls when a run ends
+    report_at_end_of_run(output_dir, task, defaults)  -> what fine_tuning.py calls when a run ends
 
 Sections: the run, curves per epoch, every sample (sortable, filterable), the ten worst and best, scores by
 reference and video length, the Poincaré plot and part importance, skeleton animations, and with a baseline the
@@ -96,7 +96,7 @@ def section(anchor, title, body):
 
 def run_section(run):
     best = data.best_record(run.records)
-    settings = data.differing_settings(run.args)
+    settings = data.differing_settings(run.args, run.defaults or {})
     rows = [("output folder", run.folder), ("dataset", run.dataset or "unknown (no checkpoint.pth)"),
             ("epochs logged", len(run.records))]
     if best:
@@ -326,14 +326,14 @@ def render(run, baseline=None, comparison=None):
             f"<h1>{esc(title)}</h1>\n" + "\n".join(sections) + f"\n<script>{SORT_AND_FILTER_JS}</script></body></html>\n")
 
 
-def write_report(output_dir, split="test", baseline=None, out=None, resamples=1000, seed=0):
+def write_report(output_dir, split="test", baseline=None, out=None, resamples=1000, seed=0, defaults=None):
     """Write the report of the run in `output_dir` (against the run in `baseline`) to `out` (default
     output_dir/report.html) and return its path. A data.ReportError names what is missing; nothing is written
     then, and an error while writing leaves no partial file."""
-    run = data.read_run(output_dir, split)
+    run = data.read_run(output_dir, split, defaults)
     other, comparison = None, None
     if baseline is not None:
-        other = data.read_run(baseline, split)
+        other = data.read_run(baseline, split, defaults)
         data.check_same_samples(run, other)
         comparison = data.compare(run, other, resamples, seed)
     page = render(run, other, comparison)
@@ -346,7 +346,7 @@ def write_report(output_dir, split="test", baseline=None, out=None, resamples=10
     return out
 
 
-def report_at_end_of_run(output_dir, task):
+def report_at_end_of_run(output_dir, task, defaults=None):
     """The report fine_tuning.py writes when a run ends (its --no_report skips it): of the test predictions, or
     the dev ones where the dataset has no test split (CSL-News). Translation runs only (the report scores BLEU and
     ROUGE-L). A report that cannot be written is one warning line: the run itself has finished and is saved."""
@@ -354,7 +354,7 @@ def report_at_end_of_run(output_dir, task):
         return None
     split = "test" if os.path.isfile(os.path.join(output_dir, "test_tmp_pres.txt")) else "dev"
     try:
-        path = write_report(output_dir, split)
+        path = write_report(output_dir, split, defaults=defaults)
     except (data.ReportError, OSError) as err:
         print(f"warning: no report.html ({err})")
         return None

@@ -191,3 +191,19 @@ def _element_boundary(text, before):
             return cut
         cut = text.rfind(",", 0, cut)
     return None
+
+
+class LabelFileError(ValueError):
+    """A label file that cannot give this run its samples; the message names the file and the fix."""
+
+
+def refuse_duplicate_names(samples, label_path, phase):
+    """A LabelFileError when two samples of a split share a name (scoring keys references by name)."""
+    first = {}
+    for i in range(len(samples)):
+        name = samples.name(i)
+        if name in first:
+            raise LabelFileError(f"{label_path}: two {phase} entries (numbers {first[name]} and {i} of the split) "
+                                 f"share the name {name!r}, so one reference would replace the other when scoring: "
+                                 "give every entry its own name (or remove the duplicate)")
+        first[name] = i

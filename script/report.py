@@ -8,6 +8,7 @@ at the end of a run (out/RUN/report.html).
 import argparse
 import os
 
+import fine_tuning
 import utils
 from report_data import ReportError
 from report_html import write_report
@@ -31,7 +32,8 @@ def main(args):
     if args.out is not None and os.path.isdir(args.out):
         utils.fail(f"--out {args.out} is a folder: name the HTML file to write")
     try:
-        path = write_report(args.output_dir, args.split, args.baseline, args.out, args.resamples, args.seed)
+        path = write_report(args.output_dir, args.split, args.baseline, args.out, args.resamples, args.seed,
+                            defaults=fine_tuning.default_settings())
     except ReportError as err:
         utils.fail(str(err))
     print(f"report: {path}")
