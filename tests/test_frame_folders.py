@@ -138,17 +138,21 @@ def test_translate_video_on_real_signing(models, demo_root, tmp_path):
     coco_pose = str(tmp_path / "coco.pose")
     pose_files.write_pose_file({"keypoints": record.keypoints[:, None], "scores": record.scores[:, None],
                                 "w_h": record.size, "fps": record.fps}, coco_pose)
-    result = check_ok(run([sys.executable, "script/translate_video.py", real_pose, coco_pose, REAL_VIDEO, folder,
-                           "--finetune",
+    from test_pose_files import full_holistic_from_reduced, read_real, write
+    openpose = os.path.join(os.path.dirname(REAL_VIDEO), "openpose.pose")
+    full = str(tmp_path / "full.pose")  # a real signer as a full MediaPipe Holistic file (586 points)
+    write(full_holistic_from_reduced(read_real("essen"), 478, world=True), full)
+    result = check_ok(run([sys.executable, "script/translate_video.py", real_pose, coco_pose, openpose, full,
+                           REAL_VIDEO, folder, "--finetune",
                            str(checkpoint), "--json", "--det_model", models[0], "--pose_model", models[1],
                            "--render", str(tmp_path / "rendered")]))
     import json
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["video"] for line in lines] == [real_pose, coco_pose, REAL_VIDEO, folder]
-    assert [line["frames"] for line in lines] == [170, 170, 58, 20]
+    assert [line["video"] for line in lines] == [real_pose, coco_pose, openpose, full, REAL_VIDEO, folder]
+    assert [line["frames"] for line in lines] == [170, 170, 93, len(read_real("essen").body.data), 58, 20]
     assert all(isinstance(line["translation"], str) for line in lines)
     assert (f"warning: {real_pose} holds mediapipe_holistic_reduced keypoints, but the model was trained on "
             "coco_wholebody_133") in result.stderr
     assert coco_pose not in result.stderr  # the layout the model was trained on: no warning
-    assert {p.name for p in (tmp_path / "rendered").iterdir()} >= {"mediapipe.mp4", "coco.mp4", "test_video.mp4",
-                                                                   "frames.mp4"}
+    assert {p.name for p in (tmp_path / "rendered").iterdir()} >= {"mediapipe.mp4", "coco.mp4", "openpose.mp4",
+                                                                   "full.mp4", "test_video.mp4", "frames.mp4"}

@@ -252,6 +252,34 @@ def test_render_draws_a_real_pose_file_at_its_joint(tmp_path):
     assert image[:40, :40].max() == 0  # the corner is blank canvas
 
 
+@pytest.mark.parametrize("layout", ["mediapipe_reduced", "mediapipe_full", "coco_wholebody"])
+def test_render_draws_every_layout_at_its_joint(tmp_path, layout):
+    """The renderer reads each layout's `.pose` (a real signer's, or the same points written as the full Holistic
+    or as COCO-WholeBody) and draws the left shoulder where the file puts it (its wrist leaves the picture)."""
+    SHOULDER = 5  # COCO-WholeBody's left shoulder
+    import cv2
+    import pose_render
+    path = real("mediapipe")
+    if layout == "mediapipe_full":
+        path = str(tmp_path / "full.pose")
+        write(full_holistic_from_reduced(read_real("mediapipe"), 468), path)
+    elif layout == "coco_wholebody":
+        record = pose_files.read_pose_file(real("mediapipe"))
+        path = str(tmp_path / "coco.pose")
+        pose_files.write_pose_file({"keypoints": record.keypoints[:, None], "scores": record.scores[:, None],
+                                    "w_h": record.size, "fps": record.fps}, path)
+    clip = pose_render.read_pose(path)
+    inside = ((clip.keypoints[:, SHOULDER] > 0.05) & (clip.keypoints[:, SHOULDER] < 0.95)).all(axis=1)
+    frame = int(np.argmax(np.where(inside, clip.scores[:, SHOULDER], -1)))
+    assert inside[frame] and clip.scores[frame, SHOULDER] > 0.3  # the shoulder is seen, inside the picture, in that frame
+    out = str(tmp_path / "frame.png")
+    pose_render.render_clip([clip], out, frame=frame)
+    image = cv2.imread(out)
+    width, height = clip.size
+    x, y = (clip.keypoints[frame, SHOULDER] * [width, height]).round().astype(int)
+    assert image[y - 2:y + 3, x - 2:x + 3].max() > 100  # a drawn point where the joint is
+
+
 def lexicon_labels(folder, other_layouts=False):
     """A label file per split whose samples are the lexicon's four real signs (German words, glosses); with
     other_layouts, also the OpenPose recording and a full-Holistic file (pose folder: `folder`/poses)."""
