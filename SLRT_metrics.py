@@ -250,6 +250,18 @@ def _difference_summary(deltas, observed):
             "p_value": (1 + extreme) / (len(deltas) + 1)}
 
 
+def holm(p_values):
+    """Holm's step-down correction for m comparisons (Holm, Scand. J. Statistics 1979): with the p-values sorted,
+    p_(1) <= ... <= p_(m), the adjusted p_(k) = max_{j <= k} min(1, (m - j + 1) p_(j)); returned in the input's
+    order. It controls the family-wise error like Bonferroni's m p, and rejects at least as much."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def paired_bootstrap(baseline, system, refs, dataset="", resamples=1000, seed=0):
     """Paired bootstrap resampling (Koehn 2004) of system minus baseline, BLEU-4 and ROUGE-L, on one reference
     list: each resample draws N sentence indices with replacement (numpy Generator seeded with `seed`) and

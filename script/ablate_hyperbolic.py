@@ -301,6 +301,9 @@ def summarise(args, runs):
         if args.dataset == "CSL_Daily":
             row["paper_test_bleu4_rouge"] = PAPER_TABLE1.get(name)
         rows[name] = row
+    compared = [name for name, row in rows.items() if row["vs_reference"]]
+    for name, p in zip(compared, SLRT_metrics.holm([rows[n]["vs_reference"]["bleu4"]["p_value"] for n in compared])):
+        rows[name]["vs_reference"]["bleu4"]["p_holm"] = p  # corrected for every comparison of the table
     return rows
 
 
@@ -314,7 +317,7 @@ def markdown(args, rows):
     """The ablation table, with what its columns mean."""
     paper = args.dataset == "CSL_Daily"
     head = ["config", "dev BLEU-4", "dev ROUGE-L", "test BLEU-4", "test ROUGE-L", "at limit", "w entropy", "vs",
-            "Δ test BLEU-4 [95 % CI]", "p"] + (["paper test BLEU-4 / ROUGE-L"] if paper else [])
+            "Δ test BLEU-4 [95 % CI]", "p", "p (Holm)"] + (["paper test BLEU-4 / ROUGE-L"] if paper else [])
     lines = [f"# Hyperbolic-branch ablation: {args.dataset}, seeds {', '.join(map(str, seeds(args)))}, "
              f"{args.epochs} epochs{' (--quick)' if args.quick else ''}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -323,7 +326,8 @@ def markdown(args, rows):
         cells = [f"{name}", *(number(row[k], row[k + "_sd"]) for k in SCORES),
                  *(number(row[k], digits=3) for k in HEALTH), row["reference"] or "-",
                  f"{vs['bleu4']['difference']:+.2f} [{vs['bleu4']['ci95'][0]:+.2f}, {vs['bleu4']['ci95'][1]:+.2f}]"
-                 if vs else "-", f"{vs['bleu4']['p_value']:.3f}" if vs else "-"]
+                 if vs else "-", f"{vs['bleu4']['p_value']:.3f}" if vs else "-",
+                 f"{vs['bleu4']['p_holm']:.3f}" if vs else "-"]
         if paper:
             published = row["paper_test_bleu4_rouge"]
             cells.append("{:.2f} / {:.2f}".format(*published) if published else "-")
@@ -332,7 +336,8 @@ def markdown(args, rows):
               "checkpoint). at limit / w entropy: the last epoch's train_hyp_at_limit and train_hyp_w_entropy, mean "
               "over seeds ('-': not logged). Δ: test BLEU-4 of the row minus its reference (vs), paired bootstrap "
               f"({args.resamples} resamples, seed 0) over the test sentences of all seeds, concatenated in the same "
-              "seed order for both systems; p: two-sided.", "",
+              "seed order for both systems; p: two-sided; p (Holm): corrected by Holm's step-down method for the table's "
+              "comparisons.", "",
               "Flags beyond the recipe:", ""]
     lines += [f"- {name}: `{' '.join(row['flags']) or '(no hyperbolic branch)'}`" for name, row in rows.items()]
     return "\n".join(lines) + "\n"

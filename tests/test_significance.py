@@ -134,3 +134,20 @@ def test_cli_baseline_needs_slt(tmp_path):
     path = write(tmp_path / "a.txt", ["a"])
     result = cli("--hyp", path, "--baseline", path, "--ref", path, "--task", "CSLR")
     assert result.returncode == 1 and result.stderr.startswith("error: --baseline") and "--task SLT" in result.stderr
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_holm_adjusts_as_its_step_down_rule_says(seed):
+    """Holm's adjusted p-values: sorted p_(j) times (m - j + 1), made monotone and capped at 1, in the input order;
+    never below the raw p, never above Bonferroni's m p, and the smallest is exactly Bonferroni's."""
+    p = np.random.default_rng(seed).uniform(0, 0.2, size=7).tolist()
+    adjusted = M.holm(p)
+    m, order = len(p), np.argsort(p)
+    expected, running = {}, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        expected[i] = running
+    assert adjusted == [expected[i] for i in range(m)]
+    assert all(a >= q and a <= min(1.0, m * q) for a, q in zip(adjusted, p))
+    assert adjusted[order[0]] == min(1.0, m * p[order[0]])
+    assert M.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # worked by hand
