@@ -108,7 +108,7 @@ def test_tables_over_seeds(tmp_path):
             and f"| token_released | {delta['difference']:+.2f} [{delta['ci95'][0]:+.2f}, {delta['ci95'][1]:+.2f}] | "
                 f"{delta['p_value']:.3f} |" in pose_line)
     token_line = next(line for line in lines if line.startswith("| token_released |"))
-    assert token_line.endswith("| 0.425 | 1.000 | - | - | - |")
+    assert token_line.endswith("| 0.425 | 1.000 | - | - | - | - |")
 
 
 @pytest.mark.parametrize("dev_bleu4,best_epoch", [([1.0, 3.0, 3.0], 1), ([1.0, 2.0], 1)])
