@@ -138,8 +138,7 @@ def load_splits(args):
 
 
 def main(args):
-    import datasets as datasets_module
-    from datasets import PoseCollator
+    from datasets import PoseCollator, pose_layout_warning
     from models import Uni_Sign
 
     check_flags(args)  # before anything starts: a bad flag costs no second
@@ -178,7 +177,7 @@ def main(args):
     metric, higher_is_better = BEST_METRIC[args.task]
 
     if args.eval:
-        layout_warning = datasets_module.pose_layout_warning(datasets["test" if "test" in datasets else "dev"])
+        layout_warning = pose_layout_warning(datasets["test" if "test" in datasets else "dev"])
         if layout_warning and utils.is_main_process():
             print(layout_warning)
         model.to(utils.device(), dtype=_torch_dtype(args.dtype))

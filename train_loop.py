@@ -8,6 +8,7 @@ import torch
 from tqdm import tqdm
 
 import utils
+from SLRT_metrics import DEFAULT_BLEU_TOKENIZE
 
 
 class NonFiniteLoss(RuntimeError):
@@ -123,7 +124,8 @@ class Predictions(NamedTuple):
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, num_beams=4, max_new_tokens=100, synced=False, bleu_tokenize="13a"):
+def evaluate(model, loader, task, num_beams=4, max_new_tokens=100, synced=False,
+             bleu_tokenize=DEFAULT_BLEU_TOKENIZE):
     """Beam-search this rank's batches, gather all ranks' predictions back in dataset order, then score them with
     the task's metrics. Returns (metrics, Predictions), the same on every rank; the caller writes what it keeps.
 
@@ -172,7 +174,7 @@ def evaluate_split(model, loader, split, args, synced=False):
     from SLRT_metrics import format_for_dataset
 
     metrics, predictions = evaluate(model, loader, args.task, args.num_beams, args.max_tgt_len, synced,
-                                    getattr(args, "bleu_tokenize", "13a"))
+                                    getattr(args, "bleu_tokenize", DEFAULT_BLEU_TOKENIZE))
     if predictions.skipped:
         utils.report_skipped(args.output_dir, split, predictions.skipped, len(loader.dataset))
     if utils.is_main_process():
