@@ -32,9 +32,9 @@ class Stopped(BaseException):
         super().__init__(self.name)
 
 
-def plain_args(args):
-    """The flags as a dict of plain values (what a weights_only load reads back)."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+def plain_args(record):
+    """The run's flags ({flag: value}) with plain values only (what a weights_only load reads back)."""
+    return {k: v for k, v in record.items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
 
 
 # ---------------------------------------------------------------------------- resumable state on disk

@@ -2,9 +2,9 @@
 the hyperbolic branch's ManifoldParameters, and the checkpoints (what they keep on disk to resume, the random
 state and the signals are checkpointing.py's).
 
-    engine = Engine(model, args, total_updates, warmup_updates)
+    engine = Engine(model, TrainConfig.from_args(args), total_updates, warmup_updates, record=vars(args))
     start_epoch, best = engine.resume(output_dir) if args.resume else (0, None)
-    out = engine(batch); engine.step(out["loss"])               # every micro-batch
+    engine.step(criterion(engine(batch))["loss"])               # every micro-batch (losses.TrainingLoss)
     engine.save(output_dir, epoch, best_score, is_best)         # every epoch
 
 Two kinds of checkpoint are written:
@@ -37,16 +37,16 @@ RUN_ONLY_FLAGS = {"resume", "output_dir", "local_rank", "num_workers", "wandb", 
                   "save_one_batch", "eval", "finetune", "log_every", "config", "overwrite", "no_report"}
 
 
-def deepspeed_config(args, total_updates, warmup_updates):
-    """The DeepSpeed config for our flags: precision, ZeRO stage, accumulation, clipping and the
+def deepspeed_config(train, total_updates, warmup_updates):
+    """The DeepSpeed config of a TrainConfig: precision, ZeRO stage, accumulation, clipping and the
     cosine schedule with linear warmup (DeepSpeed's WarmupCosineLR, stepped once per update)."""
     return {
-        "train_micro_batch_size_per_gpu": args.batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "gradient_clipping": args.gradient_clipping,
-        "bf16": {"enabled": args.dtype == "bf16"},
-        "fp16": {"enabled": args.dtype == "fp16", "initial_scale_power": 16},
-        "zero_optimization": {"stage": args.zero_stage},
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "gradient_clipping": train.gradient_clipping,
+        "bf16": {"enabled": train.dtype == "bf16"},
+        "fp16": {"enabled": train.dtype == "fp16", "initial_scale_power": 16},
+        "zero_optimization": {"stage": train.zero_stage},
         "zero_allow_untested_optimizer": True,  # our AdamW is torch's own
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -55,7 +55,7 @@ def deepspeed_config(args, total_updates, warmup_updates):
             "warmup_num_steps": max(1, min(warmup_updates, total_updates - 1)),  # DeepSpeed wants >= 1
             "warmup_type": "linear",
             "warmup_min_ratio": 0.0,
-            "cos_min_ratio": args.min_lr / args.lr if args.lr > 0 else 0.0,
+            "cos_min_ratio": train.min_lr / train.lr if train.lr > 0 else 0.0,
         }},
     }
 
@@ -124,30 +124,33 @@ def step_hyperbolic(optimizer, max_norm, grad_scale=1.0):
 
 class Engine:
     """DeepSpeed's engine (AdamW, schedule, precision, ZeRO) plus Riemannian Adam for the hyperbolic
-    parameters, stepped together once per optimizer update; saves and resumes both."""
+    parameters, stepped together once per optimizer update; saves and resumes both.
 
-    def __init__(self, model, args, total_updates, warmup_updates):
+    train: the TrainConfig it reads (optimizers, schedule, precision, ZeRO stage, clipping); record: the run's
+    flags ({flag: value}), which every checkpoint keeps as its `args` and --resume compares."""
+
+    def __init__(self, model, train, total_updates, warmup_updates, record):
         import geoopt
-        self.args = args
+        self.train_config, self.record = train, record
         self.last_saved_epoch = None
-        optimizer = torch.optim.AdamW(model.euclidean_param_groups(args.weight_decay), lr=args.lr,
-                                      betas=tuple(args.opt_betas))
-        hyp_params = model.hyperbolic_parameters() if args.use_hyperbolic else []
+        optimizer = torch.optim.AdamW(model.euclidean_param_groups(train.weight_decay), lr=train.lr,
+                                      betas=tuple(train.opt_betas))
+        hyp_params = model.hyperbolic_parameters() if model.config.use_hyperbolic else []
         hyp_values = [p.data.float().clone() for p in hyp_params]
-        ds_config = deepspeed_config(args, total_updates, warmup_updates)
+        ds_config = deepspeed_config(train, total_updates, warmup_updates)
         # DeepSpeed's fp32 path without ZeRO steps the torch optimizer as it is: its clipping takes every parameter
         # of the module (the hyperbolic ones too, which Riemannian Adam clips itself) and fails on 0-d gradients,
         # and its step clears every gradient of the module, the hyperbolic ones before Riemannian Adam has used
         # them. On that path we clip AdamW's parameters ourselves, as DeepSpeed's other paths clip only theirs,
         # and keep the hyperbolic gradients across DeepSpeed's step.
-        self.fp32_without_zero = args.zero_stage == 0 and args.dtype == "fp32"
+        self.fp32_without_zero = train.zero_stage == 0 and train.dtype == "fp32"
         self.euclidean_params = [p for group in optimizer.param_groups for p in group["params"]]
         if self.fp32_without_zero:
             ds_config["gradient_clipping"] = 0.0
         self.ds, _ = deepspeed_initialize(model, optimizer, ds_config)
         for p, value in zip(hyp_params, hyp_values):  # the geometry stays in float32 whatever DeepSpeed's
             p.data = value.to(p.device)  # precision, from its float32 values (not their 16-bit rounding)
-        self.hyp_optimizer = (geoopt.optim.RiemannianAdam(hyp_params, lr=args.hyp_lr, stabilize=100)
+        self.hyp_optimizer = (geoopt.optim.RiemannianAdam(hyp_params, lr=train.hyp_lr, stabilize=100)
                               if hyp_params else None)
 
     @property
@@ -170,8 +173,8 @@ class Engine:
         self.ds.backward(loss)  # at a boundary, the gradients are averaged over ranks here
         kept = []
         if boundary and self.fp32_without_zero:
-            if self.args.gradient_clipping > 0:
-                torch.nn.utils.clip_grad_norm_(self.euclidean_params, self.args.gradient_clipping)
+            if self.train_config.gradient_clipping > 0:
+                torch.nn.utils.clip_grad_norm_(self.euclidean_params, self.train_config.gradient_clipping)
             if self.hyp_optimizer is not None:
                 kept = [(p, p.grad) for group in self.hyp_optimizer.param_groups for p in group["params"]]
         self.ds.step()
@@ -182,7 +185,7 @@ class Engine:
         applied = self.ds.was_step_applied()
         if self.hyp_optimizer is not None:
             if applied:
-                step_hyperbolic(self.hyp_optimizer, self.args.gradient_clipping, grad_scale=scale)
+                step_hyperbolic(self.hyp_optimizer, self.train_config.gradient_clipping, grad_scale=scale)
             else:
                 self.hyp_optimizer.zero_grad(set_to_none=True)
         if applied:
@@ -213,11 +216,11 @@ class Engine:
         A save that fails or is stopped removes what it wrote; the previous epoch's state stays."""
         state = model_state_dict(self.ds)
         if utils.is_main_process():
-            write_checkpoint(output_dir, state, epoch, vars(self.args), best_score, int(self.module.global_step),
+            write_checkpoint(output_dir, state, epoch, self.record, best_score, int(self.module.global_step),
                              is_best)
         ds_dir = os.path.join(output_dir, "deepspeed")
         tag = f"epoch{epoch}"
-        client = {"epoch": epoch, "best": best_score, "args": plain_args(self.args),
+        client = {"epoch": epoch, "best": best_score, "args": plain_args(self.record),
                   "rng": utils.gather_objects(rng_state()),
                   "hyp_optimizer": self.hyp_optimizer.state_dict() if self.hyp_optimizer is not None else None}
         try:
@@ -286,7 +289,7 @@ class Engine:
         ours = {k: tuple(v.shape) for k, v in self.module.state_dict().items()}
         if ours == theirs:
             return
-        saved_args, args = saved.get("args") or {}, plain_args(self.args)
+        saved_args, args = saved.get("args") or {}, plain_args(self.record)
         flags = [f"--{k} {saved_args[k]!r} (now {args.get(k)!r})" for k in sorted(saved_args)
                  if k not in RUN_ONLY_FLAGS and saved_args[k] != args.get(k)]
         differing = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs[k])

@@ -20,6 +20,7 @@ import transformers
 
 import captions
 import config
+import losses
 import model_io
 import SLRT_metrics
 import peers
@@ -190,7 +191,9 @@ def main(args):
     updates_per_epoch = math.ceil(steps / args.gradient_accumulation_steps)
     total_updates = args.epochs * updates_per_epoch
     model.set_total_updates(total_updates)
-    engine = Engine(model, args, total_updates, int(args.warmup_epochs * updates_per_epoch))
+    engine = Engine(model, TrainConfig.from_args(args), total_updates, int(args.warmup_epochs * updates_per_epoch),
+                    record=vars(args))
+    criterion = losses.TrainingLoss(model.config.label_smoothing)
     start_epoch, best = engine.resume(args.output_dir) if args.resume else (0, None)
     if start_epoch >= args.epochs:  # say so, rather than end with the old summary as if it had trained
         print(f"--resume: the run in {args.output_dir} has finished its {start_epoch} epochs, so there is nothing "
@@ -203,8 +206,8 @@ def main(args):
         set_epoch(train_loader, epoch, args.seed)
         start = time.time()
         try:
-            train_stats = train_one_epoch(engine, train_loader, epoch, steps, args.log_every, args.skip_bad_samples,
-                                          args.dtype, run)
+            train_stats = train_one_epoch(engine, criterion, train_loader, epoch, steps, args.log_every,
+                                          args.skip_bad_samples, args.dtype, run)
         except NonFiniteLoss as err:
             kept = (f"the last good checkpoint is {os.path.join(args.output_dir, 'checkpoint.pth')}" if epoch > 0
                     else "this run saved no checkpoint (it stopped in its first epoch)")

@@ -94,7 +94,7 @@ class Uni_Sign(nn.Module):
     """Four-part ST-GCN pose encoder -> pose_proj -> mT5, plus the hyperbolic branch when use_hyperbolic.
 
     Built from a ModelConfig, or from anything ModelConfig.from_args reads (an argparse namespace, a
-    checkpoint's args). The trainer calls forward(batch) for the loss, count_update() after each optimizer
+    checkpoint's args). The trainer calls forward(batch) for what the loss needs (losses.TrainingLoss), count_update() after each optimizer
     update, and set_total_updates(n) once; generate(batch) for evaluation.
     """
 
@@ -209,22 +209,21 @@ class Uni_Sign(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch):
-        """Training loss. Returns dict(loss, ce_loss[, hyp_loss, alpha, curvature, temperature, margin,
-        pos_dist, w_body, w_left, w_right, w_face]); every entry but `loss` is a detached tensor."""
+        """What the training loss needs (losses.TrainingLoss blends it): dict(logits (B, S, V) of the teacher-forced
+        pass, labels (B, S) with -100 where ignored[, contrastive_loss, alpha, and the branch's detached statistics:
+        curvature, temperature, margin, pos_dist, w_body, w_left, w_right, w_face, health]). The contrastive loss and
+        alpha are computed here, not in the loss module, because they read the model's own parameters (the
+        geometry's, alpha's logit), which under ZeRO-3 are gathered only while the model's forward runs."""
         inputs_embeds, attention_mask, part_features, _ = self.encode_pose(batch)
         labels = batch["labels"].to(inputs_embeds.device)
         outputs = self.teacher_forced(inputs_embeds, attention_mask, labels)
-        ce_loss = losses.translation_loss(outputs.logits, labels, self.config.label_smoothing)
+        out = {"logits": outputs.logits, "labels": labels}
         if not self.config.use_hyperbolic:
-            return {"loss": ce_loss, "ce_loss": ce_loss.detach()}
-
+            return out
         text_features, text_mask = self.text_features(outputs, labels)
-        with torch.autocast(device_type=ce_loss.device.type, enabled=False):
-            hyp_loss, stats = self.hyperbolic_loss(part_features, text_features.float(), text_mask)
-            alpha = self.alpha()
-            loss = losses.blend(ce_loss, hyp_loss, alpha)
-        stats.update(ce_loss=ce_loss.detach(), hyp_loss=hyp_loss.detach(), alpha=alpha.detach())
-        return {"loss": loss, **stats}
+        with torch.autocast(device_type=labels.device.type, enabled=False):
+            contrastive_loss, stats = self.hyperbolic_loss(part_features, text_features.float(), text_mask)
+            return {**out, "contrastive_loss": contrastive_loss, "alpha": self.alpha(), **stats}
 
     def hyperbolic_loss(self, part_features, text_features, text_mask):
         """Contrastive loss between pose parts and text on the ball (float32). Returns (loss, stats)."""

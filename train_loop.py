@@ -15,11 +15,12 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def train_one_epoch(engine, loader, epoch, steps, log_every=50, skip_bad_samples=False, dtype="fp32", run=None):
-    """One epoch of `steps` batches of `loader` (utils.steps_per_epoch). The step's values (losses, alpha,
-    curvature, health statistics...) stay on the device, summed there; they are read to the host, one sync that
-    waits for every queued kernel, only every `log_every` steps and at the end of the epoch (to the progress bar
-    and the wandb `run`). The loss is checked for non-finite values at every step, on the device: the run fails at
+def train_one_epoch(engine, criterion, loader, epoch, steps, log_every=50, skip_bad_samples=False, dtype="fp32",
+                    run=None):
+    """One epoch of `steps` batches of `loader` (utils.steps_per_epoch), each step's loss criterion(model outputs)
+    (losses.TrainingLoss). The step's values (losses, alpha, curvature, health statistics...) stay on the device,
+    summed there; they are read to the host, one sync that waits for every queued kernel, only every `log_every`
+    steps and at the end of the epoch (to the progress bar and the wandb `run`). The loss is checked for non-finite values at every step, on the device: the run fails at
     the next read, naming the first bad step (the last good checkpoint is the previous epoch's). skip_bad_samples:
     the loader may yield batches emptied of unreadable samples. dtype: the training precision, whose peak
     FLOP/s the model FLOPs utilisation is measured against."""
@@ -39,7 +40,7 @@ def train_one_epoch(engine, loader, epoch, steps, log_every=50, skip_bad_samples
                 # a rank that went on alone would wait forever for the others in the gradient all-reduce
                 skipped_steps += 1
                 continue
-            out = engine(batch)  # the model moves the batch to its device and precision
+            out = criterion(engine(batch))  # the model moves the batch to its device and precision
             sums.add(step, out)
             engine.step(out["loss"])  # backward; at an accumulation boundary both optimizers step
             samples += len(batch["name"])

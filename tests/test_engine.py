@@ -18,6 +18,7 @@ import torch
 import engine
 import model_io
 import utils
+from train_config import TrainConfig
 from conftest import cut_demo
 
 
@@ -36,6 +37,7 @@ class TinyModel(torch.nn.Module):
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
         self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
+        self.config = SimpleNamespace(use_hyperbolic=hyperbolic)
         if hyperbolic:
             self.ball = geoopt.PoincareBall(c=1.0)
             self.point = geoopt.ManifoldParameter(self.ball.expmap0(torch.randn(4, generator=generator) * 0.3),
@@ -80,10 +82,14 @@ def one_rank():
     utils.init_distributed()
 
 
+def start(model, args):
+    """The engine as fine_tuning.main builds it: the training settings, and the flags every checkpoint records."""
+    return engine.Engine(model, TrainConfig.from_args(args), total_updates=10, warmup_updates=1, record=vars(args))
+
+
 def build(scalar=False, **overrides):
     args = make_args(**overrides)
-    return engine.Engine(TinyModel(hyperbolic=args.use_hyperbolic, scalar=scalar), args, total_updates=10,
-                         warmup_updates=1)
+    return start(TinyModel(hyperbolic=args.use_hyperbolic, scalar=scalar), args)
 
 
 def train(eng, steps=3):
@@ -209,7 +215,7 @@ def test_zero3_counts_the_flops_of_the_whole_weights(tiny_mt5_path):
     settings = SimpleNamespace(mt5_path=tiny_mt5_path, use_hyperbolic=False)
     whole = Uni_Sign(settings)._flop_weight_counts
     model = Uni_Sign(settings)
-    eng = engine.Engine(model, make_args(zero_stage=3, use_hyperbolic=False), total_updates=10, warmup_updates=1)
+    eng = start(model, make_args(zero_stage=3, use_hyperbolic=False))
     assert eng.module.pose_proj.weight.numel() == 0  # partitioned
     assert eng.module._flop_weight_counts == whole and min(whole.values()) > 0
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import hyperbolic as hyp
+from losses import training_loss
 from geometry import GEOMETRIES, Geometry, build_geometry, register
 from models import ModelConfig, Uni_Sign
 
@@ -78,7 +79,7 @@ def branch_model(mt5_path, geometry, mode="token"):
 
 def train_one_step(model, batch):
     """One forward, backward and AdamW + Riemannian Adam step; returns the step's outputs."""
-    out = model(batch)
+    out = training_loss(model, batch)
     out["loss"].backward()
     torch.optim.AdamW(model.euclidean_param_groups(0.01), lr=1e-2).step()
     riemannian = model.hyperbolic_parameters()

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import models
 import stgcn_layers
+from losses import TrainingLoss, training_loss
 from make_demo import random_batch
 
 
@@ -88,7 +89,8 @@ def test_encode_pose_builds_prompt_then_pose_inputs(model):
 def test_translation_loss_is_label_smoothed_cross_entropy(tiny_mt5_path):
     pose_only = build(tiny_mt5_path, use_hyperbolic=False, label_smoothing=0.0).eval()
     batch = batch_for(pose_only)
-    out = pose_only(batch)
+    assert set(pose_only(batch)) == {"logits", "labels"}  # what the loss needs, and no more
+    out = training_loss(pose_only, batch)
     assert set(out) == {"loss", "ce_loss"}
     inputs_embeds, attention_mask, _, _ = pose_only.encode_pose(batch)
     reference = pose_only.mt5_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=batch["labels"])
@@ -96,7 +98,7 @@ def test_translation_loss_is_label_smoothed_cross_entropy(tiny_mt5_path):
     pose_only.config.label_smoothing = 0.2
     logits = reference.logits.float().flatten(0, 1)
     expected = F.cross_entropy(logits, batch["labels"].flatten(), ignore_index=-100, label_smoothing=0.2)
-    torch.testing.assert_close(pose_only(batch)["loss"], expected)
+    torch.testing.assert_close(training_loss(pose_only, batch)["loss"], expected)
 
 
 @pytest.mark.parametrize("comparison", ["pooled", "attn", "token"])
@@ -105,9 +107,11 @@ def test_every_mode_trains_with_one_mt5_pass(tiny_mt5_path, comparison, source):
     geo = build(tiny_mt5_path, hyp_text_cmp=comparison, hyp_text_emb_src=source).train()
     calls = []
     handle = geo.mt5_model.register_forward_hook(lambda *args: calls.append(1))
-    out = geo(batch_for(geo))
+    outputs = geo(batch_for(geo))
     handle.remove()
     assert len(calls) == 1
+    out = TrainingLoss(geo.config.label_smoothing)(outputs)
+    assert {"logits", "labels", "contrastive_loss", "alpha"} <= set(outputs)
     expected = {"loss", "ce_loss", "hyp_loss", "alpha", "curvature", "temperature", "margin", "pos_dist",
                 "w_body", "w_left", "w_right", "w_face", "hyp_at_limit", "hyp_radius", "hyp_text_radius",
                 "hyp_w_entropy", "hyp_tangent_norm"} | ({"hyp_frechet_unconverged"} if comparison != "token" else set())
@@ -198,7 +202,7 @@ def test_demo_batches_from_the_collator_train_and_translate(demo_root, model):
     batch = datasets.PoseCollator(model.mt5_tokenizer, "Demo")([dataset[i] for i in range(3)])
     model.train()
     model.zero_grad(set_to_none=True)
-    out = model(batch)
+    out = training_loss(model, batch)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and model.hyp_attn_W.grad is not None
     model.eval()

@@ -14,6 +14,7 @@ MT5_BASE = {"num_heads": 12, "d_model": 768, "d_kv": 64, "d_ff": 2048, "num_laye
 
 MEASURE = """
 import argparse, json, resource, sys, torch, preflight
+from losses import training_loss
 from datasets import PART_INDICES, PoseCollator
 from models import Uni_Sign
 mt5_path, frames = sys.argv[1], int(sys.argv[2])
@@ -23,9 +24,9 @@ collate = PoseCollator(model.mt5_tokenizer, "Demo")
 def batch(length):
     return collate([{"name": "a", "text": "a", "pose": {part: torch.randn(length, len(nodes), 3)
                                                        for part, nodes in PART_INDICES.items()}}])
-model(batch(4))["loss"].backward()  # the gradients' and the allocator's own memory, before the peak is read
+training_loss(model, batch(4))["loss"].backward()  # the gradients' and the allocator's own memory, before the peak is read
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-model(batch(frames))["loss"].backward()
+training_loss(model, batch(frames))["loss"].backward()
 with open(mt5_path + "/config.json") as f:
     estimate = preflight.step_activation_bytes(1, frames, json.load(f))
 print(json.dumps({"measured": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024,

@@ -68,7 +68,7 @@ def nan_after_first_epoch(self, batch):
     if self.training:
         calls.append(1)
         if len(calls) > {steps}:
-            out["loss"] = out["loss"] * math.nan
+            out["logits"] = out["logits"] * math.nan  # a NaN loss
     return out
 models.Uni_Sign.forward = nan_after_first_epoch
 parser = fine_tuning.get_args_parser()

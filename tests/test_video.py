@@ -12,6 +12,7 @@ import torch
 
 import datasets
 import e2e
+from losses import training_loss
 import model_io
 import pose_extraction
 import tiny_pose_models as tiny
@@ -138,7 +139,7 @@ def test_extracted_pickle_loads_and_trains_one_step(estimator, demo_root, tmp_pa
                                                                      "right": (20, 21, 3), "face_all": (20, 18, 3)}
     assert item["pose"]["body"][..., 2].min() > 0.9  # every body point confident: none zeroed
     batch = datasets.PoseCollator(model.mt5_tokenizer, "Demo")([item])
-    loss = model(batch)["loss"]
+    loss = training_loss(model, batch)["loss"]
     loss.backward()
     assert torch.isfinite(loss)
     body_grads = [p.grad for name, p in model.named_parameters() if name.startswith("gcn_modules.body")]

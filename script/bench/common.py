@@ -75,8 +75,8 @@ def training_step(flags, args):
 
 def build_training(run_args, model, total_updates=1000):
     """A function train(batches, epoch) that runs fine_tuning.train_one_epoch on a list of batches with the
-    optimizers built as this tree's fine_tuning.main builds them: engine.Engine where the tree has it
-    (main since 14eec8c), else (older revisions such as 6d4f403) DeepSpeed with torch AdamW and a
+    optimizers built as this tree's fine_tuning.main builds them: engine.Engine(model, TrainConfig, ...) with
+    losses.TrainingLoss where the tree has them, engine.Engine(model, args, ...) in trees since 14eec8c, else (older revisions such as 6d4f403) DeepSpeed with torch AdamW and a
     Riemannian Adam beside it, passed to train_one_epoch separately."""
     import fine_tuning
     import torch
@@ -86,6 +86,13 @@ def build_training(run_args, model, total_updates=1000):
         from engine import Engine
     except ModuleNotFoundError:
         Engine = None
+    if Engine is not None and "record" in inspect.signature(Engine).parameters:  # the engine takes its settings
+        from losses import TrainingLoss
+        from train_config import TrainConfig
+        engine = Engine(model, TrainConfig.from_args(run_args), total_updates, 10, record=vars(run_args))
+        criterion = TrainingLoss(model.config.label_smoothing)
+        return lambda batches, epoch: fine_tuning.train_one_epoch(engine, criterion, batches, epoch, len(batches),
+                                                                  run_args.log_every, dtype=run_args.dtype)
     if Engine is not None:
         engine = Engine(model, run_args, total_updates, 10)
         if "args" in inspect.signature(fine_tuning.train_one_epoch).parameters:  # trees that passed the flags whole

@@ -160,12 +160,13 @@ def loader_batches_per_s(dataset, collator, batch_size, num_workers, batches):
 def train_steps_per_s(model, batches, steps):
     """Optimizer steps/s of the model (forward, backward, AdamW) on batches already collated, after a warm-up."""
     import torch
+    from losses import training_loss
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
 
     def step(batch):
         optimizer.zero_grad(set_to_none=True)
-        model(batch)["loss"].backward()
+        training_loss(model, batch)["loss"].backward()
         optimizer.step()
 
     step(batches[0])

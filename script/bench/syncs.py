@@ -20,7 +20,8 @@ MODES = ("off", "pooled", "token")
 def count_reads(model, batch):
     """(profiler reads, CUDA sync warnings or None) of one forward + backward of model on batch."""
     import torch
-    model(batch)["loss"].backward()  # warm-up: one-time work is not a step's
+    from losses import training_loss
+    training_loss(model, batch)["loss"].backward()  # warm-up: one-time work is not a step's
     model.zero_grad()
     cuda = torch.cuda.is_available()
     if cuda:
@@ -29,7 +30,7 @@ def count_reads(model, batch):
     with warnings.catch_warnings(record=True) as caught, \
             torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         warnings.simplefilter("always")
-        model(batch)["loss"].backward()
+        training_loss(model, batch)["loss"].backward()
     if cuda:
         torch.cuda.set_sync_debug_mode(0)
     reads = sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
