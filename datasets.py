@@ -1,11 +1,10 @@
 """Pose datasets: loading, normalisation, frame selection and batching (the format and normalisation: docs/design.md).
 
-Public: build_dataset, DataConfig, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
+Public: build_dataset, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
 pose_layout_warning, BadSampleError, LabelFileError. Pickles are read by safe_pickle.py's unpicklers, which run no
 code; `.pose` files by pose_files.py; PHOENIX-2014T's corpus CSVs by phoenix_labels.py.
 """
 import csv
-import dataclasses
 import functools
 import gzip
 import os
@@ -20,7 +19,7 @@ import config
 import phoenix_labels
 import pose_clips
 import pose_files
-import utils
+from data_config import TASKS, DataConfig, data_paths
 from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
 from sample_index import (LabelFileError, SampleIndex, StringTableBuilder, json_array_blocks,  # noqa: F401
                           refuse_duplicate_names)
@@ -31,20 +30,7 @@ CONFIDENCE_THRESHOLD = 0.3
 PROMPTS = {"Chinese": "Translate sign language video to Chinese: ",
            "English": "Translate sign language video to English: ",
            "German": "Translate sign language video to German: "}
-TASKS = ("SLT", "ISLR", "CSLR")
-PHASES = ("train", "dev", "test")
 CSL_NEWS_TRAIN_FRACTION = 0.99
-REAL_DATA_HINT = 'download it and point config.py at it (see README.md, "Using real data")'
-
-
-def missing_data_hint(dataset_name, sources):
-    """What to do about a dataset's missing labels or poses: where they come from (config.label_sources or
-    config.pose_sources) and where to put them."""
-    if dataset_name == "Demo":
-        return "run `python script/make_demo.py`"
-    if dataset_name in sources:
-        return f'get {sources[dataset_name]}, then point config.py (or the flag) at it (README.md, "Using real data")'
-    return REAL_DATA_HINT
 
 
 # All parts' points gathered once, with the column ranges of each part and of the anchors.
@@ -392,36 +378,10 @@ class PoseDataset(torch.utils.data.Dataset):
         return {"name": sample["name"], "pose": pose, "text": sample["text"]}
 
 
-@dataclasses.dataclass
-class DataConfig:
-    """The settings build_dataset reads, with their one default (fine_tuning.py's flags take theirs from here)."""
-    task: str = "SLT"
-    max_length: int = 256  # frames per video
-    skip_bad_samples: bool = False
-
-    # The settings found in `args` (a namespace or dict, or a DataConfig); see utils.config_from_args.
-    from_args = classmethod(utils.config_from_args)
-
-
 def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
-    """The PoseDataset of one phase; label and pose paths default to config.py's. `args`: a DataConfig or
-    anything DataConfig.from_args reads."""
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-    known = config.train_label_paths
-    if dataset_name not in known and (label_path is None or pose_dir is None):
-        raise ValueError(f"unknown dataset {dataset_name!r}; config.py knows {sorted(known)}")
-    label_path = label_path or {"train": config.train_label_paths, "dev": config.dev_label_paths,
-                                "test": config.test_label_paths}[phase][dataset_name]
-    if not os.path.isfile(label_path) and not captions.is_caption_folder(dataset_name, label_path):
-        hint = missing_data_hint(dataset_name, config.label_sources)
-        raise FileNotFoundError(f"{dataset_name} {phase} labels not found at {label_path}: {hint}")
-    pose_dir = pose_dir or config.pose_dirs[dataset_name]
-    if dataset_name == "WLASL":
-        pose_dir = os.path.join(pose_dir, phase)
-    if not os.path.isdir(pose_dir):
-        hint = missing_data_hint(dataset_name, config.pose_sources)
-        raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {hint}")
+    """The PoseDataset of one phase; label and pose paths default to config.py's (data_config.data_paths). `args`: a
+    DataConfig or anything DataConfig.from_args reads."""
+    label_path, pose_dir = data_paths(dataset_name, phase, label_path, pose_dir)
     settings = DataConfig.from_args(args)
     task = settings.task
     if task not in TASKS:
