@@ -431,5 +431,4 @@ class PoseCollator:
         labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
         return {"name": [item["name"] for item in valid], "pose": pose, "pose_mask": pose_mask,
                 "prompt_ids": prompt["input_ids"].long(), "prompt_mask": prompt["attention_mask"].long(),
-                "labels": labels.long(), "labels_mask": target["attention_mask"].long(), "text": texts,
-                "num_skipped": num_skipped}
+                "labels": labels.long(), "text": texts, "num_skipped": num_skipped}
