@@ -23,9 +23,9 @@ from skeleton import POSE_NODES
 from train_config import OPTIMIZERS, TrainConfig
 
 
-# Every number flag of fine_tuning.py / pretraining.py: (flag, its argparse name, valid?, what is valid); the training's,
-# the data's and the model's come from their settings classes' fields (settings.number_rules). Out of range, each
-# failed deep inside torch, DeepSpeed or transformers (a traceback), some only after an epoch of training
+# Every number flag of fine_tuning.py / pretraining.py: (flag, its argparse name, valid?, what is valid); the
+# training's, the data's and the model's come from their settings classes' fields (settings.number_rules). Out of
+# range, each failed deep inside torch, DeepSpeed or transformers (a traceback), some only after an epoch of training
 # (--num_beams 0, --max_tgt_len 0), and some trained on silently (--alpha 2, --warmup-epochs -1).
 FLAG_RULES = settings.number_rules(TrainConfig) + settings.number_rules(DataConfig) + (
     ("--num_workers", "num_workers", at_least(0), "0 (load in the main process) or more"),
