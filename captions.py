@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import pose_clips
 import utils
-from sample_index import LabelFileError, RepeatedStrings, SampleIndex, StringTableBuilder, refuse_duplicate_names
+from sample_index import LabelFileError, RepeatedStrings, SampleIndex, refuse_duplicate_names, string_table
 
 CAPTION_DATASETS = ("YouTubeASL", "Captions")
 CAPTION_EXTENSIONS = (".vtt", ".srt")
@@ -226,9 +226,9 @@ class _Corpus:
         """The SampleIndex of every clip added (columns built in one pass each)."""
         codes = np.concatenate(self.codes) if self.codes else np.zeros(0, np.int32)
         frames = np.concatenate(self.frames) if self.frames else np.zeros((0, 2), np.int32)
-        names, texts = _string_table(self.names_list), _string_table(self.texts_list)
+        names, texts = string_table(self.names_list), string_table(self.texts_list)
         self.names_list, self.texts_list = [], []
-        return SampleIndex(RepeatedStrings(_string_table(self.pose_paths), codes), texts, self.pose_dir,
+        return SampleIndex(RepeatedStrings(string_table(self.pose_paths), codes), texts, self.pose_dir,
                            names=names, frames=frames)
 
     def bad(self, message):
@@ -263,12 +263,6 @@ def _clip_index(label_path, mtime, pose_dir, settings):
     _report(corpus, len(videos))
     dev_start = len(corpus.names_list) - sum(len(clips) for _, clips in kept[len(kept) - held_out:])
     return corpus.build(), dev_start
-
-
-def _string_table(strings):
-    builder = StringTableBuilder()
-    builder.add(strings)
-    return builder.build()
 
 
 def _videos(label_path, pose_dir, corpus):

@@ -1,29 +1,24 @@
 """Pose datasets: loading, normalisation, frame selection and batching (the format and normalisation: docs/design.md).
 
-Public: build_dataset, DataConfig, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
+Public: build_dataset, PoseDataset, PoseCollator, load_pose, normalise_pose, select_frames, prompt_for,
 pose_layout_warning, BadSampleError, LabelFileError. Pickles are read by safe_pickle.py's unpicklers, which run no
-code; `.pose` files by pose_files.py; PHOENIX-2014T's corpus CSVs by phoenix_labels.py.
+code; `.pose` files by pose_files.py; label files by label_files.py.
 """
-import csv
-import dataclasses
 import functools
-import gzip
 import os
 import pickle
-import sys
 
 import numpy as np
 import torch
 
 import captions
 import config
-import phoenix_labels
+import label_files
 import pose_clips
 import pose_files
-import utils
-from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted, safe_pickle_load
-from sample_index import (LabelFileError, SampleIndex, StringTableBuilder, json_array_blocks,  # noqa: F401
-                          refuse_duplicate_names)
+from data_config import TASKS, DataConfig, data_paths
+from safe_pickle import PoseUnpickler, UnsafePickleError, build_frames, load_restricted
+from sample_index import LabelFileError  # noqa: F401  (named here too: datasets.LabelFileError)
 # the skeleton's definitions, named here too (datasets.PART_INDICES, ...)
 from skeleton import NUM_KEYPOINTS, PART_ANCHORS, PART_INDICES  # noqa: F401
 
@@ -31,20 +26,6 @@ CONFIDENCE_THRESHOLD = 0.3
 PROMPTS = {"Chinese": "Translate sign language video to Chinese: ",
            "English": "Translate sign language video to English: ",
            "German": "Translate sign language video to German: "}
-TASKS = ("SLT", "ISLR", "CSLR")
-PHASES = ("train", "dev", "test")
-CSL_NEWS_TRAIN_FRACTION = 0.99
-REAL_DATA_HINT = 'download it and point config.py at it (see README.md, "Using real data")'
-
-
-def missing_data_hint(dataset_name, sources):
-    """What to do about a dataset's missing labels or poses: where they come from (config.label_sources or
-    config.pose_sources) and where to put them."""
-    if dataset_name == "Demo":
-        return "run `python script/make_demo.py`"
-    if dataset_name in sources:
-        return f'get {sources[dataset_name]}, then point config.py (or the flag) at it (README.md, "Using real data")'
-    return REAL_DATA_HINT
 
 
 # All parts' points gathered once, with the column ranges of each part and of the anchors.
@@ -218,144 +199,13 @@ def _split_parts(parts_xyc):
     return {part: parts_xyc[:, columns] for part, columns in _PART_SLICES.items()}
 
 
-# ----------------------------------------------------------------------------- label files and the dataset
+# ----------------------------------------------------------------------------- the dataset
 def prompt_for(dataset_name):
     """The translation prompt in the dataset's language (Chinese for config.chinese_datasets, German for
     config.german_datasets, else English)."""
     if dataset_name in config.german_datasets:
         return PROMPTS["German"]
     return PROMPTS["Chinese" if dataset_name in config.chinese_datasets else "English"]
-
-
-LABEL_FORMAT = ("a gzip-compressed pickle of a dict name -> {'name', 'video_path', 'text'[, 'gloss']} (CSL-Daily "
-                "style; PHOENIX-2014T's {'name', 'gloss', 'text', 'length', 'imgs_path'} find poses by 'name')")
-NEWS_FORMAT = "a JSON list of {'video', 'pose', 'text'} (CSL-News style)"
-
-
-def _read_labels(dataset_name, phase, label_path, pose_dir, task):
-    """The SampleIndex of one phase, in file order; LabelFileError for an unusable label file."""
-    if os.path.getsize(label_path) == 0:
-        raise LabelFileError(f"{label_path}: the {phase} label file is empty (0 bytes): expected "
-                             f"{NEWS_FORMAT if dataset_name == 'CSL_News' else LABEL_FORMAT}; copy it again "
-                             f"or point --{phase}_label_path at the right file")
-    if dataset_name == "CSL_News":  # the last 1 % is dev (and test)
-        if task == "CSLR":
-            raise LabelFileError(f"{label_path}: CSL-News has no glosses, which --task CSLR trains on: pretrain "
-                                 "with --task SLT (its default)")
-        index = _read_news_index(label_path, os.path.getsize(label_path), os.path.getmtime(label_path), pose_dir)
-        split = int(len(index) * CSL_NEWS_TRAIN_FRACTION)
-        samples = index.slice(0, split) if phase == "train" else index.slice(split, len(index))
-    elif label_path.endswith(".csv"):
-        samples = _read_corpus_csv(label_path, phase, pose_dir, task)
-    else:
-        samples = _read_pickle_labels(label_path, pose_dir, task)
-    if len(samples) == 0:
-        raise LabelFileError(f"{label_path}: no {phase} samples in it (an empty label list): there is nothing to "
-                             f"{'train on' if phase == 'train' else 'score'}; point --{phase}_label_path at a label "
-                             "file with entries")
-    if phase != "train":  # predictions are matched to references by name
-        refuse_duplicate_names(samples, label_path, phase)
-    return samples
-
-
-@functools.lru_cache(maxsize=2)
-def _read_news_index(label_path, size, mtime, pose_dir):
-    """The whole CSL-News list as one SampleIndex, parsed once per process (dev and train slice it; size and
-    mtime in the key re-read a changed file). Streamed: memory is the index plus one block of entries."""
-    poses, texts, count = StringTableBuilder(), StringTableBuilder(), 0
-    try:
-        for block in json_array_blocks(label_path):
-            block_poses, block_texts = [entry["pose"] for entry in block], [entry["text"] for entry in block]
-            if set(map(type, block_poses)) != {str} or set(map(type, block_texts)) != {str}:
-                raise TypeError("'pose' and 'text' must be strings")
-            empty = next((i for i, text in enumerate(block_texts) if not text.strip()), None)
-            if empty is not None:  # a clip with nothing to learn: the target would be </s> alone
-                raise ValueError(f"entry {count + empty} (pose {block_poses[empty]!r}) has an empty 'text'")
-            poses.add(block_poses)
-            texts.add(block_texts)
-            count += len(block)
-    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise LabelFileError(f"{label_path}: expected {NEWS_FORMAT} ({type(error).__name__}: {error}); "
-                             "fix or replace the file") from error
-    return SampleIndex(poses.build(), texts.build(), pose_dir)
-
-
-def _read_pickle_labels(label_path, pose_dir, task):
-    try:
-        with gzip.open(label_path, "rb") as f:
-            labels = safe_pickle_load(f)
-    except UnsafePickleError:
-        raise
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as error:
-        raise LabelFileError(f"{label_path}: not a readable label file ({type(error).__name__}: {error}); expected "
-                             f"{LABEL_FORMAT}") from error
-    if not isinstance(labels, dict):
-        raise LabelFileError(f"{label_path}: expected {LABEL_FORMAT}, got a {type(labels).__name__}")
-    names, poses, texts, without_glosses = [], [], [], []
-    for key, label in labels.items():
-        glosses = label.get("gloss") if isinstance(label, dict) else None
-        glosses = glosses.split() if isinstance(glosses, str) else glosses  # PHOENIX-2014T's: one string
-        if task == "CSLR" and not (isinstance(glosses, list) and glosses):
-            without_glosses.append(key)
-            continue
-        try:
-            text = " ".join(glosses) if task == "CSLR" else label["text"]
-            # PHOENIX-2014T's labels have no video_path: the name (<split>/<video>) is the pose file's path
-            phoenix = "video_path" not in label and "imgs_path" in label
-            name, video = label["name"], label["name"] if phoenix else label["video_path"]
-            if not all(isinstance(value, str) for value in (name, video, text)):
-                raise TypeError("'name', 'video_path' and the text must be strings")
-            if not text.strip():  # nothing to train on; as a reference, it would score every prediction 0
-                raise ValueError(f"its {'gloss list' if task == 'CSLR' else 'text'} is empty")
-        except (KeyError, TypeError, ValueError) as error:
-            raise LabelFileError(f"{label_path}: entry {key!r} is malformed ({type(error).__name__}: {error}); "
-                                 f"expected {LABEL_FORMAT}") from error
-        names.append(name)
-        poses.append(_pose_file(pose_dir, os.path.splitext(video)[0]))
-        texts.append(text)
-    if without_glosses:
-        _leave_out_entries_without_glosses(label_path, without_glosses, len(labels))
-    poses, texts, names = (_string_table(column) for column in (poses, texts, names))
-    return SampleIndex(poses, texts, pose_dir, names=names)
-
-
-def _pose_file(pose_dir, stem):
-    """A sample's pose file relative to the pose folder: <stem>.pkl, or <stem>.pose where only that exists
-    (a pose folder may hold either; one stat per sample, two where the pickle is absent)."""
-    pickle_path = stem + ".pkl"
-    if os.path.exists(os.path.join(pose_dir, pickle_path)):
-        return pickle_path
-    pose_path = stem + pose_files.POSE_EXTENSION
-    return pose_path if os.path.exists(os.path.join(pose_dir, pose_path)) else pickle_path
-
-
-def _leave_out_entries_without_glosses(label_path, keys, total):
-    """--task CSLR: a label file without glosses is an error; a few entries without them (PHOENIX-2014T's
-    redistributed labels have 2 in dev and 2 in test) are left out, named in one warning line."""
-    if len(keys) == total:
-        raise LabelFileError(f"{label_path}: entry {keys[0]!r} has no gloss list, which --task CSLR trains on: use "
-                             "--task SLT for translation, or labels with 'gloss' lists (CSL-Daily's)")
-    shown = ", ".join(map(repr, keys[:3])) + (", ..." if len(keys) > 3 else "")
-    print(f"warning: {label_path}: {len(keys)} of its {total} entries have no glosses and are left out of "
-          f"--task CSLR: {shown}", file=sys.stderr)
-
-
-def _read_corpus_csv(label_path, phase, pose_dir, task):
-    """PHOENIX-2014-T's own annotation file (phoenix_labels.py): pose <pose_dir>/<phase>/<name>.pkl or .pose."""
-    try:
-        names, texts = phoenix_labels.read_corpus_csv(label_path, phase, task)
-    except (ValueError, UnicodeDecodeError, csv.Error) as error:
-        raise LabelFileError(f"{label_path}: expected {phoenix_labels.CORPUS_CSV_FORMAT} ({error}); pass the "
-                             "corpus's annotations/manual/PHOENIX-2014-T.<split>.corpus.csv") from error
-    poses = [_pose_file(pose_dir, name) for name in names]
-    poses, texts, names = (_string_table(column) for column in (poses, texts, names))
-    return SampleIndex(poses, texts, pose_dir, names=names)
-
-
-def _string_table(strings):
-    builder = StringTableBuilder()
-    builder.add(strings)
-    return builder.build()
 
 
 class PoseDataset(torch.utils.data.Dataset):
@@ -392,36 +242,10 @@ class PoseDataset(torch.utils.data.Dataset):
         return {"name": sample["name"], "pose": pose, "text": sample["text"]}
 
 
-@dataclasses.dataclass
-class DataConfig:
-    """The settings build_dataset reads, with their one default (fine_tuning.py's flags take theirs from here)."""
-    task: str = "SLT"
-    max_length: int = 256  # frames per video
-    skip_bad_samples: bool = False
-
-    # The settings found in `args` (a namespace or dict, or a DataConfig); see utils.config_from_args.
-    from_args = classmethod(utils.config_from_args)
-
-
 def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
-    """The PoseDataset of one phase; label and pose paths default to config.py's. `args`: a DataConfig or
-    anything DataConfig.from_args reads."""
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-    known = config.train_label_paths
-    if dataset_name not in known and (label_path is None or pose_dir is None):
-        raise ValueError(f"unknown dataset {dataset_name!r}; config.py knows {sorted(known)}")
-    label_path = label_path or {"train": config.train_label_paths, "dev": config.dev_label_paths,
-                                "test": config.test_label_paths}[phase][dataset_name]
-    if not os.path.isfile(label_path) and not captions.is_caption_folder(dataset_name, label_path):
-        hint = missing_data_hint(dataset_name, config.label_sources)
-        raise FileNotFoundError(f"{dataset_name} {phase} labels not found at {label_path}: {hint}")
-    pose_dir = pose_dir or config.pose_dirs[dataset_name]
-    if dataset_name == "WLASL":
-        pose_dir = os.path.join(pose_dir, phase)
-    if not os.path.isdir(pose_dir):
-        hint = missing_data_hint(dataset_name, config.pose_sources)
-        raise FileNotFoundError(f"{dataset_name} pose folder not found at {pose_dir}: {hint}")
+    """The PoseDataset of one phase; label and pose paths default to config.py's (data_config.data_paths). `args`: a
+    DataConfig or anything DataConfig.from_args reads."""
+    label_path, pose_dir = data_paths(dataset_name, phase, label_path, pose_dir)
     settings = DataConfig.from_args(args)
     task = settings.task
     if task not in TASKS:
@@ -429,7 +253,7 @@ def build_dataset(dataset_name, phase, args, label_path=None, pose_dir=None):
     if captions.is_caption_corpus(dataset_name, label_path):  # long videos cut into clips by timed captions
         samples = captions.read_clip_index(dataset_name, phase, label_path, pose_dir, args)
     else:
-        samples = _read_labels(dataset_name, phase, label_path, pose_dir, task)
+        samples = label_files.read_labels(dataset_name, phase, label_path, pose_dir, task)
     return PoseDataset(dataset_name, phase, samples, max_length=settings.max_length,
                        skip_bad_samples=settings.skip_bad_samples)
 
@@ -471,5 +295,4 @@ class PoseCollator:
         labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
         return {"name": [item["name"] for item in valid], "pose": pose, "pose_mask": pose_mask,
                 "prompt_ids": prompt["input_ids"].long(), "prompt_mask": prompt["attention_mask"].long(),
-                "labels": labels.long(), "labels_mask": target["attention_mask"].long(), "text": texts,
-                "num_skipped": num_skipped}
+                "labels": labels.long(), "text": texts, "num_skipped": num_skipped}

@@ -26,7 +26,7 @@ import SLRT_metrics
 import peers
 import settings
 import utils
-from datasets import DataConfig
+from data_config import DataConfig
 from engine import CheckpointError, Engine, Stopped, latest_tag, stop_on_signals
 from model_config import ModelConfig
 from preflight import check_flags, model_settings, preflight
@@ -35,9 +35,7 @@ from train_config import TrainConfig
 from train_loop import (NonFiniteLoss, Predictions, StepSums, evaluate, evaluate_split,  # noqa: F401
                         first_readable_batch, throughput, train_one_epoch)
 
-DATA = DataConfig()  # the data flags' defaults
-
-# The dev metric that picks best_checkpoint.pth, and whether higher is better.
+# The dev metric of each task (data_config.TASKS) that picks best_checkpoint.pth, and whether higher is better.
 BEST_METRIC = {"SLT": ("bleu4", True), "ISLR": ("top1_per_instance", True), "CSLR": ("wer", False)}
 
 
@@ -51,19 +49,9 @@ def get_args_parser():
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output_dir")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --output_dir that holds an earlier run")
     p.add_argument("--eval", action="store_true", help="only evaluate --finetune on dev and test")
-    # data
-    p.add_argument("--dataset", default="CSL_Daily", choices=sorted(config.pose_dirs))
-    p.add_argument("--task", default=DATA.task, choices=sorted(BEST_METRIC))
-    p.add_argument("--max_length", type=int, default=DATA.max_length, help="frames per video")
-    for phase in ("train", "dev", "test"):
-        p.add_argument(f"--{phase}_label_path", default=None, help=f"overrides config.{phase}_label_paths[dataset]")
-    p.add_argument("--pose_dir", default=None, help="overrides config.pose_dirs[dataset]")
-    p.add_argument("--skip_bad_samples", action="store_true", help="skip and count unreadable pose files")
+    settings.add_arguments(p, DataConfig, unset=False)  # the data's settings: dataset, task, paths, BLEU
     p.add_argument("--rgb_support", action="store_true", help="(the RGB branch is not part of this pose-only model)")
     p.add_argument("--save_one_batch", action="store_true", help="save the first training batch to one_batch.pt")
-    p.add_argument("--bleu_tokenize", default=SLRT_metrics.DEFAULT_BLEU_TOKENIZE, choices=list(SLRT_metrics.BLEU_PROTOCOLS),
-                   help="BLEU's protocol: 13a (sacrebleu's default, as GFSLT-VLP and Uni-Sign score) or none "
-                        "(signjoey's raw corpus BLEU); docs/design.md")
     captions.add_caption_flags(p)
     # model
     p.add_argument("--num_beams", type=int, default=4)

@@ -11,9 +11,9 @@ import shutil
 from tqdm import tqdm
 
 import captions
-import config
 import settings
 import utils
+from data_config import DataConfig, label_path_of
 from datasets import BadSampleError, load_sample_pose
 from engine import remove_stale_temporaries
 from model_io import ModelFileError, check_mt5_weights
@@ -23,12 +23,11 @@ from skeleton import POSE_NODES
 from train_config import OPTIMIZERS, TrainConfig
 
 
-# Every number flag of fine_tuning.py / pretraining.py: (flag, its argparse name, valid?, what is valid); the model's
-# come from models.ModelConfig's fields. Out of range, each failed deep inside torch, DeepSpeed or transformers (a
-# traceback), some only after an epoch of training (--num_beams 0, --max_tgt_len 0), and some trained on silently
-# (--alpha 2, --warmup-epochs -1).
-FLAG_RULES = settings.number_rules(TrainConfig) + (
-    ("--max_length", "max_length", at_least(1), "at least 1 (frames read per video)"),
+# Every number flag of fine_tuning.py / pretraining.py: (flag, its argparse name, valid?, what is valid); the
+# training's, the data's and the model's come from their settings classes' fields (settings.number_rules). Out of
+# range, each failed deep inside torch, DeepSpeed or transformers (a traceback), some only after an epoch of training
+# (--num_beams 0, --max_tgt_len 0), and some trained on silently (--alpha 2, --warmup-epochs -1).
+FLAG_RULES = settings.number_rules(TrainConfig) + settings.number_rules(DataConfig) + (
     ("--num_workers", "num_workers", at_least(0), "0 (load in the main process) or more"),
     ("--num_beams", "num_beams", at_least(1), "at least 1 (1: greedy decoding)"),
     ("--max_tgt_len", "max_tgt_len", at_least(1), "at least 1 (new tokens at generation)"),
@@ -170,7 +169,7 @@ def preflight(args, datasets):
         utils.fail(str(err))
 
     for phase, dataset in datasets.items():
-        label_path = getattr(args, f"{phase}_label_path") or getattr(config, f"{phase}_label_paths")[args.dataset]
+        label_path = label_path_of(args.dataset, phase, getattr(args, f"{phase}_label_path"))
         if len(dataset) == 0:
             utils.fail(f"the {phase} split has no samples ({label_path}): check the label file")
         if args.task == "ISLR":

@@ -9,7 +9,7 @@ so `index[i]["name"]` reads like the plain list did. A clip of a long video (cap
 "frames": (start, end), one row of an int32 (n, 2) array, and its pose path is one of its video's, stored
 once per video (RepeatedStrings).
 
-Public: SampleIndex, StringTable, StringTableBuilder, RepeatedStrings, json_array_blocks.
+Public: SampleIndex, StringTable, StringTableBuilder, string_table, RepeatedStrings, json_array_blocks.
 """
 import collections.abc
 import json
@@ -68,6 +68,13 @@ class StringTableBuilder:
         data = np.frombuffer(b"".join(self.chunks), dtype=np.uint8)  # one bytes object; numpy reads it in place
         self.chunks, self.lengths = [], []
         return StringTable(data, offsets)
+
+
+def string_table(strings):
+    """A StringTable of a list of strings (StringTableBuilder in one batch)."""
+    builder = StringTableBuilder()
+    builder.add(strings)
+    return builder.build()
 
 
 class RepeatedStrings:

@@ -20,11 +20,12 @@ import os
 import model_io
 import settings
 import utils
+from data_config import DataConfig
 from models import Uni_Sign
 from train_config import TrainConfig
 
 # The run settings worth telling in the card (when the checkpoint saved them).
-TRAINING_KEYS = ("dataset", "task", "max_length", "finetune") + settings.recorded(TrainConfig)
+TRAINING_KEYS = settings.recorded(DataConfig) + ("finetune",) + settings.recorded(TrainConfig)
 DATASET_NAMES = {"CSL_Daily": "CSL-Daily", "CSL_News": "CSL-News", "How2Sign": "How2Sign", "OpenASL": "OpenASL",
                  "WLASL": "WLASL", "Demo": "Geo-Sign demo (synthetic poses, CSL-Daily sentences)"}
 SCORE_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "rouge": "ROUGE-L",

@@ -22,6 +22,7 @@ import numpy as np
 
 import datasets
 import pose_files
+from data_config import PHASES, DataConfig
 import utils
 from safe_pickle import safe_pickle_load
 
@@ -33,7 +34,7 @@ def get_args_parser():
     p.add_argument("path", help="a pose file or a folder of them")
     p.add_argument("--labels", default=None, help="a label file whose entries the folder should hold")
     p.add_argument("--dataset", default="Phoenix2014T", help="the label file's dataset (its format and layout)")
-    p.add_argument("--phase", default="dev", choices=datasets.PHASES, help="the label file's split")
+    p.add_argument("--phase", default="dev", choices=PHASES, help="the label file's split")
     p.add_argument("--compare", default=None, metavar="DIR2", help="another extraction of the same videos")
     p.add_argument("--person", type=int, default=0, help="which stored person of a .pose file (0: the first)")
     p.add_argument("--threshold", type=float, default=datasets.CONFIDENCE_THRESHOLD,
@@ -92,7 +93,7 @@ def check_labels(files, args):
     """Label entries without a pose file, and stored frames against the labels' `length` where they give one."""
     folder = args.path if os.path.isdir(args.path) else os.path.dirname(args.path)
     try:
-        dataset = datasets.build_dataset(args.dataset, args.phase, datasets.DataConfig(), label_path=args.labels,
+        dataset = datasets.build_dataset(args.dataset, args.phase, DataConfig(), label_path=args.labels,
                                          pose_dir=folder)
     except (datasets.LabelFileError, FileNotFoundError, ValueError) as error:
         utils.fail(f"--labels {args.labels}: {error}")

@@ -111,11 +111,10 @@ def random_batch(tokenizer, batch_size, frames, text_len, seed=0):
     prompt = tokenizer([PROMPTS["Chinese"]] * batch_size, return_tensors="pt", padding=True)
     ids = torch.randint(3, len(tokenizer), (batch_size, text_len), generator=gen)
     ids[:, -1] = tokenizer.eos_token_id
-    labels_mask = torch.ones_like(ids)
-    labels_mask[1::2, text_len * 3 // 4:] = 0  # every other target shorter: padding is exercised
-    labels = ids.masked_fill(labels_mask == 0, -100)
+    labels = ids.clone()
+    labels[1::2, text_len * 3 // 4:] = -100  # every other target shorter: padding is exercised
     return {"pose": pose, "pose_mask": pose_mask, "prompt_ids": prompt.input_ids, "prompt_mask": prompt.attention_mask,
-            "labels": labels, "labels_mask": labels_mask}
+            "labels": labels}
 
 
 # ----------------------------------------------------------------------------- synthetic poses

@@ -234,7 +234,8 @@ def print_table(result):
 
 
 def main(args):
-    from datasets import DataConfig, PoseCollator, build_dataset
+    from data_config import DataConfig
+    from datasets import PoseCollator, build_dataset
     utils.silence_known_notices()
     if args.batch_size < 1 or args.num_beams < 1 or args.resamples < 1:
         utils.fail(f"--batch_size, --num_beams and --resamples must be at least 1 (got {args.batch_size}, "

@@ -189,7 +189,8 @@ def save_coordinates(path_stem, names, xy, distances, weights, c, energy):
 
 
 def main(args):
-    from datasets import DataConfig, PoseCollator, build_dataset
+    from data_config import DataConfig
+    from datasets import PoseCollator, build_dataset
     utils.silence_known_notices()
     if args.batch_size < 1 or args.max_samples < 0:
         utils.fail(f"--batch_size must be at least 1 and --max_samples 0 (all) or more (got {args.batch_size} and "

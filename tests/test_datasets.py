@@ -384,13 +384,15 @@ def test_padding_repeats_last_frame_and_masks(tmp_path, tiny_mt5_path):
         assert torch.equal(batch["pose"][part][1], dataset[1]["pose"][part])
     assert batch["pose_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert batch["pose_mask"].dtype == torch.long
-    labels, labels_mask = batch["labels"], batch["labels_mask"]
-    assert labels.shape == labels_mask.shape and labels.dtype == torch.long
-    assert (labels[labels_mask == 0] == -100).all() and (labels[labels_mask == 1] >= 0).all()
-    assert labels_mask[0].sum() < labels_mask[1].sum()
-    for row, mask in zip(labels, labels_mask):
-        assert row[mask.bool()][-1].item() == tokenizer.eos_token_id
-    assert tokenizer.decode(labels[1][labels_mask[1].bool()], skip_special_tokens=True) == "你是老师吗？你去做什么？"
+    labels = batch["labels"]
+    target_mask = labels != -100  # the collator marks the targets' padding with -100 (the loss's ignore_index)
+    assert labels.dtype == torch.long and "labels_mask" not in batch  # no second copy of what -100 says
+    assert (labels[target_mask] >= 0).all() and target_mask[1].all()  # the longer target: no padding
+    assert target_mask[0].sum() < target_mask[1].sum()
+    assert target_mask[0].tolist() == sorted(target_mask[0].tolist(), reverse=True)  # padding only at the end
+    for row, mask in zip(labels, target_mask):
+        assert row[mask][-1].item() == tokenizer.eos_token_id
+    assert tokenizer.decode(labels[1][target_mask[1]], skip_special_tokens=True) == "你是老师吗？你去做什么？"
     assert batch["text"] == ["你好！", "你是老师吗？你去做什么？"]
 
 

@@ -16,6 +16,7 @@ import torch
 
 import datasets
 import fine_tuning
+from data_config import DataConfig
 import model_io
 import preflight
 from bad_input import fine_tune, make_demo, pose_file, trained_nothing, truncate
@@ -258,7 +259,7 @@ def test_islr_on_sentence_labels_is_refused_naming_the_label_file(capsys, demo, 
                                                       ("How2Sign", "test", False), ("OpenASL", "dev", False)])
 def test_the_real_label_files_are_told_apart_as_isolated_signs_or_sentences(tmp_path, dataset, phase, isolated):
     os.makedirs(tmp_path / phase)
-    split = datasets.build_dataset(dataset, phase, datasets.DataConfig(task="ISLR"), pose_dir=str(tmp_path))
+    split = datasets.build_dataset(dataset, phase, DataConfig(task="ISLR"), pose_dir=str(tmp_path))
     sentences = sum(map(preflight.looks_like_a_sentence, (split.samples[i]["text"] for i in range(len(split)))))
     assert (sentences == 0) if isolated else (sentences > 0.9 * len(split))
 

@@ -17,7 +17,7 @@ import torch
 
 import export_model
 import model_io
-from datasets import DataConfig
+from data_config import DataConfig
 from models import ModelConfig, Uni_Sign
 from e2e import base_args, read_log, read_predictions, run  # small_demo: conftest.py
 from in_process import fine_tuning_refuses

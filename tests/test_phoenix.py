@@ -11,13 +11,14 @@ import sacrebleu
 
 import config
 import datasets
+from data_config import DataConfig
 import SLRT_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def args(**kw):
-    return datasets.DataConfig(**kw)
+    return DataConfig(**kw)
 
 
 def shipped(phase):

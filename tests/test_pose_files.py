@@ -12,6 +12,7 @@ from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderD
 
 import datasets
 import pose_files
+from data_config import DataConfig
 import pose_layouts
 
 REAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "real_poses")
@@ -161,7 +162,7 @@ def test_a_pose_folder_may_hold_pose_files_and_pickles(tmp_path):
     labels = {name: {"name": name, "video_path": name + ".mp4", "text": "x"} for name in ("clip", "other", "gone")}
     with gzip.open(tmp_path / "labels.dev", "wb") as f:
         pickle.dump(labels, f)
-    dataset = datasets.build_dataset("Demo", "dev", datasets.DataConfig(), label_path=str(tmp_path / "labels.dev"),
+    dataset = datasets.build_dataset("Demo", "dev", DataConfig(), label_path=str(tmp_path / "labels.dev"),
                                      pose_dir=str(tmp_path))
     paths = [dataset.samples[i]["pose_path"] for i in range(3)]
     assert paths == [str(tmp_path / "clip.pose"), str(tmp_path / "other.pkl"), str(tmp_path / "gone.pkl")]

@@ -1,4 +1,4 @@
-"""The compact sample index, the streamed JSON reader and the label-file errors (datasets._read_labels)."""
+"""The compact sample index, the streamed JSON reader and the label-file errors (label_files.read_labels)."""
 import argparse
 import gzip
 import json

@@ -224,7 +224,8 @@ def test_how2sign_starts_with_the_shipped_files_its_test_split_standing_in_for_d
     selects the best epoch); a dev file of one's own is taken when given."""
     import config
     import datasets
-    settings = datasets.DataConfig()
+    from data_config import DataConfig
+    settings = DataConfig()
     splits = {phase: datasets.build_dataset("How2Sign", phase, settings, pose_dir=str(tmp_path))
               for phase in ("train", "dev", "test")}
     assert len(splits["train"]) > len(splits["test"]) > 2000
@@ -238,10 +239,11 @@ def test_how2sign_starts_with_the_shipped_files_its_test_split_standing_in_for_d
 def test_openasls_missing_train_file_is_one_line_and_the_readme_names_its_source(tmp_path):
     import config
     import datasets
+    from data_config import DataConfig
     path = config.train_label_paths["OpenASL"]
     assert not os.path.exists(path)  # a large download: not shipped
     with pytest.raises(FileNotFoundError) as missing:
-        datasets.build_dataset("OpenASL", "train", datasets.DataConfig(), pose_dir=str(tmp_path))
+        datasets.build_dataset("OpenASL", "train", DataConfig(), pose_dir=str(tmp_path))
     message = str(missing.value)
     assert len(message.splitlines()) == 1 and path in message and "Using real data" in message
     assert "ZechengLi19/Uni-Sign" in message  # its source, in the line itself

@@ -77,6 +77,7 @@ def measure(mode, path, workers):
     """In this fresh process: build the index, fork the workers, let them touch everything, sum memory."""
     import multiprocessing
     import datasets  # noqa: F401  (torch and numpy loaded, as in a training rank)
+    import label_files
 
     pose_dir = os.path.dirname(path)
     start, cpu = time.perf_counter(), time.process_time()
@@ -91,7 +92,7 @@ def measure(mode, path, workers):
     elif mode == "plain":  # the list of dicts this project used before (and the release uses)
         with open(path, encoding="utf-8") as f:
             entries = json.load(f)
-        entries = entries[:int(len(entries) * datasets.CSL_NEWS_TRAIN_FRACTION)]
+        entries = entries[:int(len(entries) * label_files.CSL_NEWS_TRAIN_FRACTION)]
         samples = [{"name": os.path.splitext(e["pose"])[0], "pose_path": os.path.join(pose_dir, e["pose"]),
                     "text": e["text"]} for e in entries]
         del entries
