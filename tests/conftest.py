@@ -155,15 +155,27 @@ E2E_CALLS = ("sys.executable", "subprocess.", "fine_tuning.run(", "fine_tuning.m
              "A.main(", "check_ok(", "Engine(", "train_one_epoch(")
 
 
-def starts_processes_or_trains(item):
-    if TRAINING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        return True
-    function = getattr(item, "function", None)
+def calls_a_process_or_training(function):
+    """True when the source of `function` holds one of E2E_CALLS."""
     try:
-        source = inspect.getsource(function) if function is not None else ""
+        source = inspect.getsource(function)
     except (OSError, TypeError):
         return False
     return any(call in source for call in E2E_CALLS)
+
+
+def starts_processes_or_trains(item):
+    """A test that uses a training fixture, calls one of E2E_CALLS itself, or calls a function of its module's
+    namespace (its own helpers, or those it imports, such as e2e.run) that does."""
+    if TRAINING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
+    if function is None:
+        return False
+    if calls_a_process_or_training(function):
+        return True
+    helpers = (function.__globals__.get(name) for name in function.__code__.co_names)
+    return any(inspect.isfunction(helper) and calls_a_process_or_training(helper) for helper in helpers)
 
 
 def pytest_collection_modifyitems(items):

@@ -183,6 +183,7 @@ def test_whole_run_benchmark_runs_one_round():
                             "cpu_ratio", "rounds"} and summary["rounds"] == 1
 
 
+@pytest.mark.e2e  # builds three models and profiles a training step of each
 def test_the_branch_adds_no_host_reads_to_the_step():
     """Token and pooled mode read the host no more often per forward + backward than the pose-only model (the
     reads left are transformers' attention-mask checks); geoopt's curvature branches used to add 18 and 27."""
