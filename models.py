@@ -94,8 +94,8 @@ class Uni_Sign(nn.Module):
     """Four-part ST-GCN pose encoder -> pose_proj -> mT5, plus the hyperbolic branch when use_hyperbolic.
 
     Built from a ModelConfig, or from anything ModelConfig.from_args reads (an argparse namespace, a
-    checkpoint's args). The trainer calls forward(batch) for what the loss needs (losses.TrainingLoss), count_update() after each optimizer
-    update, and set_total_updates(n) once; generate(batch) for evaluation.
+    checkpoint's args). The trainer calls forward(batch) for what the loss needs (losses.TrainingLoss),
+    count_update() after each optimizer update, and set_total_updates(n) once; generate(batch) for evaluation.
     """
 
     def __init__(self, model_config, safetensors_only=False):

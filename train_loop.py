@@ -20,10 +20,10 @@ def train_one_epoch(engine, criterion, loader, epoch, steps, log_every=50, skip_
     """One epoch of `steps` batches of `loader` (utils.steps_per_epoch), each step's loss criterion(model outputs)
     (losses.TrainingLoss). The step's values (losses, alpha, curvature, health statistics...) stay on the device,
     summed there; they are read to the host, one sync that waits for every queued kernel, only every `log_every`
-    steps and at the end of the epoch (to the progress bar and the wandb `run`). The loss is checked for non-finite values at every step, on the device: the run fails at
-    the next read, naming the first bad step (the last good checkpoint is the previous epoch's). skip_bad_samples:
-    the loader may yield batches emptied of unreadable samples. dtype: the training precision, whose peak
-    FLOP/s the model FLOPs utilisation is measured against."""
+    steps and at the end of the epoch (to the progress bar and the wandb `run`). The loss is checked for non-finite
+    values at every step, on the device: the run fails at the next read, naming the first bad step (the last good
+    checkpoint is the previous epoch's). skip_bad_samples: the loader may yield batches emptied of unreadable
+    samples. dtype: the training precision, whose peak FLOP/s the model FLOPs utilisation is measured against."""
     model = engine.module
     engine.train()
     skipped, skipped_steps, samples, flops, start = 0, 0, 0, 0.0, time.time()

@@ -221,7 +221,8 @@ def test_finite_under_bf16_autocast(token_model):
     token_model.train()
     token_model.zero_grad(set_to_none=True)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        out = training_loss(token_model, small_batch(token_model, seed=1, frames=4))  # bf16 is emulated on AVX2-only CPUs: slow
+        # bf16 is emulated on AVX2-only CPUs: slow
+        out = training_loss(token_model, small_batch(token_model, seed=1, frames=4))
     out["loss"].backward()
     assert all(torch.isfinite(value).all() for value in out.values())
     assert out["hyp_loss"].dtype == torch.float32

@@ -76,8 +76,9 @@ def training_step(flags, args):
 def build_training(run_args, model, total_updates=1000):
     """A function train(batches, epoch) that runs fine_tuning.train_one_epoch on a list of batches with the
     optimizers built as this tree's fine_tuning.main builds them: engine.Engine(model, TrainConfig, ...) with
-    losses.TrainingLoss where the tree has them, engine.Engine(model, args, ...) in trees since 14eec8c, else (older revisions such as 6d4f403) DeepSpeed with torch AdamW and a
-    Riemannian Adam beside it, passed to train_one_epoch separately."""
+    losses.TrainingLoss where the tree has them, engine.Engine(model, args, ...) in trees since 14eec8c, else
+    (older revisions such as 6d4f403) DeepSpeed with torch AdamW and a Riemannian Adam beside it, passed to
+    train_one_epoch separately."""
     import fine_tuning
     import torch
     import utils
